@@ -1,0 +1,1 @@
+//! kvmio-exporter library
