@@ -18,8 +18,40 @@ pub mod qga;
 pub mod qmp;
 pub mod types;
 
+#[cfg(test)]
+mod golden_tests;
+
 pub use cache::{CacheFlags, CacheMode};
 pub use error::{Error, Result};
 pub use limits::Limits;
 pub use qga::GuestAgent;
 pub use qmp::Qmp;
+
+/// The clients are used from spawned tasks: their futures must be `Send`.
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    async fn futures_are_send(qmp: &mut Qmp, ga: &mut GuestAgent) {
+        let f = Qmp::connect(std::path::Path::new("/x"), Limits::default());
+        assert_send(&f);
+        assert_send(&qmp.query_blockstats());
+        assert_send(&qmp.execute_value("x", None));
+        let f = GuestAgent::connect(std::path::Path::new("/x"), Limits::default());
+        assert_send(&f);
+        assert_send(&ga.sync());
+        assert_send(&ga.file_read_all("/x", 1));
+        assert_send(&ga.exec_wait("/x", &[], std::time::Duration::ZERO));
+    }
+
+    #[test]
+    fn clients_are_send() {
+        fn is_send<T: Send>() {}
+        is_send::<Qmp>();
+        is_send::<GuestAgent>();
+        is_send::<Error>();
+    }
+}

@@ -80,7 +80,9 @@ impl LineReader {
             if let Some(line) = self.take_buffered_line()? {
                 return Ok(line);
             }
-            let room = (self.max_line_bytes + 1)
+            let room = self
+                .max_line_bytes
+                .saturating_add(1)
                 .saturating_sub(self.buf.len())
                 .clamp(1, CHUNK);
             let mut chunk = [0u8; CHUNK];

@@ -365,7 +365,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         args: &[&str],
         wait: Duration,
     ) -> Result<ExecStatus> {
-        let deadline = Instant::now() + wait;
+        // A wait too long to represent means "no deadline" in practice: 30 years.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
         let pid = self.exec(path, args, true).await?;
         let mut pause = Duration::from_millis(10);
         loop {

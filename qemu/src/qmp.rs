@@ -328,7 +328,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     }
 
     /// `block-latency-histogram-set` with the same boundaries (ns, ascending) for reads,
-    /// writes and flushes of a backend or node. An empty slice removes the histograms.
+    /// writes and flushes of a guest device. `id_or_device` is the device holding the backend:
+    /// the `qdev` that `query-block` reports (for `virtio-blk-pci,id=vd0` that is
+    /// `/machine/peripheral/vd0/virtio-backend`, not `vd0`); QEMU 7.2 does not accept a
+    /// `-drive id=` here. An empty slice removes the histograms.
     pub async fn block_latency_histogram_set(
         &mut self,
         id_or_device: &str,

@@ -169,6 +169,13 @@ pub struct BlockDeviceInfo {
 impl BlockDeviceInfo {
     /// The `cache=` mode these flags correspond to; `None` if the flags are absent or name no
     /// mode (see [`CacheMode::from_flags`]).
+    ///
+    /// `writeback` is the guest-visible write cache as it is *now*, and the guest can change
+    /// it: a virtio-blk driver that does not negotiate the flush feature (SeaBIOS, observed
+    /// with QEMU 7.2) or that switches the disk to write-through turns it off, and a
+    /// `cache=writeback` drive then reads as `writethrough`, `cache=none` as `directsync`.
+    /// `direct` and `no-flush` are host-side and stay as configured. For the configured mode,
+    /// read the flags before the guest starts (`-S`).
     pub fn cache_mode(&self) -> Option<CacheMode> {
         self.cache.and_then(CacheMode::from_flags)
     }
