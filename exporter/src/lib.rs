@@ -1,1 +1,22 @@
-//! kvmio-exporter library
+//! kvmio-exporter: a Prometheus exporter for every layer of a KVM/QEMU VM's storage IO.
+//!
+//! Module map:
+//! - [`metrics`]: the per-scrape metric builder ([`metrics::Metrics`]) and label hygiene;
+//! - [`collector`]: the [`collector::Collector`] trait, the scrape runner
+//!   ([`collector::Exporter`]), the per-scrape [`collector::ScrapeContext`], and one collector per
+//!   file (`host_diskstats`, `host_image`);
+//! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution
+//!   through sysfs, page-cache residency (cachestat/mincore);
+//! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
+//! - [`http`]: the hyper server.
+
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod metrics;
+
+pub use collector::{Collector, CollectorError, Exporter, ImageRef, ScrapeContext};
+pub use config::Config;
+pub use metrics::Metrics;

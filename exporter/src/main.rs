@@ -1,1 +1,74 @@
-fn main() {}
+//! `kvmio-exporter` binary: parse flags, bind, serve until SIGINT/SIGTERM.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use kvmio_exporter::cli::Cli;
+use kvmio_exporter::collector::Exporter;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    // clap prints usage errors in one line and exits with code 2.
+    let cli = Cli::parse();
+    let config = match cli.into_config() {
+        Ok(c) => Arc::new(c),
+        Err(msg) => {
+            eprintln!("kvmio-exporter: error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvmio-exporter: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvmio-exporter: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    // Install the handlers before binding so a signal right after startup is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let listener = TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+    let exporter = Arc::new(Exporter::with_default_collectors(config.clone()));
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        collectors = ?exporter.collector_names(),
+        "listening on http://{}/metrics",
+        listener.local_addr()?
+    );
+    kvmio_exporter::http::serve(listener, exporter, async move {
+        tokio::select! {
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
+    .await
+    .context("serving HTTP")
+}

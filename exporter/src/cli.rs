@@ -1,0 +1,209 @@
+//! Command-line flags (node_exporter-style dotted names) and their resolution into a [`Config`].
+//! Invalid values are reported by clap in one line with exit code 2.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{
+    parse_duration, Config, ConfigFile, HostDevices, LatencyBuckets, Layout, DEFAULT_LISTEN_ADDRESS,
+};
+
+/// kvmio-exporter: Prometheus metrics for every layer of KVM/QEMU VM storage IO (guest disk,
+/// QEMU device and block nodes, image file, host block device), joined across layers.
+#[derive(Debug, Parser)]
+#[command(name = "kvmio-exporter", version)]
+pub struct Cli {
+    /// Address to serve /metrics on: IP:PORT, localhost:PORT, or :PORT for all IPv4 interfaces.
+    /// Default port 10990: above the 9100-9999 range of Prometheus' exporter port registry and
+    /// far above its allocations from 10000 on.
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS,
+          value_parser = parse_listen_address)]
+    pub listen_address: SocketAddr,
+
+    /// Glob of QMP monitor sockets (repeatable). A guest-agent socket with the same stem
+    /// (vm1.qmp <-> vm1.qga) is paired with each.
+    #[arg(long = "qmp.socket-glob", value_name = "GLOB")]
+    pub qmp_socket_globs: Vec<String>,
+
+    /// Glob of guest-agent sockets (repeatable), paired with QMP sockets by file stem.
+    #[arg(long = "qga.socket-glob", value_name = "GLOB")]
+    pub qga_socket_globs: Vec<String>,
+
+    /// TOML file listing targets explicitly: `[[target]]` tables with qmp, qga and name keys.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Socket layout preset: proxmox = `/var/run/qemu-server/VMID.qmp` and `.qga`.
+    #[arg(long = "layout", value_name = "LAYOUT", value_enum)]
+    pub layout: Option<Layout>,
+
+    /// Host block devices to export diskstats for: backing = those under VM images.
+    #[arg(long = "host.devices", value_name = "WHICH", value_enum, default_value_t = HostDevices::Backing)]
+    pub host_devices: HostDevices,
+
+    /// procfs mount point (e.g. /host/proc in a container).
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// sysfs mount point (e.g. /host/sys in a container).
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+
+    /// Bound on a whole scrape (keep it below Prometheus' scrape_timeout, 10s by default).
+    #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "8s",
+          value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Enable QEMU block latency histograms with these bucket bounds in seconds, comma-separated
+    /// (e.g. 0.0001,0.001,0.01,0.1,1). Off by default: it changes QEMU's histogram state.
+    #[arg(long = "qmp.latency-buckets", value_name = "SECONDS,...")]
+    pub qmp_latency_buckets: Option<LatencyBuckets>,
+
+    /// At most this many guest disks are exported per VM (bounds what a guest can add).
+    #[arg(long = "qga.max-disks", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub qga_max_disks: u16,
+
+    /// Keep QMP and guest-agent connections open between scrapes (the monitor is then busy for
+    /// other clients: give kvmio a dedicated one).
+    #[arg(long = "qmp.persistent")]
+    pub qmp_persistent: bool,
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` (all IPv4 interfaces).
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not IP:PORT, [IPv6]:PORT, localhost:PORT or :PORT"))
+}
+
+impl Cli {
+    /// Resolves flags, the config file and the layout preset into a [`Config`]. The error is one
+    /// line (a config file problem); the caller exits with code 2.
+    pub fn into_config(self) -> Result<Config, String> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let mut qmp = self.qmp_socket_globs;
+        qmp.extend(file.qmp_socket_globs);
+        let mut qga = self.qga_socket_globs;
+        qga.extend(file.qga_socket_globs);
+        if let Some(layout) = self.layout {
+            qmp.push(layout.qmp_glob().to_owned());
+            qga.push(layout.qga_glob().to_owned());
+        }
+        for glob in qmp.iter().chain(&qga) {
+            if glob.is_empty() {
+                return Err("empty socket glob".to_owned());
+            }
+        }
+        Ok(Config {
+            listen_address: self.listen_address,
+            qmp_socket_globs: qmp,
+            qga_socket_globs: qga,
+            targets: file.targets,
+            layout: self.layout,
+            host_devices: self.host_devices,
+            procfs: self.procfs,
+            sysfs: self.sysfs,
+            scrape_timeout: self.scrape_timeout,
+            qmp_latency_buckets: self.qmp_latency_buckets.map(|b| b.0),
+            qga_max_disks: usize::from(self.qga_max_disks),
+            qmp_persistent: self.qmp_persistent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kvmio-exporter").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_config_defaults() {
+        let c = parse(&[]).unwrap().into_config().unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn all_flags() {
+        let c = parse(&[
+            "--web.listen-address=:9999",
+            "--qmp.socket-glob=/run/a/*.qmp",
+            "--qmp.socket-glob",
+            "/run/b/*.qmp",
+            "--qga.socket-glob=/run/a/*.qga",
+            "--layout=proxmox",
+            "--host.devices=all",
+            "--path.procfs=/host/proc",
+            "--path.sysfs=/host/sys",
+            "--scrape.timeout=500ms",
+            "--qmp.latency-buckets=0.001,0.01",
+            "--qga.max-disks=8",
+            "--qmp.persistent",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(c.listen_address, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(
+            c.qmp_socket_globs,
+            vec!["/run/a/*.qmp", "/run/b/*.qmp", "/var/run/qemu-server/*.qmp"]
+        );
+        assert_eq!(
+            c.qga_socket_globs,
+            vec!["/run/a/*.qga", "/var/run/qemu-server/*.qga"]
+        );
+        assert_eq!(c.host_devices, HostDevices::All);
+        assert_eq!(c.procfs, PathBuf::from("/host/proc"));
+        assert_eq!(c.scrape_timeout, Duration::from_millis(500));
+        assert_eq!(c.qmp_latency_buckets, Some(vec![0.001, 0.01]));
+        assert_eq!(c.qga_max_disks, 8);
+        assert!(c.qmp_persistent);
+    }
+
+    #[test]
+    fn invalid_values_are_usage_errors() {
+        for args in [
+            &["--host.devices=some"][..],
+            &["--scrape.timeout=0s"],
+            &["--qmp.latency-buckets=1,0.5"],
+            &["--qga.max-disks=0"],
+            &["--web.listen-address=nowhere"],
+            &["--layout=libvirt"],
+            &["--no-such-flag"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(
+            parse_listen_address("localhost:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:10990").unwrap(),
+            "[::1]:10990".parse().unwrap()
+        );
+        assert!(parse_listen_address(":x").is_err());
+    }
+}

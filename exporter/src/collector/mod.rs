@@ -1,0 +1,651 @@
+//! The collector framework: one [`Collector`] per file, run concurrently by [`Exporter::scrape`]
+//! under one deadline.
+//!
+//! A scrape:
+//! 1. creates a [`ScrapeContext`] whose deadline is the request time plus `--scrape.timeout`;
+//! 2. spawns every collector's [`Collector::collect`] as its own task, each bounded by that
+//!    deadline, each writing into its own [`Metrics`];
+//! 3. merges what every collector wrote - also what a collector that timed out wrote before the
+//!    deadline, so a collector that emits per VM as each VM answers keeps the VMs that answered;
+//! 4. adds `kvmio_collector_duration_seconds{collector}`, `kvmio_collector_success{collector}`
+//!    and `kvmio_exporter_build_info`.
+//!
+//! A collector that fails, times out or panics only sets its `kvmio_collector_success` to 0:
+//! the HTTP answer is still 200 with everything else.
+//!
+//! ## Images: how QMP and the host layer meet
+//! A collector that learns which image files the VMs use (the QMP collector) returns `true` from
+//! [`Collector::provides_images`] and calls [`ScrapeContext::publish_images`] (as often as it
+//! likes, e.g. once per VM as each VM answers). Host collectors call
+//! [`ScrapeContext::resolved_images`] / [`ScrapeContext::backing_devices`], which wait until
+//! every provider has finished (or shortly before the deadline) and resolve each image to its
+//! host block devices once per scrape.
+
+pub mod host_diskstats;
+pub mod host_image;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, OnceCell};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{Config, HostDevices};
+use crate::host::blockdev::{resolve_image, ImageDevice};
+use crate::metrics::Metrics;
+
+/// The future a collector returns.
+pub type CollectFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CollectorError>> + Send + 'a>>;
+
+/// One source of metrics. Implementations live in `src/collector/<name>.rs`.
+///
+/// ```ignore
+/// impl Collector for MyCollector {
+///     fn name(&self) -> &'static str { "my" }
+///     fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+///         Box::pin(async move {
+///             out.gauge("kvmio_my_thing", "Help.", &[("vm", "x")], 1.0);
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+pub trait Collector: Send + Sync + 'static {
+    /// The `collector` label value: lowercase, stable (`host_diskstats`, `qmp`, `qga`).
+    fn name(&self) -> &'static str;
+
+    /// Whether this collector publishes images with [`ScrapeContext::publish_images`]; host
+    /// collectors wait for all such collectors before resolving images.
+    fn provides_images(&self) -> bool {
+        false
+    }
+
+    /// Adds this scrape's samples to `out`. Should finish before [`ScrapeContext::deadline`]
+    /// (the framework stops it there); whatever it wrote into `out` by then is kept.
+    fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a>;
+}
+
+/// Why a collector's scrape failed (logged; exported as `kvmio_collector_success 0`).
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The collector did not finish before the scrape deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Anything else, in one line.
+    #[error("{0}")]
+    Failed(String),
+    /// An error from a library using anyhow.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CollectorError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CollectorError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// An image file a VM uses, published by the QMP collector.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    /// `vm` label.
+    pub vm: String,
+    /// QEMU device (`device` label), e.g. `virtio0` or the qdev id.
+    pub device: String,
+    /// The image file (or block device) path as QEMU opened it.
+    pub image: PathBuf,
+}
+
+/// An image and the host block devices under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The published image.
+    pub image: ImageRef,
+    /// Its host devices, or why there are none.
+    pub device: ImageDevice,
+}
+
+/// Shared state of one scrape, handed to every collector.
+#[derive(Debug)]
+pub struct ScrapeContext {
+    config: Arc<Config>,
+    started: Instant,
+    deadline: Instant,
+    images: Mutex<Vec<ImageRef>>,
+    providers_left: watch::Sender<usize>,
+    resolved: OnceCell<Arc<Vec<ResolvedImage>>>,
+}
+
+impl ScrapeContext {
+    /// A context whose deadline is `now + config.scrape_timeout`, expecting `image_providers`
+    /// collectors to publish images.
+    pub fn new(config: Arc<Config>, image_providers: usize) -> Self {
+        Self::starting_at(config, image_providers, Instant::now())
+    }
+
+    fn starting_at(config: Arc<Config>, image_providers: usize, started: Instant) -> Self {
+        let deadline = started + config.scrape_timeout;
+        ScrapeContext {
+            config,
+            started,
+            deadline,
+            images: Mutex::new(Vec::new()),
+            providers_left: watch::Sender::new(image_providers),
+            resolved: OnceCell::new(),
+        }
+    }
+
+    /// The exporter configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// When the scrape must be complete. Derive per-call timeouts from it.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// When the scrape started (the HTTP request arrived).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Publishes images (call any number of times; only from a collector whose
+    /// [`Collector::provides_images`] is true, before its `collect` returns).
+    pub fn publish_images(&self, images: impl IntoIterator<Item = ImageRef>) {
+        let mut list = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        list.extend(images);
+    }
+
+    /// Marks one image provider finished (the framework does this when its task ends).
+    pub fn provider_done(&self) {
+        self.providers_left
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// The images published this scrape, sorted and deduplicated, once every image provider has
+    /// finished - or, if one is late, shortly before the deadline (so the caller still has time to
+    /// use them) with what was published until then. For consumers (host collectors); an image
+    /// provider calling it would wait for itself until shortly before the deadline.
+    pub async fn images(&self) -> Vec<ImageRef> {
+        let mut rx = self.providers_left.subscribe();
+        let reserve = (self.config.scrape_timeout / 4).min(Duration::from_millis(500));
+        let wait_until = self.deadline.checked_sub(reserve).unwrap_or(self.started);
+        if tokio::time::timeout_at(wait_until, rx.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::debug!("image providers still running; using the images published so far");
+        }
+        let mut list = self
+            .images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        list.sort();
+        list.dedup();
+        list
+    }
+
+    /// [`Self::images`], each resolved to its host block devices (computed once per scrape).
+    ///
+    /// Like [`Self::images`], not for image providers themselves (they would wait for their own
+    /// completion): they use [`Self::resolve_image_paths`].
+    pub async fn resolved_images(&self) -> Arc<Vec<ResolvedImage>> {
+        self.resolved
+            .get_or_init(|| async {
+                let images = self.images().await;
+                let paths = images.iter().map(|i| i.image.clone()).collect();
+                let devices = self.resolve_image_paths(paths).await;
+                let resolved: Vec<ResolvedImage> = images
+                    .into_iter()
+                    .zip(devices)
+                    .map(|(image, device)| ResolvedImage { image, device })
+                    .collect();
+                for r in &resolved {
+                    if let Some(reason) = r.device.reason() {
+                        tracing::debug!(vm = %r.image.vm, device = %r.image.device, "no host device: {reason}");
+                    }
+                }
+                Arc::new(resolved)
+            })
+            .await
+            .clone()
+    }
+
+    /// Resolves image paths to host block devices now, in the blocking pool (`stat()` can hang
+    /// on a dead network filesystem), bounded by the deadline: an image not resolved in time is
+    /// [`ImageDevice::Unresolved`]. One result per path, in order. For the QMP collector's
+    /// `host_device` label.
+    pub async fn resolve_image_paths(&self, paths: Vec<PathBuf>) -> Vec<ImageDevice> {
+        if paths.is_empty() {
+            return Vec::new();
+        }
+        let count = paths.len();
+        let procfs = self.config.procfs.clone();
+        let sysfs = self.config.sysfs.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut cache: HashMap<PathBuf, ImageDevice> = HashMap::new();
+            paths
+                .into_iter()
+                .map(|path| {
+                    cache
+                        .entry(path)
+                        .or_insert_with_key(|p| resolve_image(p, &procfs, &sysfs))
+                        .clone()
+                })
+                .collect::<Vec<_>>()
+        });
+        let why = match tokio::time::timeout_at(self.deadline, job).await {
+            Ok(Ok(devices)) => return devices,
+            Ok(Err(e)) => format!("image resolution failed: {e}"),
+            Err(_) => "image resolution timed out".to_owned(),
+        };
+        vec![ImageDevice::Unresolved { reason: why }; count]
+    }
+
+    /// The host devices that back this scrape's images: for each resolved image, its fs device,
+    /// host device and physical disks (see [`crate::host::blockdev::BackingDevice::all_devices`]).
+    pub async fn backing_devices(&self) -> BTreeSet<String> {
+        self.resolved_images()
+            .await
+            .iter()
+            .filter_map(|r| r.device.backing())
+            .flat_map(|b| b.all_devices())
+            .collect()
+    }
+}
+
+/// Decrements the pending-provider count however the provider's task ends (return, timeout,
+/// panic).
+struct ProviderGuard(Arc<ScrapeContext>);
+
+impl Drop for ProviderGuard {
+    fn drop(&mut self) {
+        self.0.provider_done();
+    }
+}
+
+/// The collectors this build ships, for a configuration. The QMP and guest-agent collectors are
+/// added here when they exist.
+pub fn default_collectors(config: &Config) -> Vec<Arc<dyn Collector>> {
+    let mut list: Vec<Arc<dyn Collector>> = Vec::new();
+    if config.host_devices != HostDevices::None {
+        list.push(Arc::new(host_diskstats::HostDiskstats));
+    }
+    list.push(Arc::new(host_image::HostImage));
+    list
+}
+
+/// Runs scrapes: the set of collectors and the configuration.
+pub struct Exporter {
+    config: Arc<Config>,
+    collectors: Vec<Arc<dyn Collector>>,
+    /// One scrape at a time: a QMP monitor serves one client, so two overlapping scrapes would
+    /// make each other's connections fail. A waiting scrape's budget counts from its request.
+    scrape_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exporter")
+            .field("config", &self.config)
+            .field("collectors", &self.collector_names())
+            .finish()
+    }
+}
+
+/// What a collector's task hands back: its samples, its result, how long it took.
+type Outcome = (Metrics, Result<(), CollectorError>, Duration);
+
+/// How long after the deadline the framework waits for tasks that ignore cancellation (a
+/// collector blocking its thread) before giving up on them.
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
+/// Build information, exported as `kvmio_exporter_build_info`.
+pub const BUILD_INFO: [(&str, &str); 3] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    ("rustc_version", env!("KVMIO_RUSTC_VERSION")),
+    ("target", env!("KVMIO_BUILD_TARGET")),
+];
+
+impl Exporter {
+    /// An exporter running exactly `collectors`.
+    pub fn new(config: Arc<Config>, collectors: Vec<Arc<dyn Collector>>) -> Self {
+        let mut names = BTreeSet::new();
+        for c in &collectors {
+            assert!(
+                names.insert(c.name()),
+                "collector {} registered twice",
+                c.name()
+            );
+        }
+        Exporter {
+            config,
+            collectors,
+            scrape_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// An exporter running [`default_collectors`].
+    pub fn with_default_collectors(config: Arc<Config>) -> Self {
+        let collectors = default_collectors(&config);
+        Self::new(config, collectors)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Names of the registered collectors, in registration order.
+    pub fn collector_names(&self) -> Vec<&'static str> {
+        self.collectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// Runs one scrape and returns its metrics. Never fails: collector failures become
+    /// `kvmio_collector_success 0`.
+    pub async fn scrape(&self) -> Metrics {
+        let started = Instant::now();
+        let _one_at_a_time = self.scrape_lock.lock().await;
+        let providers = self
+            .collectors
+            .iter()
+            .filter(|c| c.provides_images())
+            .count();
+        let ctx = Arc::new(ScrapeContext::starting_at(
+            self.config.clone(),
+            providers,
+            started,
+        ));
+
+        let mut tasks = JoinSet::new();
+        let mut by_task = HashMap::new();
+        for (index, collector) in self.collectors.iter().enumerate() {
+            let collector = collector.clone();
+            let ctx = ctx.clone();
+            let handle = tasks.spawn(async move {
+                let _provider = collector
+                    .provides_images()
+                    .then(|| ProviderGuard(ctx.clone()));
+                let t0 = Instant::now();
+                let mut out = Metrics::new();
+                let result = match tokio::time::timeout_at(
+                    ctx.deadline(),
+                    collector.collect(&ctx, &mut out),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(CollectorError::Timeout(t0.elapsed())),
+                };
+                (out, result, t0.elapsed())
+            });
+            by_task.insert(handle.id(), index);
+        }
+
+        let mut outcomes: Vec<Option<Outcome>> = (0..self.collectors.len()).map(|_| None).collect();
+        let hard_stop = ctx.deadline() + DEADLINE_GRACE;
+        loop {
+            match tokio::time::timeout_at(hard_stop, tasks.join_next_with_id()).await {
+                Ok(None) => break,
+                Ok(Some(Ok((id, outcome)))) => outcomes[by_task[&id]] = Some(outcome),
+                Ok(Some(Err(join_error))) => {
+                    let index = by_task[&join_error.id()];
+                    let why = if join_error.is_panic() {
+                        "panicked".to_owned()
+                    } else {
+                        "cancelled".to_owned()
+                    };
+                    outcomes[index] = Some((
+                        Metrics::new(),
+                        Err(CollectorError::Failed(why)),
+                        started.elapsed(),
+                    ));
+                }
+                Err(_) => {
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+
+        let mut metrics = Metrics::new();
+        for (collector, outcome) in self.collectors.iter().zip(outcomes) {
+            let name = collector.name();
+            let (out, result, took) = outcome.unwrap_or_else(|| {
+                (
+                    Metrics::new(),
+                    Err(CollectorError::Failed(
+                        "did not stop at the deadline (blocking its thread?)".to_owned(),
+                    )),
+                    started.elapsed(),
+                )
+            });
+            if let Err(e) = &result {
+                tracing::warn!(collector = name, "collector failed: {e}");
+            }
+            for why in out.rejected() {
+                tracing::warn!(collector = name, "sample rejected: {why}");
+            }
+            metrics.merge(out);
+            metrics.gauge(
+                "kvmio_collector_duration_seconds",
+                "Time a collector took in this scrape.",
+                &[("collector", name)],
+                took.as_secs_f64(),
+            );
+            metrics.gauge(
+                "kvmio_collector_success",
+                "1 if the collector completed this scrape without error, else 0.",
+                &[("collector", name)],
+                if result.is_ok() { 1.0 } else { 0.0 },
+            );
+        }
+        metrics.info(
+            "kvmio_exporter_build_info",
+            "kvmio-exporter build: version, compiler and target.",
+            &BUILD_INFO,
+        );
+        metrics
+    }
+
+    /// Runs one scrape and renders it in the text format.
+    pub async fn render(&self) -> String {
+        self.scrape().await.encode_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(&'static str, Result<(), &'static str>);
+    impl Collector for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn collect<'a>(
+            &'a self,
+            _ctx: &'a ScrapeContext,
+            out: &'a mut Metrics,
+        ) -> CollectFuture<'a> {
+            Box::pin(async move {
+                out.gauge("kvmio_test_value", "Test.", &[("from", self.0)], 1.0);
+                self.1.map_err(|e| CollectorError::Failed(e.to_owned()))
+            })
+        }
+    }
+
+    /// Writes one sample, then hangs past the deadline.
+    struct Slow;
+    impl Collector for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+            Box::pin(async move {
+                out.gauge("kvmio_test_value", "Test.", &[("from", "slow")], 1.0);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+        }
+    }
+
+    struct Panics;
+    impl Collector for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn provides_images(&self) -> bool {
+            true
+        }
+        fn collect<'a>(&'a self, _: &'a ScrapeContext, _: &'a mut Metrics) -> CollectFuture<'a> {
+            Box::pin(async move { panic!("collector bug") })
+        }
+    }
+
+    /// Publishes images after a while.
+    struct Publisher(Duration);
+    impl Collector for Publisher {
+        fn name(&self) -> &'static str {
+            "publisher"
+        }
+        fn provides_images(&self) -> bool {
+            true
+        }
+        fn collect<'a>(&'a self, ctx: &'a ScrapeContext, _: &'a mut Metrics) -> CollectFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(self.0).await;
+                ctx.publish_images([ImageRef {
+                    vm: "vm1".into(),
+                    device: "virtio0".into(),
+                    image: "/nonexistent/vm1.qcow2".into(),
+                }]);
+                Ok(())
+            })
+        }
+    }
+
+    /// Records the images it saw as a gauge.
+    struct Consumer;
+    impl Collector for Consumer {
+        fn name(&self) -> &'static str {
+            "consumer"
+        }
+        fn collect<'a>(
+            &'a self,
+            ctx: &'a ScrapeContext,
+            out: &'a mut Metrics,
+        ) -> CollectFuture<'a> {
+            Box::pin(async move {
+                let images = ctx.resolved_images().await;
+                out.gauge("kvmio_test_images", "Test.", &[], images.len() as f64);
+                Ok(())
+            })
+        }
+    }
+
+    fn config(timeout: Duration) -> Arc<Config> {
+        Arc::new(Config {
+            scrape_timeout: timeout,
+            ..Config::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn failures_timeouts_and_panics_are_contained() {
+        let exporter = Exporter::new(
+            config(Duration::from_millis(300)),
+            vec![
+                Arc::new(Fixed("ok", Ok(()))),
+                Arc::new(Fixed("bad", Err("boom"))),
+                Arc::new(Slow),
+                Arc::new(Panics),
+            ],
+        );
+        let t0 = std::time::Instant::now();
+        let m = exporter.scrape().await;
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
+        assert_eq!(ok("ok"), Some(1.0));
+        assert_eq!(ok("bad"), Some(0.0));
+        assert_eq!(ok("slow"), Some(0.0));
+        assert_eq!(ok("panics"), Some(0.0));
+        // Samples written before a failure or the deadline are kept.
+        assert_eq!(m.value("kvmio_test_value", &[("from", "bad")]), Some(1.0));
+        assert_eq!(m.value("kvmio_test_value", &[("from", "slow")]), Some(1.0));
+        let slow = m
+            .value("kvmio_collector_duration_seconds", &[("collector", "slow")])
+            .unwrap();
+        assert!((0.25..1.0).contains(&slow), "{slow}");
+        assert!(m.contains("kvmio_exporter_build_info"));
+        assert!(m.rejected().is_empty(), "{:?}", m.rejected());
+    }
+
+    #[tokio::test]
+    async fn consumers_wait_for_image_providers() {
+        let exporter = Exporter::new(
+            config(Duration::from_secs(5)),
+            vec![
+                Arc::new(Consumer),
+                Arc::new(Publisher(Duration::from_millis(100))),
+            ],
+        );
+        let m = exporter.scrape().await;
+        assert_eq!(m.value("kvmio_test_images", &[]), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn consumers_do_not_wait_for_a_panicked_provider() {
+        let exporter = Exporter::new(
+            config(Duration::from_secs(30)),
+            vec![Arc::new(Consumer), Arc::new(Panics)],
+        );
+        let t0 = std::time::Instant::now();
+        let m = exporter.scrape().await;
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(m.value("kvmio_test_images", &[]), Some(0.0));
+    }
+
+    #[tokio::test]
+    async fn late_provider_leaves_consumer_time() {
+        // The provider outlives the deadline; the consumer stops waiting before it.
+        let exporter = Exporter::new(
+            config(Duration::from_millis(800)),
+            vec![
+                Arc::new(Consumer),
+                Arc::new(Publisher(Duration::from_secs(3600))),
+            ],
+        );
+        let m = exporter.scrape().await;
+        let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
+        assert_eq!(ok("consumer"), Some(1.0));
+        assert_eq!(ok("publisher"), Some(0.0));
+        assert_eq!(m.value("kvmio_test_images", &[]), Some(0.0));
+    }
+}

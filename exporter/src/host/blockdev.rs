@@ -1,0 +1,549 @@
+//! Host block devices from sysfs: which device holds a VM image, what lies below it, and its IO
+//! scheduler.
+//!
+//! Resolution of an image file:
+//! 1. `stat()` the image (following symlinks). A block-device image (LVM LV, zvol, raw disk) *is*
+//!    its device: `st_rdev`. A regular file lives on the filesystem of `st_dev`.
+//! 2. `st_dev` major 0 is an anonymous device (tmpfs, overlayfs, NFS, FUSE, ZFS, but also btrfs,
+//!    which gives every subvolume one): the mount table (`<procfs>/self/mountinfo`) is consulted,
+//!    and if the filesystem's source is a `/dev/...` block device (btrfs), that device is used.
+//!    Otherwise the image has no host block device, and the reason says why.
+//! 3. `<sysfs>/dev/block/MAJ:MIN` leads to the device's sysfs directory. The kernel name of that
+//!    directory is [`BackingDevice::fs_device`] (e.g. `vda1`, `dm-3`). A partition is replaced by
+//!    its parent disk for [`BackingDevice::host_device`] (`vda`, `dm-3`, `md0`): the whole device
+//!    whose queue the image's IO goes through, and the value of the `host_device` label.
+//! 4. From the whole device, `slaves/` are followed down (device-mapper, md, bcache, each level a
+//!    partition replaced by its disk) to the physical disks: [`BackingDevice::physical_devices`].
+//!
+//! Nothing here fails a scrape: an image that cannot be resolved is [`ImageDevice::Unresolved`]
+//! with a one-line reason.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Follow `slaves/` at most this deep (real stacks are 2-4 levels; this stops a cycle in a
+/// corrupt or malicious fixture tree).
+const MAX_STACK_DEPTH: usize = 16;
+
+/// The host block devices under one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingDevice {
+    /// `major:minor` of [`Self::fs_device`].
+    pub dev: (u32, u32),
+    /// The device holding the image's filesystem, or the image itself if it is a block device;
+    /// may be a partition (`vda1`).
+    pub fs_device: String,
+    /// The whole device the IO goes through: `fs_device`, or its parent disk if it is a partition.
+    /// The `host_device` label of `kvmio_disk_layer_info`.
+    pub host_device: String,
+    /// The physical disks at the bottom of the stack below `host_device` (itself for a plain
+    /// disk), sorted and without duplicates.
+    pub physical_devices: Vec<String>,
+}
+
+impl BackingDevice {
+    /// Every device name involved (fs device, host device, physical disks), sorted, deduplicated:
+    /// the set `--host.devices=backing` exports diskstats for.
+    pub fn all_devices(&self) -> BTreeSet<String> {
+        let mut set: BTreeSet<String> = self.physical_devices.iter().cloned().collect();
+        set.insert(self.fs_device.clone());
+        set.insert(self.host_device.clone());
+        set
+    }
+}
+
+/// Result of resolving one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageDevice {
+    /// The image is on (or is) a host block device.
+    Resolved(BackingDevice),
+    /// No host block device: network or memory filesystem, missing file, not a local path...
+    Unresolved {
+        /// One line saying why.
+        reason: String,
+    },
+}
+
+impl ImageDevice {
+    /// The `host_device` label value: the whole device, or `""` when unresolved.
+    pub fn host_device(&self) -> &str {
+        match self {
+            ImageDevice::Resolved(b) => &b.host_device,
+            ImageDevice::Unresolved { .. } => "",
+        }
+    }
+
+    /// Why the image has no host device, if it has none.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ImageDevice::Resolved(_) => None,
+            ImageDevice::Unresolved { reason } => Some(reason),
+        }
+    }
+
+    /// The resolved devices, if any.
+    pub fn backing(&self) -> Option<&BackingDevice> {
+        match self {
+            ImageDevice::Resolved(b) => Some(b),
+            ImageDevice::Unresolved { .. } => None,
+        }
+    }
+}
+
+fn unresolved(reason: String) -> ImageDevice {
+    ImageDevice::Unresolved { reason }
+}
+
+/// Resolves an image file (or block device) path to the host block devices under it.
+///
+/// Blocking (it calls `stat()`, which can hang on a dead NFS server): call it from
+/// `tokio::task::spawn_blocking`, as [`crate::collector::ScrapeContext::resolved_images`] does.
+pub fn resolve_image(image: &Path, procfs: &Path, sysfs: &Path) -> ImageDevice {
+    if !image.is_absolute() {
+        // QEMU filenames like `nbd+unix:///...`, `json:{...}`, `rbd:pool/img`.
+        return unresolved(format!("{} is not a local absolute path", image.display()));
+    }
+    let meta = match fs::metadata(image) {
+        Ok(m) => m,
+        Err(e) => return unresolved(format!("stat {}: {e}", image.display())),
+    };
+    let ft = meta.file_type();
+    let (major, minor) = if ft.is_block_device() {
+        split_dev(meta.rdev())
+    } else if ft.is_file() {
+        split_dev(meta.dev())
+    } else {
+        return unresolved(format!(
+            "{} is neither a regular file nor a block device",
+            image.display()
+        ));
+    };
+    if major == 0 {
+        return resolve_anonymous(image, minor, procfs, sysfs);
+    }
+    match resolve_dev(sysfs, major, minor) {
+        Ok(b) => ImageDevice::Resolved(b),
+        Err(e) => unresolved(format!("{}: {e}", image.display())),
+    }
+}
+
+fn split_dev(dev: u64) -> (u32, u32) {
+    (
+        nix::sys::stat::major(dev) as u32,
+        nix::sys::stat::minor(dev) as u32,
+    )
+}
+
+/// `st_dev` 0:minor: look the filesystem up in the mount table.
+fn resolve_anonymous(image: &Path, minor: u32, procfs: &Path, sysfs: &Path) -> ImageDevice {
+    let mountinfo_path = procfs.join("self/mountinfo");
+    let mountinfo = match fs::read_to_string(&mountinfo_path) {
+        Ok(t) => t,
+        Err(e) => {
+            return unresolved(format!(
+                "{} is on anonymous device 0:{minor} and {} is unreadable: {e}",
+                image.display(),
+                mountinfo_path.display()
+            ))
+        }
+    };
+    let Some(mount) = find_mount(&mountinfo, 0, minor) else {
+        return unresolved(format!(
+            "{} is on anonymous device 0:{minor}, not in the mount table",
+            image.display()
+        ));
+    };
+    if mount.source.starts_with("/dev/") {
+        if let Ok(meta) = fs::metadata(&mount.source) {
+            if meta.file_type().is_block_device() {
+                let (major, minor) = split_dev(meta.rdev());
+                return match resolve_dev(sysfs, major, minor) {
+                    Ok(b) => ImageDevice::Resolved(b),
+                    Err(e) => unresolved(format!("{}: {e}", image.display())),
+                };
+            }
+        }
+    }
+    unresolved(format!(
+        "{} is on a {} filesystem (source {:?}, device 0:{minor}) with no host block device",
+        image.display(),
+        mount.fstype,
+        mount.source
+    ))
+}
+
+/// One `/proc/self/mountinfo` entry, the parts used here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point (octal escapes decoded).
+    pub mount_point: PathBuf,
+    /// Filesystem type (`ext4`, `tmpfs`, `btrfs`, `nfs4`, `fuse.sshfs`).
+    pub fstype: String,
+    /// Mount source (`/dev/vda1`, `tmpfs`, `server:/export`).
+    pub source: String,
+}
+
+/// Finds the first mount of device `major:minor` in mountinfo text.
+pub fn find_mount(mountinfo: &str, major: u32, minor: u32) -> Option<MountEntry> {
+    let want = format!("{major}:{minor}");
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let dev = fields.nth(2)?;
+        if dev != want {
+            return None;
+        }
+        let mount_point = fields.nth(1)?;
+        // Optional fields end with a lone "-", then fstype and source.
+        let mut rest = fields.skip_while(|f| *f != "-");
+        rest.next()?;
+        let fstype = rest.next()?;
+        let source = rest.next().unwrap_or("");
+        Some(MountEntry {
+            mount_point: PathBuf::from(unescape_octal(mount_point)),
+            fstype: unescape_octal(fstype),
+            source: unescape_octal(source),
+        })
+    })
+}
+
+/// Decodes mountinfo's `\040`-style escapes (space, tab, newline, backslash).
+fn unescape_octal(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolves a device number through sysfs (`<sysfs>/dev/block/MAJ:MIN`).
+pub fn resolve_dev(sysfs: &Path, major: u32, minor: u32) -> Result<BackingDevice, String> {
+    let link = sysfs.join(format!("dev/block/{major}:{minor}"));
+    let dir = fs::canonicalize(&link)
+        .map_err(|e| format!("device {major}:{minor}: {}: {e}", link.display()))?;
+    let fs_device = dev_name(&dir)?;
+    let whole = whole_device_dir(&dir);
+    let host_device = dev_name(&whole)?;
+    let mut physical = BTreeSet::new();
+    collect_leaves(&whole, 0, &mut BTreeSet::new(), &mut physical);
+    Ok(BackingDevice {
+        dev: (major, minor),
+        fs_device,
+        host_device,
+        physical_devices: physical.into_iter().collect(),
+    })
+}
+
+/// The physical disks below a whole device known by its kernel name (`<sysfs>/block/NAME`):
+/// device-mapper and md `slaves/` followed down, partitions replaced by their disks.
+pub fn physical_devices(sysfs: &Path, device: &str) -> Result<Vec<String>, String> {
+    if device.is_empty() || device.contains('/') || device == "." || device == ".." {
+        return Err(format!("{device:?} is not a block device name"));
+    }
+    let link = sysfs.join("block").join(device);
+    let dir = fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let mut physical = BTreeSet::new();
+    collect_leaves(
+        &whole_device_dir(&dir),
+        0,
+        &mut BTreeSet::new(),
+        &mut physical,
+    );
+    Ok(physical.into_iter().collect())
+}
+
+fn dev_name(dir: &Path) -> Result<String, String> {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} has no device name", dir.display()))
+}
+
+/// A partition's sysfs directory has a `partition` attribute and sits inside its disk's.
+fn whole_device_dir(dir: &Path) -> PathBuf {
+    if dir.join("partition").is_file() {
+        if let Some(parent) = dir.parent() {
+            return parent.to_path_buf();
+        }
+    }
+    dir.to_path_buf()
+}
+
+fn collect_leaves(
+    whole: &Path,
+    depth: usize,
+    visited: &mut BTreeSet<PathBuf>,
+    out: &mut BTreeSet<String>,
+) {
+    // Each device is expanded once: a cycle (impossible in a real kernel, possible in a broken
+    // tree) or a diamond does not repeat work.
+    if !visited.insert(whole.to_path_buf()) {
+        return;
+    }
+    let mut slaves: Vec<PathBuf> = match fs::read_dir(whole.join("slaves")) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .filter_map(|e| fs::canonicalize(e.path()).ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    slaves.sort();
+    if slaves.is_empty() || depth >= MAX_STACK_DEPTH {
+        if let Ok(name) = dev_name(whole) {
+            out.insert(name);
+        }
+        return;
+    }
+    for slave in slaves {
+        collect_leaves(&whole_device_dir(&slave), depth + 1, visited, out);
+    }
+}
+
+/// The active IO scheduler of a whole device, from `<sysfs>/block/DEV/queue/scheduler`.
+///
+/// `None` when the device has no scheduler file (bio-based devices such as zram, partitions) or
+/// it is unreadable or empty.
+pub fn read_scheduler(sysfs: &Path, device: &str) -> Option<String> {
+    if device.is_empty() || device.contains('/') || device == "." || device == ".." {
+        return None;
+    }
+    let text = fs::read_to_string(sysfs.join("block").join(device).join("queue/scheduler")).ok()?;
+    parse_scheduler(&text)
+}
+
+/// `none [mq-deadline] kyber bfq` -> `mq-deadline`; `[none] ...` or a bare `none` -> `none`.
+pub fn parse_scheduler(text: &str) -> Option<String> {
+    let text = text.trim();
+    if let Some(start) = text.find('[') {
+        let rest = &text[start + 1..];
+        let end = rest.find(']')?;
+        let name = rest[..end].trim();
+        return (!name.is_empty()).then(|| name.to_owned());
+    }
+    // No brackets: a single entry (e.g. `none`) is the one in use.
+    let mut words = text.split_ascii_whitespace();
+    match (words.next(), words.next()) {
+        (Some(only), None) => Some(only.to_owned()),
+        _ => None,
+    }
+}
+
+/// The device-mapper name (`<sysfs>/block/dm-N/dm/name`, e.g. `pve-vm--100--disk--0`).
+pub fn dm_name(sysfs: &Path, device: &str) -> Option<String> {
+    if !device.starts_with("dm-") || device.contains('/') {
+        return None;
+    }
+    let text = fs::read_to_string(sysfs.join("block").join(device).join("dm/name")).ok()?;
+    let name = text.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn scheduler_formats() {
+        assert_eq!(
+            parse_scheduler("none [mq-deadline] kyber bfq \n").as_deref(),
+            Some("mq-deadline")
+        );
+        assert_eq!(
+            parse_scheduler("[none] mq-deadline kyber bfq \n").as_deref(),
+            Some("none")
+        );
+        assert_eq!(parse_scheduler("none\n").as_deref(), Some("none"));
+        assert_eq!(parse_scheduler("").as_deref(), None);
+        assert_eq!(parse_scheduler("[] x").as_deref(), None);
+        assert_eq!(parse_scheduler("a b").as_deref(), None);
+    }
+
+    #[test]
+    fn mountinfo_lookup() {
+        // Lines in the kernel's format (proc(5)); the tmpfs one is this machine's /dev/shm.
+        let text = "\
+28 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+40 28 0:23 / /dev/shm rw,nosuid,nodev shared:5 - tmpfs tmpfs rw\n\
+41 28 0:45 /sub /srv/my\\040vms rw master:1 - btrfs /dev/vdb rw,space_cache\n";
+        let m = find_mount(text, 0, 23).unwrap();
+        assert_eq!(m.fstype, "tmpfs");
+        assert_eq!(m.source, "tmpfs");
+        assert_eq!(m.mount_point, Path::new("/dev/shm"));
+        let m = find_mount(text, 0, 45).unwrap();
+        assert_eq!(m.mount_point, Path::new("/srv/my vms"));
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("btrfs", "/dev/vdb")
+        );
+        assert!(find_mount(text, 0, 99).is_none());
+    }
+
+    /// A sysfs tree with device-mapper and md stacks, hand-built after the kernel's layout
+    /// (block/*, dev/block/MAJ:MIN and slaves/ symlinks into devices/): this build machine has no
+    /// dm or md driver, so it cannot be captured. Only structure, no statistics.
+    ///
+    /// ```text
+    /// dm-0 (253:0, "vg0-images") -> slaves vda2, vdb1      (LVM over two partitions)
+    /// md0  (9:0)                  -> slaves vdc, vdd        (RAID1 of whole disks)
+    /// md0p1 (259:5)               partition of md0
+    /// dm-1 (253:1, crypt)         -> slaves md0p1           (LUKS over an md partition)
+    /// ```
+    fn stacked_sysfs() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path();
+        let pci = "devices/pci0000:00";
+        let disk = |name: &str, slot: &str, dev: &str| {
+            let dir = format!("{pci}/0000:00:{slot}.0/virtio{slot}/block/{name}");
+            fs::create_dir_all(s.join(&dir).join("slaves")).unwrap();
+            fs::write(s.join(&dir).join("dev"), format!("{dev}\n")).unwrap();
+            symlink(format!("../{dir}"), s.join("block").join(name)).unwrap();
+            symlink(format!("../../{dir}"), s.join("dev/block").join(dev)).unwrap();
+            dir
+        };
+        let part = |disk_dir: &str, name: &str, n: u32, dev: &str| {
+            let dir = format!("{disk_dir}/{name}");
+            fs::create_dir_all(s.join(&dir)).unwrap();
+            fs::write(s.join(&dir).join("partition"), format!("{n}\n")).unwrap();
+            fs::write(s.join(&dir).join("dev"), format!("{dev}\n")).unwrap();
+            symlink(format!("../../{dir}"), s.join("dev/block").join(dev)).unwrap();
+            dir
+        };
+        let virt = |name: &str, dev: &str, slaves: &[&str]| {
+            let dir = format!("devices/virtual/block/{name}");
+            fs::create_dir_all(s.join(&dir).join("slaves")).unwrap();
+            fs::write(s.join(&dir).join("dev"), format!("{dev}\n")).unwrap();
+            for slave in slaves {
+                let name = Path::new(slave).file_name().unwrap();
+                // slaves/X -> ../../../../<path of X under /sys/devices>, as the kernel links
+                let under_devices = slave.strip_prefix("devices/").unwrap();
+                symlink(
+                    format!("../../../../{under_devices}"),
+                    s.join(&dir).join("slaves").join(name),
+                )
+                .unwrap();
+            }
+            symlink(format!("../{dir}"), s.join("block").join(name)).unwrap();
+            symlink(format!("../../{dir}"), s.join("dev/block").join(dev)).unwrap();
+            dir
+        };
+        fs::create_dir_all(s.join("block")).unwrap();
+        fs::create_dir_all(s.join("dev/block")).unwrap();
+        let vda = disk("vda", "04", "254:0");
+        let vda2 = part(&vda, "vda2", 2, "254:2");
+        let vdb = disk("vdb", "05", "254:16");
+        let vdb1 = part(&vdb, "vdb1", 1, "254:17");
+        let vdc = disk("vdc", "06", "254:32");
+        let vdd = disk("vdd", "07", "254:48");
+        let dm0 = virt("dm-0", "253:0", &[&vda2, &vdb1]);
+        fs::create_dir_all(s.join(&dm0).join("dm")).unwrap();
+        fs::write(s.join(&dm0).join("dm/name"), "vg0-images\n").unwrap();
+        let md0 = virt("md0", "9:0", &[&vdc, &vdd]);
+        let md0p1 = part(&md0, "md0p1", 1, "259:5");
+        virt("dm-1", "253:1", &[&md0p1]);
+        t
+    }
+
+    #[test]
+    fn plain_disk_and_partition() {
+        let t = stacked_sysfs();
+        let b = resolve_dev(t.path(), 254, 0).unwrap();
+        assert_eq!(
+            (b.fs_device.as_str(), b.host_device.as_str()),
+            ("vda", "vda")
+        );
+        assert_eq!(b.physical_devices, vec!["vda"]);
+        let b = resolve_dev(t.path(), 254, 17).unwrap();
+        assert_eq!(
+            (b.fs_device.as_str(), b.host_device.as_str()),
+            ("vdb1", "vdb")
+        );
+        assert_eq!(b.physical_devices, vec!["vdb"]);
+        assert_eq!(
+            b.all_devices().into_iter().collect::<Vec<_>>(),
+            vec!["vdb", "vdb1"]
+        );
+    }
+
+    #[test]
+    fn device_mapper_and_md_stacks() {
+        let t = stacked_sysfs();
+        let b = resolve_dev(t.path(), 253, 0).unwrap();
+        assert_eq!(
+            (b.fs_device.as_str(), b.host_device.as_str()),
+            ("dm-0", "dm-0")
+        );
+        assert_eq!(b.physical_devices, vec!["vda", "vdb"]);
+        assert_eq!(dm_name(t.path(), "dm-0").as_deref(), Some("vg0-images"));
+        // Partition of an md array: host device is the array, physical the mirrors.
+        let b = resolve_dev(t.path(), 259, 5).unwrap();
+        assert_eq!(
+            (b.fs_device.as_str(), b.host_device.as_str()),
+            ("md0p1", "md0")
+        );
+        assert_eq!(b.physical_devices, vec!["vdc", "vdd"]);
+        // dm-crypt over that partition: three levels down.
+        let b = resolve_dev(t.path(), 253, 1).unwrap();
+        assert_eq!(b.host_device, "dm-1");
+        assert_eq!(b.physical_devices, vec!["vdc", "vdd"]);
+        assert_eq!(
+            b.all_devices().into_iter().collect::<Vec<_>>(),
+            vec!["dm-1", "vdc", "vdd"]
+        );
+        assert_eq!(
+            physical_devices(t.path(), "dm-0").unwrap(),
+            vec!["vda", "vdb"]
+        );
+        assert!(physical_devices(t.path(), "../etc").is_err());
+        assert!(resolve_dev(t.path(), 8, 0).is_err());
+    }
+
+    #[test]
+    fn slave_cycle_terminates() {
+        let t = stacked_sysfs();
+        // dm-0's own slaves/ gets a link back to dm-0.
+        let dm0 = fs::canonicalize(t.path().join("block/dm-0")).unwrap();
+        symlink(&dm0, dm0.join("slaves/dm-0")).unwrap();
+        let b = resolve_dev(t.path(), 253, 0).unwrap();
+        assert_eq!(b.physical_devices, vec!["vda", "vdb"]);
+    }
+
+    #[test]
+    fn non_local_paths_are_unresolved() {
+        let t = stacked_sysfs();
+        let r = resolve_image(
+            Path::new("nbd+unix:///?socket=/run/x"),
+            Path::new("/proc"),
+            t.path(),
+        );
+        assert!(r.reason().unwrap().contains("not a local absolute path"));
+        assert_eq!(r.host_device(), "");
+        let r = resolve_image(
+            Path::new("/nonexistent/kvmio/image.qcow2"),
+            Path::new("/proc"),
+            t.path(),
+        );
+        assert!(
+            r.reason().unwrap().starts_with("stat /nonexistent"),
+            "{r:?}"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The HTTP server (hyper 1, HTTP/1.1): `GET /metrics`, a landing page at `/`, 404 elsewhere,
+//! graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::collector::Exporter;
+use crate::metrics::TEXT_CONTENT_TYPE;
+
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On shutdown, in-flight requests get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+/// (bounded by a grace period) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    exporter: Arc<Exporter>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let exporter = exporter.clone();
+                let mut stop = stop_rx.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let exporter = exporter.clone();
+                        async move { Ok::<_, Infallible>(handle(&exporter, local, req).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        // (the watch guard must not live across the await below)
+                        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, "connection: {e}");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} connections still open after {SHUTDOWN_GRACE:?}; closing them",
+            connections.len()
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn handle(
+    exporter: &Exporter,
+    local: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let is_get = req.method() == Method::GET;
+    if !is_get && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // HEAD answers with the headers only, without running a scrape.
+            let body = if is_get {
+                exporter.render().await
+            } else {
+                String::new()
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+            r
+        }
+        "/" => {
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| local.to_string());
+            let mut r = Response::new(Full::new(Bytes::from(landing_page(exporter, &host))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The landing page: what this is, the metrics link, and the Prometheus scrape config for the
+/// address the browser used (the Host header, HTML-escaped).
+pub fn landing_page(exporter: &Exporter, host: &str) -> String {
+    let host = html_escape(host);
+    let collectors = exporter.collector_names().join(", ");
+    let timeout = exporter.config().scrape_timeout;
+    format!(
+        "<!DOCTYPE html>
+<html lang=\"en\">
+<head><meta charset=\"utf-8\"><title>kvmio-exporter</title></head>
+<body>
+<h1>kvmio-exporter {version}</h1>
+<p>Prometheus exporter for every layer of KVM/QEMU VM storage IO: guest disks, QEMU devices and
+block nodes, image files and host block devices.</p>
+<p><a href=\"/metrics\">Metrics</a> (text exposition format 0.0.4)</p>
+<h2>Scraping with Prometheus</h2>
+<p>Add this job to <code>prometheus.yml</code>:</p>
+<pre>scrape_configs:
+  - job_name: kvmio
+    scrape_timeout: 10s   # the exporter bounds its scrapes to {timeout:?} (--scrape.timeout)
+    static_configs:
+      - targets: ['{host}']</pre>
+<p>Collectors: {collectors}.</p>
+</body>
+</html>
+",
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}

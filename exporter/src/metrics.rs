@@ -1,0 +1,557 @@
+//! A per-scrape metric builder on top of the `prometheus` crate's data model.
+//!
+//! Collectors do not register long-lived metric objects: every scrape builds a fresh [`Metrics`],
+//! each collector adds samples to it, and [`Metrics::encode_text`] turns it into
+//! `prometheus::proto::MetricFamily` values rendered by `prometheus::TextEncoder`.
+//!
+//! What the builder guarantees, whatever the collectors feed it:
+//! - families are sorted by name and series by label values, so output is deterministic;
+//! - each family has one `# HELP` / `# TYPE` header;
+//! - metric and label names follow the Prometheus rules and kvmio's conventions: the `kvmio_`
+//!   prefix, `_total` only (and always) on counters, `_info` on info metrics; a violation is a
+//!   programming error, and the sample is dropped and recorded in [`Metrics::rejected`];
+//! - every label value goes through [`sanitize_label_value`] (control characters removed, length
+//!   capped), because several of them (guest disk names, serials) come from the untrusted guest;
+//! - a duplicate series (same name and label values) keeps its first value and is recorded in
+//!   [`Metrics::rejected`], since Prometheus refuses a scrape with duplicate series.
+
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+
+/// Prefix of every metric this exporter emits.
+pub const NAMESPACE_PREFIX: &str = "kvmio_";
+
+/// Content type of the text exposition format 0.0.4, as sent by `GET /metrics`.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Hard cap on any label value's length in bytes, applied by the builder to every value.
+///
+/// Long enough for image file paths (which are joined on), short enough that a guest cannot
+/// inflate the output. Guest-supplied values should be cut shorter with
+/// [`sanitize_label_value`] and [`MAX_GUEST_LABEL_VALUE_BYTES`].
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Recommended cap for label values that come from the guest (disk names, serials, ...).
+pub const MAX_GUEST_LABEL_VALUE_BYTES: usize = 128;
+
+/// Removes control characters (C0, DEL, C1: newlines, escapes, NULs...) and cuts the result to at
+/// most `max_bytes` bytes on a character boundary. Borrows when nothing needs to change.
+pub fn sanitize_label_value(value: &str, max_bytes: usize) -> Cow<'_, str> {
+    if value.len() <= max_bytes && !value.chars().any(char::is_control) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(max_bytes));
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// The metric types the builder produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter; the name must end in `_total`.
+    Counter,
+    /// Gauge; info metrics are gauges with value 1 whose name ends in `_info`.
+    Gauge,
+    /// Histogram with explicit cumulative buckets, count and sum.
+    Histogram,
+}
+
+impl Kind {
+    fn proto(self) -> MetricType {
+        match self {
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Gauge => MetricType::GAUGE,
+            Kind::Histogram => MetricType::HISTOGRAM,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Scalar(f64),
+    Histogram {
+        /// (upper bound, cumulative count), strictly increasing bounds.
+        buckets: Vec<(f64, u64)>,
+        count: u64,
+        sum: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Family {
+    help: String,
+    kind: Kind,
+    label_names: Vec<String>,
+    /// Keyed by label values in `label_names` order; BTreeMap keeps series sorted.
+    series: BTreeMap<Vec<String>, Value>,
+}
+
+/// Metrics of one scrape, built by the collectors and encoded once.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    families: BTreeMap<String, Family>,
+    rejected: Vec<String>,
+}
+
+/// Label pairs as `(name, value)`; the names must be the same, in the same order, for every
+/// series of a family.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+impl Metrics {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a counter sample. `name` must start with `kvmio_` and end in `_total`.
+    pub fn counter(&mut self, name: &str, help: &str, labels: Labels<'_>, value: f64) {
+        self.add(name, help, Kind::Counter, labels, Value::Scalar(value));
+    }
+
+    /// Adds a gauge sample. `name` must start with `kvmio_` and must not end in `_total`.
+    pub fn gauge(&mut self, name: &str, help: &str, labels: Labels<'_>, value: f64) {
+        self.add(name, help, Kind::Gauge, labels, Value::Scalar(value));
+    }
+
+    /// Adds an info metric: a gauge of value 1 carrying its information in labels. `name` must
+    /// end in `_info`.
+    pub fn info(&mut self, name: &str, help: &str, labels: Labels<'_>) {
+        if !name.ends_with("_info") {
+            self.reject(format!("{name}: info metric names must end in _info"));
+            return;
+        }
+        self.add(name, help, Kind::Gauge, labels, Value::Scalar(1.0));
+    }
+
+    /// Adds a histogram sample. `buckets` are `(upper bound, cumulative count)` with strictly
+    /// increasing finite bounds and non-decreasing counts (the `+Inf` bucket is implied by `count`
+    /// and may be omitted); `count` is the number of observations and `sum` their sum, in the
+    /// metric's base unit.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: Labels<'_>,
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) {
+        let mut cleaned = Vec::with_capacity(buckets.len());
+        for &(bound, cumulative) in buckets {
+            if bound == f64::INFINITY {
+                if cumulative != count {
+                    self.reject(format!("{name}: +Inf bucket {cumulative} != count {count}"));
+                    return;
+                }
+                continue;
+            }
+            if !bound.is_finite() {
+                self.reject(format!("{name}: bucket bound {bound} is not finite"));
+                return;
+            }
+            if let Some(&(prev_bound, prev_count)) = cleaned.last() {
+                if bound <= prev_bound || cumulative < prev_count {
+                    self.reject(format!(
+                        "{name}: buckets must have increasing bounds and cumulative counts"
+                    ));
+                    return;
+                }
+            }
+            if cumulative > count {
+                self.reject(format!("{name}: bucket count {cumulative} > count {count}"));
+                return;
+            }
+            cleaned.push((bound, cumulative));
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if name.ends_with(suffix) {
+                self.reject(format!("{name}: histogram names must not end in {suffix}"));
+                return;
+            }
+        }
+        if labels.iter().any(|(n, _)| *n == "le") {
+            self.reject(format!("{name}: histograms cannot have an `le` label"));
+            return;
+        }
+        let value = Value::Histogram {
+            buckets: cleaned,
+            count,
+            sum,
+        };
+        self.add(name, help, Kind::Histogram, labels, value);
+    }
+
+    /// Moves every series of `other` into `self` (same checks as adding them one by one).
+    pub fn merge(&mut self, other: Metrics) {
+        self.rejected.extend(other.rejected);
+        for (name, fam) in other.families {
+            match self.families.entry(name) {
+                Entry::Vacant(v) => {
+                    v.insert(fam);
+                }
+                Entry::Occupied(mut o) => {
+                    let name = o.key().clone();
+                    let mine = o.get_mut();
+                    if mine.kind != fam.kind || mine.label_names != fam.label_names {
+                        self.rejected.push(format!(
+                            "{name}: merged family has another type or other label names"
+                        ));
+                        continue;
+                    }
+                    for (key, value) in fam.series {
+                        match mine.series.entry(key) {
+                            Entry::Vacant(v) => {
+                                v.insert(value);
+                            }
+                            Entry::Occupied(dup) => self
+                                .rejected
+                                .push(format!("{name}: duplicate series {:?}", dup.key())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Samples that were dropped, with the reason (bad names, duplicates, inconsistent labels).
+    /// Empty in a correct exporter; the scrape logs them.
+    pub fn rejected(&self) -> &[String] {
+        &self.rejected
+    }
+
+    /// Number of families with at least one series.
+    pub fn family_count(&self) -> usize {
+        self.families.len()
+    }
+
+    /// Whether a family of that name has been added.
+    pub fn contains(&self, name: &str) -> bool {
+        self.families.contains_key(name)
+    }
+
+    /// The scalar value of one series (counter or gauge), for tests and cross-collector checks.
+    pub fn value(&self, name: &str, labels: Labels<'_>) -> Option<f64> {
+        let fam = self.families.get(name)?;
+        if fam.label_names.len() != labels.len()
+            || fam.label_names.iter().zip(labels).any(|(a, (b, _))| a != b)
+        {
+            return None;
+        }
+        let key: Vec<String> = labels
+            .iter()
+            .map(|(_, v)| sanitize_label_value(v, MAX_LABEL_VALUE_BYTES).into_owned())
+            .collect();
+        match fam.series.get(&key)? {
+            Value::Scalar(v) => Some(*v),
+            Value::Histogram { .. } => None,
+        }
+    }
+
+    /// Builds the `prometheus` crate's protobuf-model families, sorted by name.
+    pub fn to_families(&self) -> Vec<MetricFamily> {
+        self.families
+            .iter()
+            .map(|(name, fam)| {
+                let mut mf = MetricFamily::default();
+                mf.set_name(name.clone());
+                mf.set_help(fam.help.clone());
+                mf.set_field_type(fam.kind.proto());
+                let metrics = fam
+                    .series
+                    .iter()
+                    .map(|(values, value)| {
+                        let labels = fam
+                            .label_names
+                            .iter()
+                            .zip(values)
+                            .map(|(n, v)| {
+                                let mut lp = proto::LabelPair::default();
+                                lp.set_name(n.clone());
+                                lp.set_value(v.clone());
+                                lp
+                            })
+                            .collect();
+                        let mut m = proto::Metric::default();
+                        m.set_label(labels);
+                        match (fam.kind, value) {
+                            (Kind::Counter, Value::Scalar(v)) => {
+                                let mut c = proto::Counter::default();
+                                c.set_value(*v);
+                                m.set_counter(c);
+                            }
+                            (Kind::Gauge, Value::Scalar(v)) => {
+                                let mut g = proto::Gauge::default();
+                                g.set_value(*v);
+                                m.set_gauge(g);
+                            }
+                            (
+                                _,
+                                Value::Histogram {
+                                    buckets,
+                                    count,
+                                    sum,
+                                },
+                            ) => {
+                                let mut h = proto::Histogram::default();
+                                h.set_sample_count(*count);
+                                h.set_sample_sum(*sum);
+                                h.set_bucket(
+                                    buckets
+                                        .iter()
+                                        .map(|&(bound, cumulative)| {
+                                            let mut b = proto::Bucket::default();
+                                            b.set_upper_bound(bound);
+                                            b.set_cumulative_count(cumulative);
+                                            b
+                                        })
+                                        .collect(),
+                                );
+                                m.set_histogram(h);
+                            }
+                            // `add` only stores scalars for counters/gauges and histograms for
+                            // histograms.
+                            (Kind::Histogram, Value::Scalar(_)) => unreachable!(),
+                        }
+                        m
+                    })
+                    .collect();
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect()
+    }
+
+    /// Renders the text exposition format 0.0.4 with `prometheus::TextEncoder`.
+    pub fn encode_text(&self) -> String {
+        let families = self.to_families();
+        let mut buf = Vec::with_capacity(256 * families.len());
+        // Families are never empty and always named, the only encoder failure modes, and writing
+        // to a Vec cannot fail.
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("text encoding of non-empty families into a Vec");
+        String::from_utf8(buf).expect("the text encoder writes UTF-8")
+    }
+
+    fn reject(&mut self, why: String) {
+        tracing::debug!("metric sample rejected: {why}");
+        self.rejected.push(why);
+    }
+
+    fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels<'_>, value: Value) {
+        if let Err(why) = check_metric_name(name, kind) {
+            self.reject(format!("{name}: {why}"));
+            return;
+        }
+        if help.is_empty() {
+            self.reject(format!("{name}: empty help text"));
+            return;
+        }
+        for (i, (label, _)) in labels.iter().enumerate() {
+            if !is_valid_label_name(label) {
+                self.reject(format!("{name}: invalid label name {label:?}"));
+                return;
+            }
+            if labels[..i].iter().any(|(other, _)| other == label) {
+                self.reject(format!("{name}: label {label:?} given twice"));
+                return;
+            }
+        }
+        let values: Vec<String> = labels
+            .iter()
+            .map(|(_, v)| sanitize_label_value(v, MAX_LABEL_VALUE_BYTES).into_owned())
+            .collect();
+        let fam = self
+            .families
+            .entry(name.to_owned())
+            .or_insert_with(|| Family {
+                help: help.to_owned(),
+                kind,
+                label_names: labels.iter().map(|(n, _)| (*n).to_owned()).collect(),
+                series: BTreeMap::new(),
+            });
+        if fam.kind != kind {
+            let why = format!("{name}: added as {kind:?}, already a {:?}", fam.kind);
+            self.reject(why);
+            return;
+        }
+        if fam.label_names.len() != labels.len()
+            || fam.label_names.iter().zip(labels).any(|(a, (b, _))| a != b)
+        {
+            let why = format!(
+                "{name}: label names {:?} differ from the family's {:?}",
+                labels.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                fam.label_names
+            );
+            self.reject(why);
+            return;
+        }
+        match fam.series.entry(values) {
+            Entry::Vacant(v) => {
+                v.insert(value);
+            }
+            Entry::Occupied(o) => {
+                let why = format!("{name}: duplicate series {:?}", o.key());
+                self.reject(why);
+            }
+        }
+    }
+}
+
+impl fmt::Display for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.encode_text())
+    }
+}
+
+/// Checks a metric name against the Prometheus grammar and kvmio's conventions.
+pub fn check_metric_name(name: &str, kind: Kind) -> Result<(), &'static str> {
+    if !name.starts_with(NAMESPACE_PREFIX) {
+        return Err("metric names must start with kvmio_");
+    }
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        return Err("metric names must match [a-zA-Z_:][a-zA-Z0-9_:]*");
+    }
+    match (kind, name.ends_with("_total")) {
+        (Kind::Counter, false) => Err("counter names must end in _total"),
+        (Kind::Gauge | Kind::Histogram, true) => Err("only counters may end in _total"),
+        _ => Ok(()),
+    }
+}
+
+/// Label names: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with the reserved `__`.
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_strips_controls_and_caps_on_char_boundary() {
+        assert!(matches!(
+            sanitize_label_value("vda", 128),
+            Cow::Borrowed("vda")
+        ));
+        assert_eq!(
+            sanitize_label_value("v\nd\x1b[31ma\0\u{85}", 128),
+            "vd[31ma"
+        );
+        // 'é' is 2 bytes: a cap of 4 must not split it.
+        assert_eq!(sanitize_label_value("abcé", 4), "abc");
+        assert_eq!(sanitize_label_value(&"x".repeat(1000), 128).len(), 128);
+    }
+
+    #[test]
+    fn families_sorted_headers_once_series_sorted() {
+        let mut m = Metrics::new();
+        m.gauge("kvmio_b", "B.", &[("device", "vdb")], 2.0);
+        m.counter("kvmio_a_total", "A.", &[("device", "x")], 1.0);
+        m.gauge("kvmio_b", "B.", &[("device", "vda")], 1.5);
+        m.info("kvmio_c_info", "C.", &[("k", "v\"q\\")]);
+        assert!(m.rejected().is_empty(), "{:?}", m.rejected());
+        let text = m.encode_text();
+        assert_eq!(
+            text,
+            "# HELP kvmio_a_total A.\n# TYPE kvmio_a_total counter\nkvmio_a_total{device=\"x\"} 1\n\
+             # HELP kvmio_b B.\n# TYPE kvmio_b gauge\nkvmio_b{device=\"vda\"} 1.5\nkvmio_b{device=\"vdb\"} 2\n\
+             # HELP kvmio_c_info C.\n# TYPE kvmio_c_info gauge\nkvmio_c_info{k=\"v\\\"q\\\\\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn naming_rules_enforced() {
+        let mut m = Metrics::new();
+        m.counter("kvmio_reads", "x", &[], 1.0); // counter without _total
+        m.gauge("kvmio_reads_total", "x", &[], 1.0); // gauge with _total
+        m.gauge("node_reads", "x", &[], 1.0); // wrong prefix
+        m.gauge("kvmio_bad-name", "x", &[], 1.0);
+        m.gauge("kvmio_ok", "x", &[("__reserved", "v")], 1.0);
+        m.gauge("kvmio_ok", "x", &[("a", "v"), ("a", "w")], 1.0);
+        m.info("kvmio_thing", "x", &[]);
+        m.gauge("kvmio_nohelp", "", &[], 1.0);
+        assert_eq!(m.rejected().len(), 8, "{:?}", m.rejected());
+        assert_eq!(m.family_count(), 0);
+    }
+
+    #[test]
+    fn duplicates_and_inconsistent_labels_rejected() {
+        let mut m = Metrics::new();
+        m.gauge("kvmio_g", "G.", &[("vm", "a")], 1.0);
+        m.gauge("kvmio_g", "G.", &[("vm", "a")], 2.0);
+        m.gauge("kvmio_g", "G.", &[("disk", "a")], 3.0);
+        m.counter("kvmio_g", "G.", &[("vm", "b")], 3.0);
+        assert_eq!(m.rejected().len(), 3);
+        assert_eq!(m.value("kvmio_g", &[("vm", "a")]), Some(1.0));
+        // Two guest values that sanitise to the same string are one series.
+        m.gauge("kvmio_g", "G.", &[("vm", "b\n")], 1.0);
+        m.gauge("kvmio_g", "G.", &[("vm", "b")], 1.0);
+        assert_eq!(m.rejected().len(), 4);
+    }
+
+    #[test]
+    fn histogram_encoding() {
+        let mut m = Metrics::new();
+        m.histogram(
+            "kvmio_lat_seconds",
+            "Latency.",
+            &[("vm", "a")],
+            &[(0.001, 3), (0.01, 5)],
+            7,
+            0.5,
+        );
+        assert!(m.rejected().is_empty(), "{:?}", m.rejected());
+        assert_eq!(
+            m.encode_text(),
+            "# HELP kvmio_lat_seconds Latency.\n# TYPE kvmio_lat_seconds histogram\n\
+             kvmio_lat_seconds_bucket{vm=\"a\",le=\"0.001\"} 3\n\
+             kvmio_lat_seconds_bucket{vm=\"a\",le=\"0.01\"} 5\n\
+             kvmio_lat_seconds_bucket{vm=\"a\",le=\"+Inf\"} 7\n\
+             kvmio_lat_seconds_sum{vm=\"a\"} 0.5\n\
+             kvmio_lat_seconds_count{vm=\"a\"} 7\n"
+        );
+        let mut bad = Metrics::new();
+        bad.histogram("kvmio_h", "H.", &[], &[(1.0, 3), (0.5, 4)], 4, 1.0);
+        bad.histogram("kvmio_h", "H.", &[], &[(1.0, 5)], 4, 1.0);
+        bad.histogram("kvmio_h", "H.", &[("le", "1")], &[], 0, 0.0);
+        bad.histogram("kvmio_h_count", "H.", &[], &[], 0, 0.0);
+        assert_eq!(bad.rejected().len(), 4);
+    }
+
+    #[test]
+    fn merge_moves_series_and_reports_conflicts() {
+        let mut a = Metrics::new();
+        a.gauge("kvmio_g", "G.", &[("vm", "a")], 1.0);
+        let mut b = Metrics::new();
+        b.gauge("kvmio_g", "G.", &[("vm", "b")], 2.0);
+        b.gauge("kvmio_g2", "G2.", &[], 2.0);
+        let mut c = Metrics::new();
+        c.gauge("kvmio_g", "G.", &[("vm", "a")], 9.0);
+        a.merge(b);
+        a.merge(c);
+        assert_eq!(a.family_count(), 2);
+        assert_eq!(a.value("kvmio_g", &[("vm", "b")]), Some(2.0));
+        assert_eq!(a.value("kvmio_g", &[("vm", "a")]), Some(1.0));
+        assert_eq!(a.rejected().len(), 1);
+    }
+}

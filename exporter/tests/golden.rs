@@ -1,0 +1,131 @@
+//! Golden-file test of the whole `/metrics` output of the host collectors over the fixture trees
+//! (tests/fixtures/README.md), one expected file per /proc/diskstats format.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden` rewrites the expected files;
+//! review the diff before committing it.
+//!
+//! Normalised before comparing (they vary from run to run or build to build, not with the
+//! fixtures): the values of `kvmio_collector_duration_seconds`, and the `rustc_version` and
+//! `target` labels of `kvmio_exporter_build_info`. promtool checks the raw output.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kvmio_exporter::collector::Exporter;
+use kvmio_exporter::config::{Config, HostDevices};
+
+fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("kvmio_collector_duration_seconds{") {
+            let (series, _value) = line.rsplit_once(' ').expect("sample line");
+            out.push_str(series);
+            out.push_str(" 0");
+        } else if line.starts_with("kvmio_exporter_build_info{") {
+            out.push_str(&normalise_label(
+                &normalise_label(line, "rustc_version", "RUSTC"),
+                "target",
+                "TARGET",
+            ));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn normalise_label(line: &str, label: &str, with: &str) -> String {
+    let start = format!("{label}=\"");
+    let Some(i) = line.find(&start) else {
+        return line.to_owned();
+    };
+    let value_start = i + start.len();
+    let value_end = value_start + line[value_start..].find('"').expect("closing quote");
+    format!("{}{with}{}", &line[..value_start], &line[value_end..])
+}
+
+async fn check(variant: &str) {
+    let fixtures = common::fixtures();
+    let config = Config {
+        host_devices: HostDevices::All,
+        procfs: fixtures.join(variant).join("proc"),
+        sysfs: fixtures.join("linux-6.18/sys"),
+        ..Config::default()
+    };
+    let exporter = Exporter::with_default_collectors(Arc::new(config));
+    let raw = exporter.render().await;
+    common::promtool_check(&raw, variant);
+    let got = normalise(&raw);
+
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{variant}.prom"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0") {
+        std::fs::write(&golden, &got).expect("write golden file");
+        eprintln!("updated {}", golden.display());
+        return;
+    }
+    let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden",
+            golden.display()
+        )
+    });
+    if got != want {
+        let diff = line_diff(&want, &got);
+        panic!(
+            "/metrics output differs from {} (- expected, + got); if the change is intended, \
+             regenerate with UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden\n{diff}",
+            golden.display()
+        );
+    }
+}
+
+/// A minimal diff: lines only in one side, in order (the outputs are sorted, so this is
+/// readable).
+fn line_diff(want: &str, got: &str) -> String {
+    let w: std::collections::BTreeSet<&str> = want.lines().collect();
+    let g: std::collections::BTreeSet<&str> = got.lines().collect();
+    let mut out = String::new();
+    for l in want.lines().filter(|l| !g.contains(l)) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in got.lines().filter(|l| !w.contains(l)) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    if out.is_empty() {
+        out.push_str("(same lines, different order or duplicates)\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn golden_linux_6_18_20_fields() {
+    check("linux-6.18").await;
+}
+
+#[tokio::test]
+async fn golden_derived_18_fields() {
+    check("derived-18fields").await;
+}
+
+#[tokio::test]
+async fn golden_derived_14_fields_and_legacy_partition() {
+    check("derived-14fields").await;
+}
+
+#[test]
+fn normalisation_only_touches_volatile_parts() {
+    let text = "kvmio_collector_duration_seconds{collector=\"x\"} 0.00123\n\
+                kvmio_exporter_build_info{version=\"0.1.0\",rustc_version=\"1.95.0\",target=\"x86_64-unknown-linux-gnu\"} 1\n\
+                kvmio_host_disk_io_now{device=\"vda\"} 3\n";
+    assert_eq!(
+        normalise(text),
+        "kvmio_collector_duration_seconds{collector=\"x\"} 0\n\
+         kvmio_exporter_build_info{version=\"0.1.0\",rustc_version=\"RUSTC\",target=\"TARGET\"} 1\n\
+         kvmio_host_disk_io_now{device=\"vda\"} 3\n"
+    );
+}

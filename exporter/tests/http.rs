@@ -1,0 +1,197 @@
+//! The HTTP server on 127.0.0.1:0: /metrics, /, 404, 405, graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvmio_exporter::collector::{CollectFuture, Collector, Exporter, ScrapeContext};
+use kvmio_exporter::config::{Config, HostDevices};
+use kvmio_exporter::Metrics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, read to EOF.
+async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: kvmio.test:10990\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("response within 20 s")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn serves_metrics_landing_page_and_errors_then_shuts_down() {
+    let fixtures = common::fixtures();
+    let config = Arc::new(Config {
+        host_devices: HostDevices::All,
+        procfs: fixtures.join("linux-6.18/proc"),
+        sysfs: fixtures.join("linux-6.18/sys"),
+        ..Config::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exporter = Arc::new(Exporter::with_default_collectors(config));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
+        let _ = stop_rx.await;
+    }));
+
+    let r = request(addr, "GET", "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(r
+        .body
+        .contains("kvmio_host_disk_reads_completed_total{device=\"vda\"} 74103\n"));
+    assert!(r
+        .body
+        .contains("kvmio_collector_success{collector=\"host_diskstats\"} 1\n"));
+    common::promtool_check(&r.body, "HTTP /metrics");
+
+    let r = request(addr, "GET", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body.contains("<a href=\"/metrics\">"));
+    assert!(
+        r.body.contains("targets: ['kvmio.test:10990']"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("scrape_configs:"));
+
+    let r = request(addr, "HEAD", "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+
+    let r = request(addr, "GET", "/metricsx").await;
+    assert_eq!(r.status, 404);
+    let r = request(addr, "POST", "/metrics").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("server stops after the shutdown signal")
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_promptly() {
+    let fixtures = common::fixtures();
+    let config = Arc::new(Config {
+        host_devices: HostDevices::All,
+        procfs: fixtures.join("linux-6.18/proc"),
+        sysfs: fixtures.join("linux-6.18/sys"),
+        ..Config::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exporter = Arc::new(Exporter::with_default_collectors(config));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
+        let _ = stop_rx.await;
+    }));
+    // A connection that never sends a request.
+    let idle = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("idle connections are closed promptly on shutdown")
+        .unwrap()
+        .unwrap();
+    drop(idle);
+}
+
+/// Takes a while, so a request is in flight when shutdown starts.
+struct Sleepy;
+impl Collector for Sleepy {
+    fn name(&self) -> &'static str {
+        "sleepy"
+    }
+    fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            out.gauge("kvmio_test_slept", "Test.", &[], 1.0);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_scrape_finish() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exporter = Arc::new(Exporter::new(
+        Arc::new(Config::default()),
+        vec![Arc::new(Sleepy)],
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
+        let _ = stop_rx.await;
+    }));
+    let in_flight = tokio::spawn(request(addr, "GET", "/metrics"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop_tx.send(()).unwrap();
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("kvmio_test_slept 1\n"));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+}
