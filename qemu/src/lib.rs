@@ -6,7 +6,7 @@
 //!   greeting and the guest controls what comes back, so every reply is treated as untrusted.
 //! * [`types`]: typed replies, tolerant of fields other QEMU versions add or drop.
 //! * [`cache`]: QEMU's `cache=` modes and the flags that `query-block` reports for them.
-//! * [`line`], [`limits`], [`error`]: what bounds both clients: lines of bounded length, calls
+//! * [`line`](mod@line), [`limits`], [`error`](mod@error): what bounds both clients: lines of bounded length, calls
 //!   of bounded duration, and one error type.
 
 mod base64;

@@ -41,6 +41,8 @@ pub struct LineReader {
     discarding: bool,
     /// A sentinel was seen since the last returned line.
     saw_sentinel: bool,
+    /// `buf[..scanned]` holds no `\n`: each byte is searched once, not once per read.
+    scanned: usize,
 }
 
 impl LineReader {
@@ -52,6 +54,7 @@ impl LineReader {
             buf: Vec::new(),
             discarding: false,
             saw_sentinel: false,
+            scanned: 0,
         }
     }
 
@@ -101,6 +104,7 @@ impl LineReader {
                 // Everything before the last sentinel is stale, including complete lines
                 // that were not yet returned: the agent's reply to our sync comes after it.
                 self.buf.clear();
+                self.scanned = 0;
                 self.discarding = false;
                 self.saw_sentinel = true;
                 data = &data[i + 1..];
@@ -121,7 +125,9 @@ impl LineReader {
     /// Returns a complete line from the buffer, or an error if the buffer holds more than a
     /// line's worth without a newline.
     fn take_buffered_line(&mut self) -> Result<Option<Line>> {
-        if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+        let newline = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+        if let Some(i) = newline.map(|i| i + self.scanned) {
+            self.scanned = 0;
             let mut bytes: Vec<u8> = self.buf.drain(..=i).collect();
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
@@ -138,8 +144,10 @@ impl LineReader {
                 after_sentinel,
             }));
         }
+        self.scanned = self.buf.len();
         if self.buf.len() > self.max_line_bytes {
             self.buf.clear();
+            self.scanned = 0;
             self.discarding = true;
             return Err(Error::LineTooLong {
                 limit: self.max_line_bytes,

@@ -161,7 +161,10 @@ async fn a_stopped_agent_times_out_and_the_next_call_resyncs() {
     let took = started.elapsed();
     child.signal("CONT");
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(took >= call_timeout && took < call_timeout * 3, "{took:?}");
+    assert!(
+        took >= call_timeout && took < call_timeout + Duration::from_secs(3),
+        "{took:?}"
+    );
     assert!(ga.needs_sync());
 
     // The late guest-info reply is still in the stream; the resync must skip it, and the

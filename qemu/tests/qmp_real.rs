@@ -221,7 +221,10 @@ async fn a_stopped_qemu_times_out_and_the_late_reply_is_skipped() {
     let took = started.elapsed();
     child.signal("CONT");
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(took >= call_timeout && took < call_timeout * 3, "{took:?}");
+    assert!(
+        took >= call_timeout && took < call_timeout + Duration::from_secs(3),
+        "{took:?}"
+    );
 
     // QEMU answers query-name late; the next call must take its own reply.
     let version = qmp.query_version().await.unwrap();
