@@ -1,0 +1,790 @@
+//! The simulated disk: a durable layer (the backing file) under a volatile write cache.
+//!
+//! Every unflushed write is kept, in arrival order, as an [`Entry`]; the data of all of them is
+//! appended to one arena that is reused after each flush, so steady-state writes allocate nothing.
+//! A per-sector index points at the newest entry holding each sector, which is what reads see.
+//! Older entries stay in the log even when a later write supersedes them, because a power failure
+//! that persists a random subset of the unflushed writes may persist the older one and lose the
+//! newer one, exactly as a disk with a volatile cache may.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::{PowerFailMode, PowerFailReport, SECTOR_SIZE};
+
+const SECTOR: u64 = SECTOR_SIZE;
+static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Where an entry's data lives.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// In the arena, starting at this byte index.
+    Arena(usize),
+    /// All zeroes (NBD_CMD_WRITE_ZEROES); no memory used.
+    Zero,
+    /// Already durable (a FUA write). Kept only as a barrier: an older unflushed write must never
+    /// be replayed over it at a power failure.
+    Durable,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    first: u64,
+    sectors: u64,
+    payload: Payload,
+}
+
+/// Multiplicative hash for sector numbers; sectors are trusted small integers, so SipHash's
+/// flooding resistance buys nothing here.
+#[derive(Debug, Default, Clone, Copy)]
+struct SectorHasher(u64);
+
+impl Hasher for SectorHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type SectorMap<V> = HashMap<u64, V, BuildHasherDefault<SectorHasher>>;
+type SectorSet = HashSet<u64, BuildHasherDefault<SectorHasher>>;
+
+/// What a disk operation did to the durable layer, for the statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Persisted {
+    pub bytes: u64,
+    pub syncs: u64,
+}
+
+impl Persisted {
+    fn add(&mut self, other: Persisted) {
+        self.bytes += other.bytes;
+        self.syncs += other.syncs;
+    }
+}
+
+/// SplitMix64: a tiny, fully specified generator, so a seed means the same crash on every build.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn coin(&mut self) -> bool {
+        self.next_u64() >> 63 == 1
+    }
+}
+
+/// The fate of one unflushed write at a power failure.
+#[derive(Debug, Clone)]
+enum Fate {
+    Lost,
+    Whole,
+    /// One flag per sector: persisted or not.
+    Torn(Vec<bool>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Disk {
+    file: File,
+    size: u64,
+    lie_about_flush: bool,
+    max_volatile_bytes: u64,
+    entries: Vec<Entry>,
+    /// Number of entries that are not `Durable` barriers.
+    volatile_entries: u64,
+    /// Bytes covered by volatile entries (superseded ones included): the destage trigger.
+    volatile_data_bytes: u64,
+    arena: Vec<u8>,
+    /// Newest volatile entry per sector.
+    index: SectorMap<u32>,
+    /// Scratch for sorting the index at flush time (kept to reuse its allocation).
+    sorted: Vec<(u64, u32)>,
+    /// Scratch for read-modify-write of unaligned writes.
+    rmw: Vec<u8>,
+    /// Scratch for gathering neighbouring sectors into one `pwrite`.
+    staging: Vec<u8>,
+}
+
+impl Disk {
+    pub(crate) fn new(
+        file: File,
+        size: u64,
+        lie_about_flush: bool,
+        max_volatile_bytes: u64,
+    ) -> Self {
+        Disk {
+            file,
+            size,
+            lie_about_flush,
+            max_volatile_bytes,
+            entries: Vec::new(),
+            volatile_entries: 0,
+            volatile_data_bytes: 0,
+            arena: Vec::new(),
+            index: SectorMap::default(),
+            sorted: Vec::new(),
+            rmw: Vec::new(),
+            staging: Vec::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Defence in depth: the connection checks ranges before calling in.
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "request beyond the end of the export",
+            )),
+        }
+    }
+
+    /// Distinct bytes whose newest content is only in the volatile layer.
+    pub(crate) fn volatile_bytes(&self) -> u64 {
+        self.index.len() as u64 * SECTOR
+    }
+
+    /// Unflushed writes that a power failure could lose.
+    pub(crate) fn volatile_writes(&self) -> u64 {
+        self.volatile_entries
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (any alignment) as the client sees them: the volatile
+    /// layer over the backing file. The caller checks the range.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.file.read_exact_at(buf, offset)?;
+        if self.index.is_empty() || buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let mut sector = offset / SECTOR;
+        while sector * SECTOR < end {
+            if let Some(&idx) = self.index.get(&sector) {
+                let s_start = sector * SECTOR;
+                let lo = s_start.max(offset);
+                let hi = (s_start + SECTOR).min(end);
+                let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+                let entry = self.entries[idx as usize];
+                match entry.payload {
+                    Payload::Arena(start) => {
+                        let src =
+                            start + ((sector - entry.first) * SECTOR + (lo - s_start)) as usize;
+                        dst.copy_from_slice(&self.arena[src..src + dst.len()]);
+                    }
+                    Payload::Zero => dst.fill(0),
+                    Payload::Durable => {}
+                }
+            }
+            sector += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`. Unaligned writes are widened to whole sectors by
+    /// read-modify-write, so that the volatile layer (and tearing) works on 512-byte sectors.
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<Persisted> {
+        let len = data.len() as u64;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Persisted::default());
+        }
+        if offset % SECTOR == 0 && len % SECTOR == 0 {
+            return self.write_aligned(offset, Some(data), len, fua);
+        }
+        let start = offset / SECTOR * SECTOR;
+        let end = (offset + len).div_ceil(SECTOR) * SECTOR;
+        let mut buf = std::mem::take(&mut self.rmw);
+        buf.clear();
+        buf.resize((end - start) as usize, 0);
+        let result = (|| {
+            self.read(start, &mut buf[..SECTOR as usize])?;
+            let tail = buf.len() - SECTOR as usize;
+            self.read(end - SECTOR, &mut buf[tail..])?;
+            buf[(offset - start) as usize..(offset - start + len) as usize].copy_from_slice(data);
+            self.write_aligned(start, Some(&buf), end - start, fua)
+        })();
+        self.rmw = buf;
+        result
+    }
+
+    /// Zeroes `len` bytes at `offset`; unaligned edges are handled by read-modify-write.
+    pub(crate) fn write_zeroes(
+        &mut self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> io::Result<Persisted> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Persisted::default());
+        }
+        let start = offset.div_ceil(SECTOR) * SECTOR;
+        let end = (offset + len) / SECTOR * SECTOR;
+        if start >= end {
+            // No whole sector inside: at most two partial sectors (len < 1024).
+            return self.write(offset, &ZEROES[..len as usize], fua);
+        }
+        let mut done = Persisted::default();
+        if offset < start {
+            done.add(self.write(offset, &ZEROES[..(start - offset) as usize], fua)?);
+        }
+        done.add(self.write_aligned(start, None, end - start, fua)?);
+        if end < offset + len {
+            done.add(self.write(end, &ZEROES[..(offset + len - end) as usize], fua)?);
+        }
+        Ok(done)
+    }
+
+    /// `data == None` means zeroes.
+    fn write_aligned(
+        &mut self,
+        offset: u64,
+        data: Option<&[u8]>,
+        len: u64,
+        fua: bool,
+    ) -> io::Result<Persisted> {
+        let first = offset / SECTOR;
+        let sectors = len / SECTOR;
+        if fua && !self.lie_about_flush {
+            match data {
+                Some(d) => self.file.write_all_at(d, offset)?,
+                None => write_zeroes_at(&self.file, offset, len)?,
+            }
+            self.file.sync_data()?;
+            for s in first..first + sectors {
+                self.index.remove(&s);
+            }
+            if self.volatile_entries > 0 {
+                // Older unflushed writes may overlap: remember that these sectors are durable
+                // from this point of the write order on.
+                self.entries.push(Entry {
+                    first,
+                    sectors,
+                    payload: Payload::Durable,
+                });
+            }
+            return Ok(Persisted {
+                bytes: len,
+                syncs: 1,
+            });
+        }
+        let payload = match data {
+            Some(d) => {
+                let start = self.arena.len();
+                self.arena.extend_from_slice(d);
+                Payload::Arena(start)
+            }
+            None => Payload::Zero,
+        };
+        let idx = u32::try_from(self.entries.len())
+            .map_err(|_| io::Error::other("too many unflushed writes"))?;
+        self.entries.push(Entry {
+            first,
+            sectors,
+            payload,
+        });
+        self.volatile_entries += 1;
+        self.volatile_data_bytes += len;
+        for s in first..first + sectors {
+            self.index.insert(s, idx);
+        }
+        if self.volatile_data_bytes > self.max_volatile_bytes {
+            // The cache is full: destage it, as a real disk writes back its cache on its own.
+            return self.persist_all();
+        }
+        Ok(Persisted::default())
+    }
+
+    /// NBD_CMD_FLUSH: every write received so far becomes durable (unless the disk lies).
+    pub(crate) fn flush(&mut self) -> io::Result<Persisted> {
+        if self.lie_about_flush {
+            return Ok(Persisted::default());
+        }
+        self.persist_all()
+    }
+
+    /// Writes the newest volatile data of every sector to the backing file, syncs it and empties
+    /// the volatile layer.
+    pub(crate) fn persist_all(&mut self) -> io::Result<Persisted> {
+        let mut sorted = std::mem::take(&mut self.sorted);
+        sorted.clear();
+        sorted.extend(self.index.iter().map(|(&s, &i)| (s, i)));
+        sorted.sort_unstable_by_key(|&(s, _)| s);
+        let mut staging = std::mem::take(&mut self.staging);
+        let result = self.write_sectors(&sorted, &mut staging);
+        self.sorted = sorted;
+        self.staging = staging;
+        let bytes = result?;
+        let mut done = Persisted { bytes, syncs: 0 };
+        if bytes > 0 {
+            self.file.sync_data()?;
+            done.syncs = 1;
+        }
+        self.clear();
+        Ok(done)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.arena.clear();
+        self.index.clear();
+        self.volatile_entries = 0;
+        self.volatile_data_bytes = 0;
+        // Do not hoard memory after an unusually large burst.
+        const KEEP: usize = 64 << 20;
+        if self.arena.capacity() > KEEP {
+            self.arena.shrink_to(KEEP);
+        }
+        if self.index.capacity() > KEEP / 32 {
+            self.index.shrink_to(KEEP / 32);
+        }
+    }
+
+    /// Writes the given (sector, entry) pairs, sorted by sector. Sectors contiguous on disk are
+    /// written with one `pwrite` however their data is laid out in the arena (pipelined clients
+    /// send neighbouring writes out of order).
+    fn write_sectors(&self, sorted: &[(u64, u32)], staging: &mut Vec<u8>) -> io::Result<u64> {
+        let mut out = Gather {
+            file: &self.file,
+            staging,
+            start: 0,
+            held: None,
+            written: 0,
+        };
+        // Current piece: first sector, number of sectors, source of its first byte (None: zero).
+        let mut piece: Option<(u64, u64, Option<usize>)> = None;
+        for &(sector, idx) in sorted {
+            let entry = self.entries[idx as usize];
+            let src = match entry.payload {
+                Payload::Arena(start) => Some(start + ((sector - entry.first) * SECTOR) as usize),
+                Payload::Zero => None,
+                Payload::Durable => continue,
+            };
+            if let Some((first, n, piece_src)) = piece {
+                let contiguous = first + n == sector
+                    && match (piece_src, src) {
+                        (Some(a), Some(b)) => a + (n * SECTOR) as usize == b,
+                        (None, None) => true,
+                        _ => false,
+                    };
+                if contiguous {
+                    piece = Some((first, n + 1, piece_src));
+                    continue;
+                }
+                out.push(first * SECTOR, self.piece(n, piece_src))?;
+            }
+            piece = Some((sector, 1, src));
+        }
+        if let Some((first, n, src)) = piece {
+            out.push(first * SECTOR, self.piece(n, src))?;
+        }
+        out.finish()
+    }
+
+    fn piece(&self, sectors: u64, src: Option<usize>) -> Piece<'_> {
+        let len = sectors * SECTOR;
+        match src {
+            Some(start) => Piece::Data(&self.arena[start..start + len as usize]),
+            None => Piece::Zero(len),
+        }
+    }
+
+    /// Simulates a power failure: decides the fate of every unflushed write according to `mode`,
+    /// writes what survives to the backing file, syncs it and empties the volatile layer.
+    pub(crate) fn power_fail(&mut self, mode: PowerFailMode) -> io::Result<PowerFailReport> {
+        let mut report = PowerFailReport {
+            mode,
+            unflushed_writes: self.volatile_entries,
+            volatile_bytes: self.volatile_bytes(),
+            ..PowerFailReport::default()
+        };
+        let mut fates: Vec<Fate> = Vec::with_capacity(self.entries.len());
+        let mut rng = match mode {
+            PowerFailMode::DropAll => None,
+            PowerFailMode::Subset { seed } | PowerFailMode::SubsetTorn { seed } => {
+                Some(SplitMix64::new(seed))
+            }
+        };
+        // Draw fates in write order, so that the outcome depends only on the seed and the
+        // sequence of writes.
+        for entry in &self.entries {
+            let fate = match (&mut rng, mode, entry.payload) {
+                (_, _, Payload::Durable) => Fate::Whole,
+                (Some(rng), PowerFailMode::Subset { .. }, _) => {
+                    if rng.coin() {
+                        Fate::Whole
+                    } else {
+                        Fate::Lost
+                    }
+                }
+                (Some(rng), PowerFailMode::SubsetTorn { .. }, _) => match rng.next_u64() % 3 {
+                    0 => Fate::Lost,
+                    1 => Fate::Whole,
+                    _ => Fate::Torn((0..entry.sectors).map(|_| rng.coin()).collect()),
+                },
+                _ => Fate::Lost,
+            };
+            if !matches!(entry.payload, Payload::Durable) {
+                match &fate {
+                    Fate::Lost => report.lost_writes += 1,
+                    Fate::Whole => report.persisted_writes += 1,
+                    Fate::Torn(kept) => {
+                        if kept.iter().all(|&k| k) {
+                            report.persisted_writes += 1;
+                        } else if kept.iter().all(|&k| !k) {
+                            report.lost_writes += 1;
+                        } else {
+                            report.torn_writes += 1;
+                        }
+                    }
+                }
+            }
+            fates.push(fate);
+        }
+        // Newest first: the first surviving version of a sector wins; a durable (FUA) barrier
+        // means the backing file already has the newest surviving version.
+        let mut decided = SectorSet::default();
+        let mut survivors: Vec<(u64, u32)> = Vec::new();
+        for (idx, (entry, fate)) in self.entries.iter().zip(&fates).enumerate().rev() {
+            for (k, sector) in (entry.first..entry.first + entry.sectors).enumerate() {
+                let kept = match fate {
+                    Fate::Lost => false,
+                    Fate::Whole => true,
+                    Fate::Torn(kept) => kept[k],
+                };
+                if kept && decided.insert(sector) && !matches!(entry.payload, Payload::Durable) {
+                    survivors.push((sector, idx as u32));
+                }
+            }
+        }
+        survivors.sort_unstable_by_key(|&(s, _)| s);
+        let mut staging = std::mem::take(&mut self.staging);
+        let result = self.write_sectors(&survivors, &mut staging);
+        self.staging = staging;
+        let bytes = result?;
+        if bytes > 0 {
+            self.file.sync_data()?;
+        }
+        report.bytes_persisted = bytes;
+        self.clear();
+        Ok(report)
+    }
+}
+
+/// Data for one stretch of the backing file.
+#[derive(Debug, Clone, Copy)]
+enum Piece<'a> {
+    Data(&'a [u8]),
+    Zero(u64),
+}
+
+impl Piece<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Data(d) => d.len() as u64,
+            Piece::Zero(n) => *n,
+        }
+    }
+}
+
+/// Largest run gathered into the staging buffer before it is written.
+const GATHER_MAX: u64 = 8 << 20;
+
+/// Turns pieces given in increasing disk order into as few `pwrite`s as possible: a lone piece is
+/// written from where it is, neighbouring pieces are gathered into the staging buffer first.
+struct Gather<'a, 'b> {
+    file: &'a File,
+    staging: &'b mut Vec<u8>,
+    /// Disk offset of the held piece or of the staging buffer's first byte.
+    start: u64,
+    held: Option<Piece<'a>>,
+    written: u64,
+}
+
+impl<'a> Gather<'a, '_> {
+    fn pending(&self) -> u64 {
+        match self.held {
+            Some(p) => p.len(),
+            None => self.staging.len() as u64,
+        }
+    }
+
+    fn push(&mut self, offset: u64, piece: Piece<'a>) -> io::Result<()> {
+        let pending = self.pending();
+        if pending > 0 && offset == self.start + pending && pending + piece.len() <= GATHER_MAX {
+            if let Some(held) = self.held.take() {
+                self.staging.clear();
+                stage(self.staging, held);
+            }
+            stage(self.staging, piece);
+            return Ok(());
+        }
+        self.write_pending()?;
+        self.start = offset;
+        self.held = Some(piece);
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        let n = self.pending();
+        match self.held.take() {
+            Some(Piece::Data(d)) => self.file.write_all_at(d, self.start)?,
+            Some(Piece::Zero(len)) => write_zeroes_at(self.file, self.start, len)?,
+            None if n > 0 => self.file.write_all_at(self.staging, self.start)?,
+            None => {}
+        }
+        self.staging.clear();
+        self.written += n;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<u64> {
+        self.write_pending()?;
+        Ok(self.written)
+    }
+}
+
+fn stage(staging: &mut Vec<u8>, piece: Piece<'_>) {
+    match piece {
+        Piece::Data(d) => staging.extend_from_slice(d),
+        Piece::Zero(n) => staging.resize(staging.len() + n as usize, 0),
+    }
+}
+
+fn write_zeroes_at(file: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
+    while len > 0 {
+        let n = len.min(ZEROES.len() as u64);
+        file.write_all_at(&ZEROES[..n as usize], offset)?;
+        offset += n;
+        len -= n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(sectors: u64) -> (tempfile::NamedTempFile, Disk) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.as_file().set_len(sectors * SECTOR).unwrap();
+        let file = tmp.reopen().unwrap();
+        (tmp, Disk::new(file, sectors * SECTOR, false, u64::MAX))
+    }
+
+    fn backing(tmp: &tempfile::NamedTempFile) -> Vec<u8> {
+        std::fs::read(tmp.path()).unwrap()
+    }
+
+    fn view(d: &Disk) -> Vec<u8> {
+        let mut v = vec![0; d.size() as usize];
+        d.read(0, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn reads_see_volatile_over_durable() {
+        let (tmp, mut d) = disk(16);
+        d.write(512, &[7; 1024], false).unwrap();
+        d.write(1024, &[9; 512], false).unwrap();
+        let v = view(&d);
+        assert!(v[..512].iter().all(|&b| b == 0));
+        assert!(v[512..1024].iter().all(|&b| b == 7));
+        assert!(v[1024..1536].iter().all(|&b| b == 9));
+        assert!(backing(&tmp).iter().all(|&b| b == 0));
+        assert_eq!(d.volatile_bytes(), 1024);
+        assert_eq!(d.volatile_writes(), 2);
+        // Unaligned read across the boundary.
+        let mut b = [0u8; 10];
+        d.read(1019, &mut b).unwrap();
+        assert_eq!(b, [7, 7, 7, 7, 7, 9, 9, 9, 9, 9]);
+    }
+
+    #[test]
+    fn flush_persists_newest_data_and_coalesces() {
+        let (tmp, mut d) = disk(64);
+        for i in 0..8u8 {
+            d.write(u64::from(i) * 4096, &[i + 1; 4096], false).unwrap();
+        }
+        d.write(4096, &[0xee; 512], false).unwrap();
+        let p = d.flush().unwrap();
+        assert_eq!(p.syncs, 1);
+        assert_eq!(p.bytes, 8 * 4096);
+        let b = backing(&tmp);
+        assert!(b[..4096].iter().all(|&x| x == 1));
+        assert!(b[4096..4608].iter().all(|&x| x == 0xee));
+        assert!(b[4608..8192].iter().all(|&x| x == 2));
+        assert!(b[7 * 4096..8 * 4096].iter().all(|&x| x == 8));
+        assert_eq!(d.volatile_bytes(), 0);
+        assert_eq!(d.flush().unwrap(), Persisted::default(), "nothing to sync");
+    }
+
+    #[test]
+    fn flush_gathers_out_of_order_and_zero_pieces() {
+        let (tmp, mut d) = disk(256);
+        // Neighbouring 4 KiB writes arriving out of order, with zeroes in the middle.
+        let order = [3u64, 0, 2, 7, 1, 5, 4, 6];
+        for &i in &order {
+            d.write(i * 4096, &[i as u8 + 1; 4096], false).unwrap();
+        }
+        d.write_zeroes(2 * 4096 + 512, 1024, false).unwrap();
+        d.write(20 * 4096, &[0xaa; 512], false).unwrap();
+        let expected = view(&d);
+        let p = d.flush().unwrap();
+        assert_eq!(p.bytes, 8 * 4096 + 512);
+        assert_eq!(backing(&tmp), expected);
+        assert!(all_eq(&expected[2 * 4096 + 512..2 * 4096 + 1536], 0));
+        assert!(all_eq(&expected[7 * 4096..8 * 4096], 8));
+    }
+
+    fn all_eq(b: &[u8], v: u8) -> bool {
+        b.iter().all(|&x| x == v)
+    }
+
+    #[test]
+    fn unaligned_write_is_read_modify_write() {
+        let (tmp, mut d) = disk(4);
+        d.write(0, &[1; 2048], true).unwrap();
+        d.write(100, &[5; 1000], false).unwrap();
+        let v = view(&d);
+        assert!(v[..100].iter().all(|&b| b == 1));
+        assert!(v[100..1100].iter().all(|&b| b == 5));
+        assert!(v[1100..2048].iter().all(|&b| b == 1));
+        // The volatile layer holds whole sectors 0..3.
+        assert_eq!(d.volatile_bytes(), 3 * 512);
+        d.power_fail(PowerFailMode::DropAll).unwrap();
+        assert!(backing(&tmp)[..2048].iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn zeroes_are_volatile_too() {
+        let (tmp, mut d) = disk(8);
+        d.write(0, &[3; 4096], true).unwrap();
+        d.write_zeroes(10, 3000, false).unwrap();
+        let v = view(&d);
+        assert!(v[..10].iter().all(|&b| b == 3));
+        assert!(v[10..3010].iter().all(|&b| b == 0));
+        assert!(v[3010..4096].iter().all(|&b| b == 3));
+        assert!(backing(&tmp)[..4096].iter().all(|&b| b == 3));
+        d.flush().unwrap();
+        assert_eq!(backing(&tmp)[..4096], v[..4096]);
+    }
+
+    #[test]
+    fn fua_is_a_barrier_for_older_unflushed_writes() {
+        for seed in 0..64 {
+            let (tmp, mut d) = disk(8);
+            d.write(0, &[1; 1024], false).unwrap();
+            d.write(0, &[2; 512], true).unwrap();
+            let r = d.power_fail(PowerFailMode::Subset { seed }).unwrap();
+            assert_eq!(r.unflushed_writes, 1);
+            let b = backing(&tmp);
+            assert!(b[..512].iter().all(|&x| x == 2), "seed {seed}");
+            assert!(b[512..1024].iter().all(|&x| x == 1) || b[512..1024].iter().all(|&x| x == 0));
+        }
+    }
+
+    #[test]
+    fn lying_disk_keeps_everything_volatile() {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.as_file().set_len(4096).unwrap();
+        let mut d = Disk::new(tmp.reopen().unwrap(), 4096, true, u64::MAX);
+        d.write(0, &[1; 512], true).unwrap();
+        d.flush().unwrap();
+        assert!(backing(&tmp).iter().all(|&x| x == 0));
+        assert_eq!(view(&d)[..512], [1; 512]);
+        d.power_fail(PowerFailMode::DropAll).unwrap();
+        assert!(backing(&tmp).iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn destage_when_cache_is_full() {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.as_file().set_len(1 << 20).unwrap();
+        let mut d = Disk::new(tmp.reopen().unwrap(), 1 << 20, false, 64 * 1024);
+        for i in 0..16u64 {
+            d.write(i * 4096, &[9; 4096], false).unwrap();
+        }
+        let p = d.write(16 * 4096, &[9; 4096], false).unwrap();
+        assert_eq!(p.bytes, 17 * 4096);
+        assert_eq!(d.volatile_bytes(), 0);
+    }
+
+    #[test]
+    fn subset_is_deterministic_and_keeps_whole_writes() {
+        let run = |seed| {
+            let (tmp, mut d) = disk(64);
+            for i in 0..32u8 {
+                d.write(u64::from(i) * 1024, &[i + 1; 1024], false).unwrap();
+            }
+            let r = d.power_fail(PowerFailMode::Subset { seed }).unwrap();
+            assert_eq!(r.unflushed_writes, 32);
+            assert_eq!(r.torn_writes, 0);
+            assert_eq!(r.persisted_writes + r.lost_writes, 32);
+            let b = backing(&tmp);
+            for i in 0..32usize {
+                let w = &b[i * 1024..(i + 1) * 1024];
+                assert!(w.iter().all(|&x| x == 0) || w.iter().all(|&x| x == i as u8 + 1));
+            }
+            (b, r)
+        };
+        let (a, ra) = run(42);
+        let (b, rb) = run(42);
+        let (c, _) = run(43);
+        assert_eq!(a, b);
+        assert_eq!(ra, rb);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn subset_torn_tears_at_sector_granularity() {
+        let (tmp, mut d) = disk(512);
+        for i in 0..16u8 {
+            d.write(u64::from(i) * 16384, &[i + 1; 16384], false)
+                .unwrap();
+        }
+        let r = d.power_fail(PowerFailMode::SubsetTorn { seed: 7 }).unwrap();
+        assert!(r.torn_writes > 0, "{r:?}");
+        let b = backing(&tmp);
+        let mut torn = 0;
+        for i in 0..16usize {
+            let w = &b[i * 16384..(i + 1) * 16384];
+            let kept: Vec<bool> = w
+                .chunks(512)
+                .map(|s| {
+                    assert!(s.iter().all(|&x| x == 0) || s.iter().all(|&x| x == i as u8 + 1));
+                    s[0] != 0
+                })
+                .collect();
+            if kept.iter().any(|&k| k) && !kept.iter().all(|&k| k) {
+                torn += 1;
+            }
+        }
+        assert_eq!(torn, r.torn_writes);
+    }
+}

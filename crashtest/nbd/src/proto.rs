@@ -1,0 +1,70 @@
+//! NBD wire constants (fixed newstyle handshake, simple replies), as given by the protocol
+//! specification (`doc/proto.md` in the NetworkBlockDevice/nbd repository). All integers on the
+//! wire are big-endian.
+
+/// `NBDMAGIC`, first 8 bytes the server sends.
+pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+/// `IHAVEOPT`, second 8 bytes of the newstyle greeting and the prefix of every option request.
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// Magic of every fixed-newstyle option reply.
+pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Magic of a transmission-phase request.
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Magic of a simple reply.
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+// Handshake flags (server → client).
+pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+
+// Client flags (client → server).
+pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+
+// Transmission flags.
+pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+pub const FLAG_SEND_FUA: u16 = 1 << 3;
+pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+
+// Options.
+pub const OPT_EXPORT_NAME: u32 = 1;
+pub const OPT_ABORT: u32 = 2;
+pub const OPT_LIST: u32 = 3;
+pub const OPT_INFO: u32 = 6;
+pub const OPT_GO: u32 = 7;
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 10;
+pub const OPT_SET_META_CONTEXT: u32 = 11;
+
+// Option reply types.
+pub const REP_ACK: u32 = 1;
+pub const REP_SERVER: u32 = 2;
+pub const REP_INFO: u32 = 3;
+pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+
+// Information types for NBD_REP_INFO.
+pub const INFO_EXPORT: u16 = 0;
+pub const INFO_BLOCK_SIZE: u16 = 3;
+
+// Commands.
+pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_DISC: u16 = 2;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_WRITE_ZEROES: u16 = 6;
+
+// Command flags.
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+// Error values.
+pub const EIO: u32 = 5;
+pub const EINVAL: u32 = 22;
+pub const ENOSPC: u32 = 28;
+
+/// Size of a request header in the transmission phase.
+pub const REQUEST_HEADER_LEN: usize = 28;
