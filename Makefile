@@ -1,0 +1,35 @@
+# kvmio: the two commands a newcomer needs are `make demo` and `make test` (see README.md).
+# Both install what they need first (deploy/setup.sh, as root; idempotent).
+
+CARGO ?= cargo
+RUN_DIR ?= /tmp/kvmio-demo
+VMS ?= 2
+CACHE ?= none,unsafe
+
+.PHONY: setup build demo lab test lint bench clean
+
+setup:
+	bash deploy/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --release
+
+# The main job: boot the lab VMs and serve their metrics. Ctrl-C stops everything.
+demo: build
+	bash deploy/demo.sh --run-dir $(RUN_DIR) --vms $(VMS) --cache $(CACHE)
+
+# Only the lab (no exporter).
+lab: build
+	./target/release/kvmio-crashtest lab --run-dir $(RUN_DIR) --vms $(VMS) --cache $(CACHE)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Everything CI runs: setup, lint, then every test (unit, golden, end-to-end with real QEMU).
+test: setup lint
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,305 @@
+//! `kvmio-guest`: the program kvmio runs inside its test VMs.
+//!
+//! * `kvmio-guest boot` — started by the initramfs' `/init` once modules are loaded and qemu-ga
+//!   runs: calls the host back with `READY` on the control port, then performs the role named on
+//!   the kernel command line (`kvmio.role=idle|lab`).
+//! * `kvmio-guest write --dev DEV --count N [--block-size B] [--offset O] [--direct] [--sync]`
+//!   — writes N blocks; the exporter's end-to-end test runs it through `guest-exec` so it knows
+//!   exactly how many 4 KiB O_DIRECT writes the guest issued.
+//!
+//! Kept free of heavy dependencies: it is copied into every guest initramfs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use kvmio_guest::protocol::GuestMessage;
+use kvmio_guest::{CONTROL_PORT, ROLE_PARAM};
+use rand::{Rng, SeedableRng};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("boot") => boot(),
+        Some("write") => write_cmd(&args[1..]),
+        Some("port") => find_port(args.get(1).map(String::as_str).unwrap_or(CONTROL_PORT))
+            .map(|p| println!("{}", p.display())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "usage: kvmio-guest boot | write --dev DEV --count N [--block-size B] [--offset O] [--direct] [--sync] | port NAME",
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvmio-guest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The device node of the virtio-serial port called `name`. Without udev there is no
+/// `/dev/virtio-ports/NAME` link, so the name is read from sysfs.
+fn find_port(name: &str) -> io::Result<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let port_name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if port_name.trim() == name {
+                    return Ok(Path::new("/dev").join(entry.file_name()));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no virtio-serial port named {name} under /sys/class/virtio-ports"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kernel_param(key: &str) -> Option<String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline.split_whitespace().find_map(|w| {
+        w.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(str::to_string)
+    })
+}
+
+fn boot() -> io::Result<()> {
+    let port_path = find_port(CONTROL_PORT)?;
+    let mut port = OpenOptions::new().read(true).write(true).open(&port_path)?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let ready = GuestMessage::Ready {
+        kernel_release: release.trim().to_string(),
+    };
+    writeln!(port, "{ready}")?;
+    port.flush()?;
+    let role = kernel_param(ROLE_PARAM).unwrap_or_else(|| "idle".to_string());
+    let outcome = match role.as_str() {
+        "idle" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        "lab" => lab_workload(),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown {ROLE_PARAM}={other}"),
+        )),
+    };
+    if let Err(e) = &outcome {
+        let _ = writeln!(
+            port,
+            "{}",
+            GuestMessage::Error {
+                message: e.to_string()
+            }
+        );
+    }
+    outcome
+}
+
+/// The virtio disks of this guest (`vda`, `vdb`, ...), with their size in bytes.
+fn virtio_disks() -> io::Result<Vec<(PathBuf, u64)>> {
+    let mut disks = Vec::new();
+    for entry in fs::read_dir("/sys/block")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let sectors: u64 = fs::read_to_string(entry.path().join("size"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        disks.push((Path::new("/dev").join(&name), sectors * 512));
+    }
+    disks.sort();
+    Ok(disks)
+}
+
+/// A buffer aligned for O_DIRECT, without unsafe code: over-allocate and slice.
+struct AlignedBuf {
+    storage: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    const ALIGN: usize = 4096;
+
+    fn new(len: usize) -> AlignedBuf {
+        let storage = vec![0u8; len + Self::ALIGN];
+        let offset = storage.as_ptr().align_offset(Self::ALIGN);
+        AlignedBuf {
+            storage,
+            offset,
+            len,
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.offset..self.offset + self.len]
+    }
+
+    fn as_ref(&self) -> &[u8] {
+        &self.storage[self.offset..self.offset + self.len]
+    }
+}
+
+/// A steady, modest mixed workload on every virtio disk, so the exporter has moving counters
+/// at every layer: random O_DIRECT reads and writes, buffered sequential writes with fsync
+/// (merges and flushes), about 40 operations a second per disk so that several TCG guests
+/// can share two host cores.
+fn lab_workload() -> io::Result<()> {
+    let disks = virtio_disks()?;
+    if disks.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no virtio disks"));
+    }
+    let mut handles = Vec::new();
+    for (i, (path, size)) in disks.into_iter().enumerate() {
+        handles.push(std::thread::spawn(move || {
+            disk_workload(&path, size, i as u64)
+        }));
+    }
+    for h in handles {
+        match h.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::other("workload thread panicked")),
+        }
+    }
+    Ok(())
+}
+
+fn disk_workload(path: &Path, size: u64, seed: u64) -> io::Result<()> {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut buffered = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = AlignedBuf::new(64 * 1024);
+    rng.fill(buf.as_mut());
+    let blocks = (size / 4096).max(1);
+    let mut seq_pos = 0u64;
+    loop {
+        for _ in 0..8 {
+            let block = rng.random_range(0..blocks);
+            let len = 4096 * rng.random_range(1..=16usize).min((blocks - block) as usize);
+            if rng.random_bool(0.5) {
+                direct.read_at(&mut buf.as_mut()[..len], block * 4096)?;
+            } else {
+                direct.write_at(&buf.as_ref()[..len], block * 4096)?;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Small buffered sequential writes: the guest's scheduler merges them, then a flush.
+        for _ in 0..8 {
+            if seq_pos + 4096 > size {
+                seq_pos = 0;
+            }
+            buffered.write_all_at(&buf.as_ref()[..4096], seq_pos)?;
+            seq_pos += 4096;
+        }
+        buffered.flush()?;
+        buffered.sync_data()?;
+    }
+}
+
+struct WriteArgs {
+    dev: PathBuf,
+    count: u64,
+    block_size: usize,
+    offset: u64,
+    direct: bool,
+    sync: bool,
+}
+
+fn parse_write_args(args: &[String]) -> io::Result<WriteArgs> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let mut out = WriteArgs {
+        dev: PathBuf::new(),
+        count: 0,
+        block_size: 4096,
+        offset: 0,
+        direct: false,
+        sync: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| bad(format!("{name} needs a value")))
+        };
+        match flag.as_str() {
+            "--dev" => out.dev = PathBuf::from(value("--dev")?),
+            "--count" => {
+                out.count = value("--count")?
+                    .parse()
+                    .map_err(|_| bad("--count takes a whole number".into()))?
+            }
+            "--block-size" => {
+                out.block_size = value("--block-size")?
+                    .parse()
+                    .map_err(|_| bad("--block-size takes a whole number of bytes".into()))?
+            }
+            "--offset" => {
+                out.offset = value("--offset")?
+                    .parse()
+                    .map_err(|_| bad("--offset takes a whole number of bytes".into()))?
+            }
+            "--direct" => out.direct = true,
+            "--sync" => out.sync = true,
+            other => return Err(bad(format!("unknown flag {other}"))),
+        }
+    }
+    if out.dev.as_os_str().is_empty() || out.count == 0 {
+        return Err(bad("write needs --dev DEV and --count N (> 0)".into()));
+    }
+    if out.block_size == 0 || out.block_size % 512 != 0 || out.offset % 512 != 0 {
+        return Err(bad(
+            "--block-size and --offset must be multiples of 512".into()
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes `count` blocks and prints one JSON line with what it did.
+fn write_cmd(args: &[String]) -> io::Result<()> {
+    let a = parse_write_args(args)?;
+    let mut opts = OpenOptions::new();
+    opts.write(true);
+    let mut flags = 0;
+    if a.direct {
+        flags |= libc::O_DIRECT;
+    }
+    if a.sync {
+        flags |= libc::O_DSYNC;
+    }
+    opts.custom_flags(flags);
+    let file: File = opts.open(&a.dev)?;
+    let mut buf = AlignedBuf::new(a.block_size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.offset ^ a.count);
+    rng.fill(buf.as_mut());
+    let start = Instant::now();
+    for i in 0..a.count {
+        file.write_all_at(buf.as_ref(), a.offset + i * a.block_size as u64)?;
+    }
+    println!(
+        "{{\"dev\":\"{}\",\"writes\":{},\"block_size\":{},\"direct\":{},\"sync\":{},\"seconds\":{:.3}}}",
+        a.dev.display(),
+        a.count,
+        a.block_size,
+        a.direct,
+        a.sync,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
