@@ -145,3 +145,64 @@ fn bad_input_fails_with_one_line_that_says_what_to_do() {
     assert_rejected(&[], &file, "--run-dir");
     assert_rejected(&[], Path::new("/proc/kvmio-not-writable"), "--run-dir");
 }
+
+/// `--accel auto` must not hang where /dev/kvm exists but KVM guests do not boot (these CI
+/// machines): it probes with a bounded boot, falls back to TCG, and records why.
+#[test]
+fn auto_accel_boots_even_where_kvm_hangs() {
+    let _slot = vm_slot();
+    let kernel = kvmio_crashtest::kernel::GuestKernel::locate(None, None)
+        .expect("guest kernel (run deploy/setup.sh)");
+    let cache = tempfile::tempdir().unwrap(); // no cached probe verdict
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args([
+        "lab",
+        "--vms",
+        "1",
+        "--disk-size",
+        "32",
+        "--accel",
+        "auto",
+        "--kernel",
+    ])
+    .arg(&kernel.vmlinuz)
+    .arg("--modules")
+    .arg(&kernel.modules)
+    .arg("--cache-dir")
+    .arg(cache.path())
+    .arg("--run-dir")
+    .arg(dir.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(lab_log(dir.path())).unwrap());
+    let mut lab = ChildProcess::spawn(&mut cmd);
+    let manifest: serde_json::Value = wait_for("lab.json", Duration::from_secs(300), || {
+        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            let log = std::fs::read_to_string(lab_log(dir.path())).unwrap_or_default();
+            panic!("lab exited early: {status}: {log}");
+        }
+        let text = std::fs::read_to_string(dir.path().join("lab.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    });
+    let accel = manifest["accel"].as_str().unwrap().to_string();
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let probe = std::fs::read_to_string(cache.path().join("accel-probe")).unwrap_or_default();
+    match accel.as_str() {
+        "kvm" => assert!(probe.ends_with("kvm-works\n"), "{probe}"),
+        "tcg" if kvm_usable => assert!(probe.ends_with("kvm-hangs\n"), "probe verdict: {probe:?}"),
+        "tcg" => assert!(probe.is_empty(), "no /dev/kvm, no probe"),
+        other => panic!("unexpected accel {other}"),
+    }
+    let status = lab.signal_and_wait(Signal::SIGINT, Duration::from_secs(30));
+    assert!(status.success());
+    assert!(processes_mentioning(&dir.path().to_string_lossy()).is_empty());
+    assert!(
+        processes_mentioning("kvmio-probe").is_empty(),
+        "probe VM reaped"
+    );
+}

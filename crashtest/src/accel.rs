@@ -78,19 +78,22 @@ pub async fn resolve(
                     });
                 }
             }
-            let works = probe_kvm(qemu, image).await;
+            let outcome = probe_kvm(qemu, image).await;
             let _ = std::fs::create_dir_all(cache_dir);
             let _ = std::fs::write(
                 &cache_file,
-                format!("{key}\n{}\n", if works { "kvm-works" } else { "kvm-hangs" }),
+                format!(
+                    "{key}\n{}\n",
+                    if outcome.is_ok() {
+                        "kvm-works"
+                    } else {
+                        "kvm-hangs"
+                    }
+                ),
             );
-            Ok(if works {
-                (Accel::Kvm, "KVM guest booted (probe)".into())
-            } else {
-                (
-                    Accel::Tcg,
-                    format!("KVM guest did not call back within {PROBE_DEADLINE:?} (probe)"),
-                )
+            Ok(match outcome {
+                Ok(()) => (Accel::Kvm, "KVM guest booted (probe)".into()),
+                Err(why) => (Accel::Tcg, format!("KVM probe failed: {why}")),
             })
         }
     }
@@ -104,10 +107,13 @@ fn open_kvm() -> std::io::Result<()> {
         .map(drop)
 }
 
-async fn probe_kvm(qemu: &Path, image: &GuestImage) -> bool {
-    let Ok(dir) = tempfile::Builder::new().prefix("kvmio-probe").tempdir() else {
-        return false;
-    };
+/// Boots the guest under KVM once; `Err` says why it did not call back (first line only: the
+/// full console tail is in the debug log).
+async fn probe_kvm(qemu: &Path, image: &GuestImage) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("kvmio-probe")
+        .tempdir()
+        .map_err(|e| format!("no temporary directory: {e}"))?;
     let mut config = VmConfig::new("kvm-probe", image.clone(), dir.path());
     config.qemu = qemu.to_path_buf();
     config.accel = Accel::Kvm;
@@ -118,8 +124,8 @@ async fn probe_kvm(qemu: &Path, image: &GuestImage) -> bool {
         Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        tracing::info!("KVM probe failed, using TCG: {e}");
-    }
-    result.is_ok()
+    result.map_err(|e| {
+        tracing::debug!("KVM probe failed, using TCG: {e}");
+        e.to_string().lines().next().unwrap_or_default().to_string()
+    })
 }

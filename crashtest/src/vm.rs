@@ -90,9 +90,12 @@ pub enum DiskSource {
         path: PathBuf,
         format: ImageFormat,
     },
-    /// An NBD export on a unix socket (raw), e.g. kvmio's volatile-cache server.
+    /// An NBD export on a unix socket, e.g. kvmio's volatile-cache server. `format` is the
+    /// format of the exported bytes: `Qcow2` when the export is a qcow2 image file served as
+    /// is, so that QEMU runs its qcow2 driver over the NBD protocol node (`format=qcow2`).
     Nbd {
         socket: PathBuf,
+        format: ImageFormat,
     },
 }
 
@@ -299,12 +302,17 @@ impl Vm {
         let timeout = Duration::from_secs(30);
         let monitor = guard.accept(&monitor_listener, "monitor", timeout).await?;
         let control = guard.accept(&control_listener, "control", timeout).await?;
-        let qmp = Qmp::handshake(monitor, Limits::default())
-            .await
-            .map_err(|source| VmError::Qmp {
-                name: config.name.clone(),
-                source,
-            })?;
+        let qmp = match Qmp::handshake(monitor, Limits::default()).await {
+            Ok(qmp) => qmp,
+            // Most often QEMU died right after connecting (e.g. KVM refused the vCPU): say so,
+            // with QEMU's own words, rather than blame the protocol.
+            Err(source) => {
+                return Err(guard.exit_error().unwrap_or(VmError::Qmp {
+                    name: config.name.clone(),
+                    source,
+                }))
+            }
+        };
         drop(monitor_listener);
         drop(control_listener);
         let _ = std::fs::remove_file(&monitor_path);
@@ -346,7 +354,8 @@ impl Vm {
                             message,
                         })
                     }
-                    None => tracing::debug!(vm = %self.config.name, line, "ignored control line"),
+                    // Role-specific lines before READY are not expected; skip, do not fail.
+                    _ => tracing::debug!(vm = %self.config.name, line, "ignored control line"),
                 },
                 // QEMU closed the chardev: it exited.
                 Ok(None) => {
@@ -473,6 +482,29 @@ struct ChildGuard<'a> {
 }
 
 impl ChildGuard<'_> {
+    /// If QEMU has exited (waiting half a second for it to finish dying), the error that says
+    /// so, with its stderr.
+    fn exit_error(&mut self) -> Option<VmError> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        for _ in 0..25 {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = status?;
+        self.child = None;
+        let stderr = std::fs::read_to_string(self.config.private_dir().join("qemu.stderr"))
+            .unwrap_or_default();
+        Some(VmError::EarlyExit {
+            name: self.config.name.clone(),
+            status: status.to_string(),
+            stderr: stderr.trim().to_string(),
+        })
+    }
+
     /// Accepts QEMU's connection to one of our listeners, noticing if QEMU exits instead.
     async fn accept(
         &mut self,
@@ -487,17 +519,13 @@ impl ChildGuard<'_> {
             {
                 return Ok(stream);
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    let stderr =
-                        std::fs::read_to_string(self.config.private_dir().join("qemu.stderr"))
-                            .unwrap_or_default();
-                    return Err(VmError::EarlyExit {
-                        name: self.config.name.clone(),
-                        status: status.to_string(),
-                        stderr: stderr.trim().to_string(),
-                    });
+            let exited = match self.child.as_mut() {
+                Some(child) => !matches!(child.try_wait(), Ok(None)),
+                None => false,
+            };
+            if exited {
+                if let Some(e) = self.exit_error() {
+                    return Err(e);
                 }
             }
             if Instant::now() > deadline {
@@ -625,9 +653,10 @@ fn qemu_args(config: &VmConfig, monitor: &Path, control: &Path) -> Result<Vec<St
     for (i, disk) in config.disks.iter().enumerate() {
         let (file, format) = match &disk.source {
             DiskSource::File { path, format } => (opt_path(path)?, format.as_str()),
-            DiskSource::Nbd { socket } => {
-                (format!("nbd+unix:///?socket={}", opt_path(socket)?), "raw")
-            }
+            DiskSource::Nbd { socket, format } => (
+                format!("nbd+unix:///?socket={}", opt_path(socket)?),
+                format.as_str(),
+            ),
         };
         push(&[
             "-drive",
