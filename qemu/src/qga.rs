@@ -52,20 +52,7 @@ impl GuestAgent<UnixStream> {
     /// Connects to the host side of the agent's channel (a chardev socket, or the socket of a
     /// host-side `qemu-ga -m unix-listen`) and synchronises.
     pub async fn connect(path: &Path, limits: Limits) -> Result<Self> {
-        let stream = match timeout(limits.call_timeout, UnixStream::connect(path)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(Error::Connect {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: format!("a connection to {}", path.display()),
-                })
-            }
-        };
+        let stream = crate::socket::connect(path, limits).await?;
         GuestAgent::with_stream(stream, limits).await
     }
 }

@@ -51,20 +51,7 @@ impl Qmp<UnixStream> {
     /// Connects to a monitor socket (`-qmp unix:PATH,server=on,wait=off`), reads the greeting
     /// and negotiates capabilities.
     pub async fn connect(path: &Path, limits: Limits) -> Result<Self> {
-        let stream = match timeout(limits.call_timeout, UnixStream::connect(path)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(Error::Connect {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: format!("a connection to {}", path.display()),
-                })
-            }
-        };
+        let stream = crate::socket::connect(path, limits).await?;
         Qmp::handshake(stream, limits).await
     }
 }
