@@ -6,7 +6,7 @@ RUN_DIR ?= /tmp/kvmio-demo
 VMS ?= 2
 CACHE ?= none,unsafe
 
-.PHONY: setup build demo lab test lint bench clean
+.PHONY: setup build demo lab test lint rules-test units-verify bench clean
 
 setup:
 	bash deploy/setup.sh
@@ -26,9 +26,19 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Everything CI runs: setup, lint, then every test (unit, golden, end-to-end with real QEMU).
-test: setup lint
+# Prometheus rules, their unit tests and the example configuration (promtool).
+rules-test:
+	bash deploy/prometheus/check.sh
+
+# systemd units: systemd-analyze verify on copies pointing at the binaries just built.
+units-verify:
+	bash deploy/systemd/verify.sh
+
+# Everything CI runs: setup, lint, the rules, then every test (unit, golden, end-to-end with real
+# QEMU and Prometheus, dashboard conventions) and the units, which need the binaries.
+test: setup lint rules-test
 	$(CARGO) build --workspace
+	bash deploy/systemd/verify.sh
 	$(CARGO) test --workspace
 
 clean:

@@ -47,9 +47,10 @@ fi
 # --- everything else ------------------------------------------------------------------------
 # busybox-static and cpio build the guest; prometheus (+promtool) runs the end-to-end tests;
 # nbdkit and prometheus-node-exporter are the benchmarks' reference points; ipxe-qemu and
-# seabios give QEMU its firmware (recommends, so not pulled by --no-install-recommends).
+# seabios give QEMU its firmware (recommends, so not pulled by --no-install-recommends);
+# systemd provides systemd-analyze, which checks deploy/systemd's units (containers may lack it).
 missing=()
-for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod; do
+for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
