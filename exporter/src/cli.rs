@@ -71,6 +71,11 @@ pub struct Cli {
     /// other clients: give kvmio a dedicated one).
     #[arg(long = "qmp.persistent")]
     pub qmp_persistent: bool,
+
+    /// Directory where `kvmio-crashtest run --out DIR` writes crashtest.prom: the newest one
+    /// (DIR/crashtest.prom or DIR/*/crashtest.prom) is re-served (kvmio_crashtest_* only).
+    #[arg(long = "crashtest.results-dir", value_name = "DIR")]
+    pub crashtest_results_dir: Option<PathBuf>,
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` (all IPv4 interfaces).
@@ -121,6 +126,7 @@ impl Cli {
             qmp_latency_buckets: self.qmp_latency_buckets.map(|b| b.0),
             qga_max_disks: usize::from(self.qga_max_disks),
             qmp_persistent: self.qmp_persistent,
+            crashtest_results_dir: self.crashtest_results_dir,
         })
     }
 }

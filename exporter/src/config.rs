@@ -148,6 +148,8 @@ pub struct Config {
     pub qga_max_disks: usize,
     /// Keep QMP (and guest-agent) connections open between scrapes.
     pub qmp_persistent: bool,
+    /// `--crashtest.results-dir`: where `kvmio-crashtest run --out` writes `crashtest.prom`.
+    pub crashtest_results_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -167,11 +169,19 @@ impl Default for Config {
             qmp_latency_buckets: None,
             qga_max_disks: DEFAULT_QGA_MAX_DISKS,
             qmp_persistent: false,
+            crashtest_results_dir: None,
         }
     }
 }
 
 impl Config {
+    /// Whether any VM source is configured (socket globs, a layout, targets).
+    pub fn has_vm_sources(&self) -> bool {
+        !self.qmp_socket_globs.is_empty()
+            || !self.qga_socket_globs.is_empty()
+            || !self.targets.is_empty()
+    }
+
     /// The latency bucket bounds in nanoseconds, as QMP `block-latency-histogram-set` wants them.
     pub fn qmp_latency_boundaries_ns(&self) -> Option<Vec<u64>> {
         self.qmp_latency_buckets

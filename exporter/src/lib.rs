@@ -4,7 +4,11 @@
 //! - [`metrics`]: the per-scrape metric builder ([`metrics::Metrics`]) and label hygiene;
 //! - [`collector`]: the [`collector::Collector`] trait, the scrape runner
 //!   ([`collector::Exporter`]), the per-scrape [`collector::ScrapeContext`], and one collector per
-//!   file (`host_diskstats`, `host_image`);
+//!   file (`host_diskstats`, `host_image`, `qmp`, `qga`, `crashtest`);
+//! - [`discovery`] and [`glob`]: which VMs' sockets to scrape, found at each scrape;
+//! - [`vm`]: each VM's QMP monitor and guest agent, queried concurrently under one deadline,
+//!   with pooled connections and per-process caches; the guest disk <-> device join;
+//! - [`textformat`]: a strict text-format parser for the crash-test results file;
 //! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution
 //!   through sysfs, page-cache residency (cachestat/mincore);
 //! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
@@ -13,9 +17,13 @@
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod discovery;
+pub mod glob;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod textformat;
+pub mod vm;
 
 pub use collector::{Collector, CollectorError, Exporter, ImageRef, ScrapeContext};
 pub use config::Config;

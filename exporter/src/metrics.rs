@@ -229,6 +229,11 @@ impl Metrics {
         &self.rejected
     }
 
+    /// Forgets the rejections recorded so far (after the caller has reported them).
+    pub fn clear_rejected(&mut self) {
+        self.rejected.clear();
+    }
+
     /// Number of families with at least one series.
     pub fn family_count(&self) -> usize {
         self.families.len()

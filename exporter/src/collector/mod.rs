@@ -21,8 +21,11 @@
 //! every provider has finished (or shortly before the deadline) and resolve each image to its
 //! host block devices once per scrape.
 
+pub mod crashtest;
 pub mod host_diskstats;
 pub mod host_image;
+pub mod qga;
+pub mod qmp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -133,6 +136,9 @@ pub struct ScrapeContext {
     images: Mutex<Vec<ImageRef>>,
     providers_left: watch::Sender<usize>,
     resolved: OnceCell<Arc<Vec<ResolvedImage>>>,
+    /// Image paths resolved in this scrape (the QMP collector and the host collectors resolve
+    /// the same images).
+    resolved_paths: Arc<Mutex<HashMap<PathBuf, ImageDevice>>>,
 }
 
 impl ScrapeContext {
@@ -151,6 +157,7 @@ impl ScrapeContext {
             images: Mutex::new(Vec::new()),
             providers_left: watch::Sender::new(image_providers),
             resolved: OnceCell::new(),
+            resolved_paths: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -240,32 +247,79 @@ impl ScrapeContext {
     /// Resolves image paths to host block devices now, in the blocking pool (`stat()` can hang
     /// on a dead network filesystem), bounded by the deadline: an image not resolved in time is
     /// [`ImageDevice::Unresolved`]. One result per path, in order. For the QMP collector's
-    /// `host_device` label.
+    /// `host_device` label. Each path is resolved once per scrape.
     pub async fn resolve_image_paths(&self, paths: Vec<PathBuf>) -> Vec<ImageDevice> {
+        self.resolve_image_paths_until(paths, self.deadline).await
+    }
+
+    /// [`Self::resolve_image_paths`], bounded by `until` (at most the scrape deadline).
+    pub async fn resolve_image_paths_until(
+        &self,
+        paths: Vec<PathBuf>,
+        until: Instant,
+    ) -> Vec<ImageDevice> {
         if paths.is_empty() {
             return Vec::new();
         }
-        let count = paths.len();
-        let procfs = self.config.procfs.clone();
-        let sysfs = self.config.sysfs.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let mut cache: HashMap<PathBuf, ImageDevice> = HashMap::new();
-            paths
-                .into_iter()
-                .map(|path| {
-                    cache
-                        .entry(path)
-                        .or_insert_with_key(|p| resolve_image(p, &procfs, &sysfs))
-                        .clone()
-                })
-                .collect::<Vec<_>>()
-        });
-        let why = match tokio::time::timeout_at(self.deadline, job).await {
-            Ok(Ok(devices)) => return devices,
-            Ok(Err(e)) => format!("image resolution failed: {e}"),
-            Err(_) => "image resolution timed out".to_owned(),
+        let memo = self.resolved_paths.clone();
+        let missing: Vec<PathBuf> = {
+            let done = memo.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m: Vec<PathBuf> = paths
+                .iter()
+                .filter(|p| !done.contains_key(*p))
+                .cloned()
+                .collect();
+            m.sort();
+            m.dedup();
+            m
         };
-        vec![ImageDevice::Unresolved { reason: why }; count]
+        if !missing.is_empty() {
+            let procfs = self.config.procfs.clone();
+            let sysfs = self.config.sysfs.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                missing
+                    .into_iter()
+                    .map(|p| {
+                        let d = resolve_image(&p, &procfs, &sysfs);
+                        (p, d)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let why = match tokio::time::timeout_at(until.min(self.deadline), job).await {
+                Ok(Ok(devices)) => {
+                    memo.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(devices);
+                    None
+                }
+                Ok(Err(e)) => Some(format!("image resolution failed: {e}")),
+                Err(_) => Some("image resolution timed out".to_owned()),
+            };
+            if let Some(why) = why {
+                let done = memo.lock().unwrap_or_else(|e| e.into_inner());
+                return paths
+                    .iter()
+                    .map(|p| {
+                        done.get(p)
+                            .cloned()
+                            .unwrap_or_else(|| ImageDevice::Unresolved {
+                                reason: why.clone(),
+                            })
+                    })
+                    .collect();
+            }
+        }
+        let done = memo.lock().unwrap_or_else(|e| e.into_inner());
+        paths
+            .iter()
+            .map(|p| {
+                done.get(p)
+                    .cloned()
+                    .unwrap_or_else(|| ImageDevice::Unresolved {
+                        reason: "not resolved".to_owned(),
+                    })
+            })
+            .collect()
     }
 
     /// The host devices that back this scrape's images: for each resolved image, its fs device,
@@ -290,14 +344,23 @@ impl Drop for ProviderGuard {
     }
 }
 
-/// The collectors this build ships, for a configuration. The QMP and guest-agent collectors are
-/// added here when they exist.
+/// The collectors this build ships, for a configuration: the host collectors; the QMP and
+/// guest-agent collectors (sharing one [`crate::vm::Fleet`]) when sockets or targets are
+/// configured; the crash-test results with `--crashtest.results-dir`.
 pub fn default_collectors(config: &Config) -> Vec<Arc<dyn Collector>> {
     let mut list: Vec<Arc<dyn Collector>> = Vec::new();
     if config.host_devices != HostDevices::None {
         list.push(Arc::new(host_diskstats::HostDiskstats));
     }
     list.push(Arc::new(host_image::HostImage));
+    if config.has_vm_sources() {
+        let fleet = Arc::new(crate::vm::Fleet::new());
+        list.push(Arc::new(qmp::Qmp::new(fleet.clone())));
+        list.push(Arc::new(qga::Qga::new(fleet)));
+    }
+    if let Some(dir) = &config.crashtest_results_dir {
+        list.push(Arc::new(crashtest::Crashtest::new(dir.clone())));
+    }
     list
 }
 

@@ -1,0 +1,598 @@
+//! One VM's QMP side of a scrape: connect (or reuse the pooled monitor), then `query-blockstats`
+//! and `query-block`, plus what is cached per QEMU process and only asked once:
+//!
+//! - `query-name` (the `vm` label);
+//! - `query-pci` (for the guest disk join; only for VMs with an agent, refreshed when a guest disk
+//!   does not match);
+//! - `qom-get` of each device's `type` (the `bus` label), `serial` and `iothread`;
+//! - `query-named-block-nodes` (drivers of nodes `query-blockstats` does not name);
+//! - the command line from `<procfs>/PID/cmdline` ([`super::cmdline`]).
+//!
+//! The cache belongs to one QEMU process: the monitor socket's peer PID (`SO_PEERCRED`) keys it,
+//! so a VM restarted on the same socket starts afresh. Every call is bounded by the VM's deadline;
+//! a connection whose call did not complete is dropped, never reused.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvmio_qemu::types::{flatten_pci, BlockInfo, BlockStats, PciFunction};
+use kvmio_qemu::{Error as QemuError, Limits, Qmp};
+use serde_json::json;
+use tokio::net::UnixStream;
+use tokio::time::{timeout_at, Instant};
+
+use super::cmdline::{self, QemuCmdline};
+use crate::config::Config;
+
+/// `query-pci` is asked again at most this often when a guest disk has no PCI match.
+const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A failed `block-latency-histogram-set` is retried after this long.
+const HISTOGRAM_RETRY: Duration = Duration::from_secs(300);
+
+/// QMP replies are QEMU's (trusted more than a guest), but still bounded.
+const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Facts about one guest device model, from `qom-get` (static for the device's life).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// The QOM type (`virtio-blk-device`, `scsi-hd`, `ide-hd`, `nvme`...).
+    pub type_name: Option<String>,
+    /// The `serial` property, if set.
+    pub serial: Option<String>,
+    /// The iothread id the device runs in, if any.
+    pub iothread: Option<String>,
+}
+
+impl DeviceFacts {
+    /// The `bus` label: `virtio`, `scsi`, `ide`, `nvme`, `usb`, `floppy`, `xen`, `vhost-user`, the
+    /// raw type for anything else, or empty when unknown.
+    pub fn bus(&self) -> String {
+        let Some(t) = self.type_name.as_deref() else {
+            return String::new();
+        };
+        let bus = if t.starts_with("virtio-blk") {
+            "virtio"
+        } else if t.starts_with("vhost-user-blk") {
+            "vhost-user"
+        } else if t.starts_with("scsi-") {
+            "scsi"
+        } else if t.starts_with("ide-") {
+            "ide"
+        } else if t.starts_with("nvme") {
+            "nvme"
+        } else if t.starts_with("usb-") {
+            "usb"
+        } else if t == "floppy" {
+            "floppy"
+        } else if t.starts_with("xen-") {
+            "xen"
+        } else {
+            t
+        };
+        bus.to_owned()
+    }
+}
+
+/// Device totals when this exporter set the latency histograms: the `_sum` of each histogram is
+/// the latency accounted since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistogramBase {
+    pub rd_total_time_ns: i64,
+    pub wr_total_time_ns: i64,
+    pub flush_total_time_ns: i64,
+}
+
+/// `<procfs>/PID/io` of the QEMU process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessIo {
+    /// Bytes the process caused to be read from storage (`read_bytes`).
+    pub read_bytes: u64,
+    /// Bytes the process caused to be sent to storage (`write_bytes`).
+    pub write_bytes: u64,
+}
+
+/// What one scrape learned from a VM's monitor.
+#[derive(Debug, Clone, Default)]
+pub struct QmpSnapshot {
+    /// The QEMU process (monitor socket peer), if known.
+    pub pid: Option<u32>,
+    pub blockstats: Vec<BlockStats>,
+    pub block: Vec<BlockInfo>,
+    /// Flattened `query-pci` (empty for VMs without an agent or without PCI).
+    pub pci: Arc<Vec<PciFunction>>,
+    /// By qdev path.
+    pub devices: HashMap<String, Arc<DeviceFacts>>,
+    /// Node name -> driver, for nodes `query-blockstats` does not name the driver of.
+    pub node_drivers: HashMap<String, String>,
+    pub cmdline: Option<Arc<QemuCmdline>>,
+    pub process_io: Option<ProcessIo>,
+    /// Devices (by `device` label) whose latency histograms this exporter set in an earlier scrape.
+    pub histograms: HashMap<String, HistogramBase>,
+}
+
+/// Per-QEMU-process cache.
+#[derive(Debug, Default)]
+struct Cache {
+    pid: Option<u32>,
+    /// `Some(None)`: QEMU has no `-name`.
+    name: Option<Option<String>>,
+    cmdline: Option<Option<Arc<QemuCmdline>>>,
+    pci: Option<(Instant, Arc<Vec<PciFunction>>)>,
+    devices: HashMap<String, Arc<DeviceFacts>>,
+    node_drivers: HashMap<String, String>,
+    histograms: HashMap<String, HistogramBase>,
+    histogram_failed: HashMap<String, Instant>,
+}
+
+/// A VM's QMP state kept between scrapes.
+#[derive(Debug, Default)]
+pub struct QmpState {
+    /// The pooled monitor (`--qmp.persistent`) and its peer PID.
+    conn: Option<(Qmp, Option<u32>)>,
+    cache: Cache,
+    /// Set by the join when a guest disk found no PCI match: refresh `query-pci`.
+    pub(crate) pci_stale: bool,
+}
+
+impl QmpState {
+    /// The VM's `-name`, if this QEMU process has been asked.
+    pub fn name(&self) -> Option<&str> {
+        self.cache.name.as_ref().and_then(|n| n.as_deref())
+    }
+
+    /// Whether a monitor connection is pooled.
+    pub fn has_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+/// The label QEMU uses for a backend: the `-drive id=`, else the device's qdev id, else the qdev
+/// path, else the node name.
+pub fn device_label<'a>(
+    device: Option<&'a str>,
+    qdev: Option<&'a str>,
+    node: Option<&'a str>,
+) -> &'a str {
+    if let Some(d) = device.filter(|d| !d.is_empty()) {
+        return d;
+    }
+    if let Some(q) = qdev.filter(|q| !q.is_empty()) {
+        return super::join::qdev_id(q).unwrap_or(q);
+    }
+    node.unwrap_or("")
+}
+
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0)
+}
+
+/// Connects a Unix socket within `deadline` and returns it with its peer's PID.
+pub(crate) async fn connect_unix(
+    path: &Path,
+    deadline: Instant,
+) -> Result<(UnixStream, Option<u32>), QemuError> {
+    match timeout_at(deadline, UnixStream::connect(path)).await {
+        Ok(Ok(s)) => {
+            let pid = peer_pid(&s);
+            Ok((s, pid))
+        }
+        Ok(Err(source)) => Err(QemuError::Connect {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(_) => Err(QemuError::Timeout {
+            what: format!("a connection to {}", path.display()),
+        }),
+    }
+}
+
+/// Time left until `deadline`, at least 1 ms (a zero timeout would fail at once, confusingly).
+pub(crate) fn until(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// Renders an error with its sources, in one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Whether an error means the connection is unusable (and a pooled one should be replaced).
+fn connection_broken(e: &QemuError) -> bool {
+    matches!(e, QemuError::Closed | QemuError::Io(_))
+}
+
+fn read_process_io(procfs: &Path, pid: u32) -> Option<ProcessIo> {
+    let text = std::fs::read_to_string(procfs.join(pid.to_string()).join("io")).ok()?;
+    let mut io = ProcessIo::default();
+    let mut found = 0;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let Ok(v) = v.trim().parse::<u64>() else {
+            continue;
+        };
+        match k {
+            "read_bytes" => {
+                io.read_bytes = v;
+                found += 1;
+            }
+            "write_bytes" => {
+                io.write_bytes = v;
+                found += 1;
+            }
+            _ => {}
+        }
+    }
+    (found == 2).then_some(io)
+}
+
+/// Scrapes one VM's monitor.
+pub(crate) async fn scrape(
+    path: &Path,
+    has_agent: bool,
+    st: &mut QmpState,
+    config: &Config,
+    deadline: Instant,
+) -> Result<QmpSnapshot, String> {
+    let mut pooled = if config.qmp_persistent {
+        st.conn.take()
+    } else {
+        st.conn = None;
+        None
+    };
+    for attempt in 0..2 {
+        let reused = pooled.is_some();
+        let (mut qmp, pid) = match pooled.take() {
+            Some(c) => c,
+            None => {
+                // A pooled connection lives on across scrapes: its per-call bound is the scrape
+                // timeout; every call is bounded by this scrape's deadline as well.
+                let call_timeout = if config.qmp_persistent {
+                    config.scrape_timeout
+                } else {
+                    until(deadline)
+                };
+                let limits = Limits::DEFAULT
+                    .with_call_timeout(call_timeout)
+                    .with_max_line_bytes(QMP_MAX_LINE_BYTES);
+                let (stream, pid) = connect_unix(path, deadline).await.map_err(|e| chain(&e))?;
+                adopt(&mut st.cache, pid);
+                match timeout_at(deadline, Qmp::handshake(stream, limits)).await {
+                    Ok(Ok(q)) => (q, pid),
+                    Ok(Err(e)) => return Err(format!("QMP handshake: {}", chain(&e))),
+                    Err(_) => return Err("QMP handshake timed out".to_owned()),
+                }
+            }
+        };
+        adopt(&mut st.cache, pid);
+        let pci_stale = std::mem::take(&mut st.pci_stale);
+        let result = timeout_at(
+            deadline,
+            queries(&mut qmp, pid, has_agent, pci_stale, &mut st.cache, config),
+        )
+        .await;
+        match result {
+            Ok(Ok(snapshot)) => {
+                if config.qmp_persistent {
+                    st.conn = Some((qmp, pid));
+                }
+                return Ok(snapshot);
+            }
+            Ok(Err(e)) if reused && attempt == 0 && connection_broken(&e) => {
+                tracing::debug!(socket = %path.display(), "pooled QMP connection broken ({}); reconnecting", chain(&e));
+                st.pci_stale |= pci_stale;
+                continue;
+            }
+            Ok(Err(e)) => return Err(chain(&e)),
+            Err(_) => return Err("QMP queries timed out".to_owned()),
+        }
+    }
+    Err("QMP connection failed twice".to_owned())
+}
+
+/// Keeps the cache if it belongs to this process, else starts a new one.
+fn adopt(cache: &mut Cache, pid: Option<u32>) {
+    if cache.pid != pid {
+        *cache = Cache {
+            pid,
+            ..Cache::default()
+        };
+    }
+}
+
+async fn queries(
+    qmp: &mut Qmp,
+    pid: Option<u32>,
+    has_agent: bool,
+    pci_stale: bool,
+    cache: &mut Cache,
+    config: &Config,
+) -> Result<QmpSnapshot, QemuError> {
+    if cache.name.is_none() {
+        cache.name = Some(match qmp.query_name().await {
+            Ok(n) => n.filter(|n| !n.is_empty()),
+            Err(e) if e.is_command() => None,
+            Err(e) => return Err(e),
+        });
+    }
+    let mut blockstats = qmp.query_blockstats().await?;
+    let block = qmp.query_block().await?;
+
+    let pci_due = match &cache.pci {
+        None => true,
+        Some((at, _)) => pci_stale && at.elapsed() >= PCI_REFRESH_INTERVAL,
+    };
+    if has_agent && pci_due {
+        let list = match qmp.query_pci().await {
+            Ok(buses) => flatten_pci(&buses),
+            // -M none and machines without PCI.
+            Err(e) if e.is_command() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        cache.pci = Some((Instant::now(), Arc::new(list)));
+    }
+
+    // Device facts, once per device model.
+    let mut devices = HashMap::new();
+    for b in &block {
+        let Some(qdev) = b.qdev.as_deref().filter(|q| !q.is_empty()) else {
+            continue;
+        };
+        if !cache.devices.contains_key(qdev) {
+            let facts = DeviceFacts {
+                type_name: qom_string(qmp, qdev, "type").await?,
+                serial: qom_string(qmp, qdev, "serial").await?,
+                iothread: qom_string(qmp, qdev, "iothread")
+                    .await?
+                    .map(|t| t.strip_prefix("/objects/").map(str::to_owned).unwrap_or(t)),
+            };
+            cache.devices.insert(qdev.to_owned(), Arc::new(facts));
+        }
+        devices.insert(qdev.to_owned(), cache.devices[qdev].clone());
+    }
+
+    // Drivers of nodes without `driver-specific` (format nodes in backing chains, protocol
+    // drivers without statistics): one `query-named-block-nodes` when an unknown one appears.
+    let mut unknown = Vec::new();
+    for s in &blockstats {
+        collect_unnamed_nodes(s, true, &cache.node_drivers, &mut unknown, 0);
+    }
+    if !unknown.is_empty() {
+        match qmp.query_named_block_nodes().await {
+            Ok(nodes) => {
+                for n in nodes {
+                    if let Some(name) = n.node_name {
+                        cache.node_drivers.insert(name, n.drv);
+                    }
+                }
+            }
+            Err(e) if e.is_command() => {}
+            Err(e) => return Err(e),
+        }
+        for name in unknown {
+            // Remember nodes QEMU did not list either, so they are not asked for again.
+            cache.node_drivers.entry(name).or_default();
+        }
+    }
+
+    // Opt-in latency histograms: set them where they are missing or have other boundaries.
+    if let Some(boundaries) = config.qmp_latency_boundaries_ns() {
+        let mut just_set = Vec::new();
+        for s in &blockstats {
+            let Some(qdev) = s.qdev.as_deref().filter(|q| !q.is_empty()) else {
+                continue;
+            };
+            let label = device_label(s.device.as_deref(), Some(qdev), s.node_name.as_deref());
+            let current = s
+                .stats
+                .wr_latency_histogram
+                .as_ref()
+                .map(|h| h.boundaries.as_slice());
+            let ours = cache.histograms.contains_key(label) && current == Some(&boundaries[..]);
+            if ours {
+                continue;
+            }
+            if cache
+                .histogram_failed
+                .get(label)
+                .is_some_and(|at| at.elapsed() < HISTOGRAM_RETRY)
+            {
+                continue;
+            }
+            match qmp.block_latency_histogram_set(qdev, &boundaries).await {
+                Ok(()) => {
+                    cache.histograms.insert(
+                        label.to_owned(),
+                        HistogramBase {
+                            rd_total_time_ns: s.stats.rd_total_time_ns,
+                            wr_total_time_ns: s.stats.wr_total_time_ns,
+                            flush_total_time_ns: s.stats.flush_total_time_ns,
+                        },
+                    );
+                    just_set.push(label.to_owned());
+                }
+                Err(e) if e.is_command() => {
+                    tracing::debug!(device = label, "block-latency-histogram-set: {e}");
+                    cache
+                        .histogram_failed
+                        .insert(label.to_owned(), Instant::now());
+                    cache.histograms.remove(label);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The bins were just reset: this scrape's copies predate that.
+        for s in &mut blockstats {
+            let label = device_label(
+                s.device.as_deref(),
+                s.qdev.as_deref(),
+                s.node_name.as_deref(),
+            );
+            if just_set.iter().any(|l| l == label) {
+                s.stats.rd_latency_histogram = None;
+                s.stats.wr_latency_histogram = None;
+                s.stats.flush_latency_histogram = None;
+            }
+        }
+    }
+
+    if cache.cmdline.is_none() {
+        cache.cmdline = Some(
+            pid.and_then(|p| cmdline::read_proc(&config.procfs, p))
+                .map(Arc::new),
+        );
+    }
+    let cmdline = cache.cmdline.clone().flatten();
+    // Only for a peer that is QEMU itself (its command line says so).
+    let process_io = cmdline
+        .as_ref()
+        .and(pid)
+        .and_then(|p| read_process_io(&config.procfs, p));
+
+    let node_drivers = cache
+        .node_drivers
+        .iter()
+        .filter(|(_, d)| !d.is_empty())
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect();
+    let histograms = if config.qmp_latency_buckets.is_some() {
+        cache.histograms.clone()
+    } else {
+        HashMap::new()
+    };
+    Ok(QmpSnapshot {
+        pid,
+        blockstats,
+        block,
+        pci: cache
+            .pci
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default(),
+        devices,
+        node_drivers,
+        cmdline,
+        process_io,
+        histograms,
+    })
+}
+
+/// Node names below a backend whose driver neither `query-blockstats` (`driver-specific`) nor
+/// `query-block` (the top node's `drv`) gives.
+fn collect_unnamed_nodes(
+    s: &BlockStats,
+    top: bool,
+    known: &HashMap<String, String>,
+    out: &mut Vec<String>,
+    depth: usize,
+) {
+    if depth > 32 {
+        return;
+    }
+    if !top {
+        if let Some(name) = s.node_name.as_deref() {
+            let named = s
+                .driver_specific
+                .as_ref()
+                .and_then(|d| d.get("driver"))
+                .is_some();
+            if !named && !known.contains_key(name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    for child in [&s.parent, &s.backing].into_iter().flatten() {
+        collect_unnamed_nodes(child, false, known, out, depth + 1);
+    }
+}
+
+/// `qom-get` of a string property; `None` if the object or property does not exist.
+async fn qom_string(
+    qmp: &mut Qmp,
+    path: &str,
+    property: &str,
+) -> Result<Option<String>, QemuError> {
+    match qmp
+        .execute::<serde_json::Value>("qom-get", Some(json!({"path": path, "property": property})))
+        .await
+    {
+        Ok(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_command() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_bus() {
+        assert_eq!(
+            device_label(
+                Some("d0"),
+                Some("/machine/peripheral/vd0/virtio-backend"),
+                None
+            ),
+            "d0"
+        );
+        assert_eq!(
+            device_label(
+                Some(""),
+                Some("/machine/peripheral/vd0/virtio-backend"),
+                None
+            ),
+            "vd0"
+        );
+        assert_eq!(device_label(None, None, Some("#block1")), "#block1");
+        let f = |t: &str| DeviceFacts {
+            type_name: Some(t.into()),
+            ..DeviceFacts::default()
+        };
+        assert_eq!(f("virtio-blk-device").bus(), "virtio");
+        assert_eq!(f("scsi-hd").bus(), "scsi");
+        assert_eq!(f("ide-hd").bus(), "ide");
+        assert_eq!(f("nvme-ns").bus(), "nvme");
+        assert_eq!(f("sd-card").bus(), "sd-card");
+        assert_eq!(DeviceFacts::default().bus(), "");
+    }
+
+    #[test]
+    fn process_io() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("7")).unwrap();
+        // The layout of /proc/PID/io (proc(5)).
+        std::fs::write(
+            dir.path().join("7/io"),
+            "rchar: 21918501\nwchar: 44176672\nsyscr: 11197\nsyscw: 14542\nread_bytes: 15322112\nwrite_bytes: 44126720\ncancelled_write_bytes: 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_process_io(dir.path(), 7),
+            Some(ProcessIo {
+                read_bytes: 15322112,
+                write_bytes: 44126720
+            })
+        );
+        assert_eq!(read_process_io(dir.path(), 8), None);
+    }
+}
