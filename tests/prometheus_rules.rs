@@ -115,11 +115,7 @@ fn alerts_follow_the_mixin_conventions_and_have_runbooks() {
             "https://github.com/kvmio/kvmio/blob/main/docs/runbook.md#{}",
             n.to_lowercase()
         );
-        assert_eq!(
-            a.fields.get("runbook_url"),
-            Some(&url),
-            "{n}: runbook_url"
-        );
+        assert_eq!(a.fields.get("runbook_url"), Some(&url), "{n}: runbook_url");
         assert!(
             headings.contains(n.as_str()),
             "docs/runbook.md has no `## {n}` section (the runbook_url anchor)"
