@@ -4,8 +4,13 @@
 //! It talks to the host over its own virtio-serial port, [`CONTROL_PORT`], never over the disk
 //! under test and never over the guest agent's port (which must stay free for the exporter and
 //! operators). Messages are single text lines, see [`protocol`].
+//!
+//! The crash tester's record format ([`record`]) and writer parameters ([`writer`]) live here
+//! too, so that the guest writer and the host verifier share one definition.
 
 pub mod protocol;
+pub mod record;
+pub mod writer;
 
 /// Name of the virtio-serial port the guest program uses to call the host back.
 pub const CONTROL_PORT: &str = "org.kvmio.ctl";

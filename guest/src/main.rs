@@ -2,7 +2,9 @@
 //!
 //! * `kvmio-guest boot` — started by the initramfs' `/init` once modules are loaded and qemu-ga
 //!   runs: calls the host back with `READY` on the control port, then performs the role named on
-//!   the kernel command line (`kvmio.role=idle|lab`).
+//!   the kernel command line (`kvmio.role=idle|lab|writer`). `writer` is the crash tester's
+//!   writer: append-only checksummed records on the disk under test, one `ACK` line on the
+//!   control port after each record's durability point (see `kvmio_guest::writer`).
 //! * `kvmio-guest write --dev DEV --count N [--block-size B] [--offset O] [--direct] [--sync]`
 //!   — writes N blocks; the exporter's end-to-end test runs it through `guest-exec` so it knows
 //!   exactly how many 4 KiB O_DIRECT writes the guest issued.
@@ -10,13 +12,14 @@
 //! Kept free of heavy dependencies: it is copied into every guest initramfs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kvmio_guest::protocol::GuestMessage;
+use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{CONTROL_PORT, ROLE_PARAM};
 use rand::{Rng, SeedableRng};
 
@@ -43,14 +46,23 @@ fn main() -> ExitCode {
 
 /// The device node of the virtio-serial port called `name`. Without udev there is no
 /// `/dev/virtio-ports/NAME` link, so the name is read from sysfs.
+///
+/// Ports appear a moment after `virtio_console` loads, all at once: so this waits up to 10 s
+/// for the first one, but once kvmio's own control port is there it gives another port only
+/// one more second (a VM without a guest-agent port then boots without a 10 s stall).
 fn find_port(name: &str) -> io::Result<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deadline = Instant::now() + Duration::from_secs(10);
+    let mut control_seen = false;
     loop {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in entries.flatten() {
                 let port_name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
                 if port_name.trim() == name {
                     return Ok(Path::new("/dev").join(entry.file_name()));
+                }
+                if port_name.trim() == CONTROL_PORT && !control_seen {
+                    control_seen = true;
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(1));
                 }
             }
         }
@@ -88,6 +100,7 @@ fn boot() -> io::Result<()> {
             std::thread::sleep(Duration::from_secs(3600));
         },
         "lab" => lab_workload(),
+        "writer" => crash_writer(&mut port),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unknown {ROLE_PARAM}={other}"),
@@ -103,6 +116,57 @@ fn boot() -> io::Result<()> {
         );
     }
     outcome
+}
+
+fn send(port: &mut File, message: &GuestMessage) -> io::Result<()> {
+    // One write(2) per line: the host reads whole lines as they come.
+    port.write_all(format!("{message}\n").as_bytes())
+}
+
+/// The crash tester's writer (`kvmio.role=writer`): records slot after slot, an `ACK` after
+/// each record's durability point, `DONE` when the disk is full; then idles until the host
+/// injects its fault.
+fn crash_writer(port: &mut File) -> io::Result<()> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let params =
+        WriterParams::from_cmdline(&fs::read_to_string("/proc/cmdline")?).map_err(invalid)?;
+    let spec = params.spec().map_err(invalid)?;
+    // The broken self-test writer keeps the policy's flush for the very end.
+    let sync_each = !params.ack_early;
+    let mut flags = libc::O_DIRECT;
+    if params.sync == SyncPolicy::Dsync && sync_each {
+        flags |= libc::O_DSYNC;
+    }
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(&params.dev)
+        .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", params.dev)))?;
+    let size = dev.seek(SeekFrom::End(0))?;
+    let mut slots = spec.slots(size);
+    if let Some(n) = params.records {
+        slots = slots.min(n);
+    }
+    let mut buf = AlignedBuf::new(spec.size);
+    for seq in 0..slots {
+        let digest = spec.fill(seq, buf.as_mut());
+        let slot = spec.slot_of(seq);
+        dev.write_all_at(buf.as_ref(), spec.offset(slot))
+            .map_err(|e| io::Error::new(e.kind(), format!("write slot {slot}: {e}")))?;
+        if params.sync == SyncPolicy::Fdatasync && sync_each {
+            dev.sync_data()
+                .map_err(|e| io::Error::new(e.kind(), format!("fdatasync: {e}")))?;
+        }
+        send(port, &GuestMessage::Ack { seq, slot, digest })?;
+    }
+    if !sync_each && params.sync != SyncPolicy::None {
+        dev.sync_data()?;
+    }
+    send(port, &GuestMessage::Done { records: slots })?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// The virtio disks of this guest (`vda`, `vdb`, ...), with their size in bytes.

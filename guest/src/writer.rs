@@ -1,0 +1,187 @@
+//! Parameters of the crash-test writer role (`kvmio.role=writer`), passed on the guest kernel's
+//! command line. The host builds them with [`WriterParams::kernel_params`]; the guest reads them
+//! back with [`WriterParams::from_cmdline`].
+//!
+//! The writer writes records (see [`crate::record`]) to the raw disk `kvmio.dev`, slot after
+//! slot, and after each record's durability point under `kvmio.sync` it sends
+//! [`crate::protocol::GuestMessage::Ack`] on the control port:
+//!
+//! * `fdatasync`: O_DIRECT write, then `fdatasync` (the guest flushes the disk's write cache);
+//! * `dsync`: O_DIRECT|O_DSYNC write (a FUA write, emulated by Linux with a flush when the
+//!   virtio disk has a volatile cache);
+//! * `none`: O_DIRECT write, no flush: the ack means only "the device completed the write".
+//!
+//! `kvmio.ack_early=1` is a deliberately broken writer for the checker's self-test: it acks as
+//! soon as the write returns and postpones the policy's flush to the end of the run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::record::{self, RecordSpec};
+
+pub const RUN_PARAM: &str = "kvmio.run";
+pub const SEED_PARAM: &str = "kvmio.seed";
+pub const SYNC_PARAM: &str = "kvmio.sync";
+pub const RECORD_PARAM: &str = "kvmio.record";
+pub const DEV_PARAM: &str = "kvmio.dev";
+pub const RECORDS_PARAM: &str = "kvmio.records";
+pub const ACK_EARLY_PARAM: &str = "kvmio.ack_early";
+
+/// When the writer considers a record durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SyncPolicy {
+    Fdatasync,
+    Dsync,
+    None,
+}
+
+impl SyncPolicy {
+    pub const ALL: [SyncPolicy; 3] = [SyncPolicy::Fdatasync, SyncPolicy::Dsync, SyncPolicy::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::Fdatasync => "fdatasync",
+            SyncPolicy::Dsync => "dsync",
+            SyncPolicy::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        SyncPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown sync policy {s:?}: use fdatasync, dsync or none"))
+    }
+}
+
+/// Everything the writer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterParams {
+    pub run_id: u64,
+    pub seed: u64,
+    pub sync: SyncPolicy,
+    pub record_size: usize,
+    /// The disk under test inside the guest, e.g. `/dev/vda`.
+    pub dev: String,
+    /// Stop after this many records (default: when the disk is full).
+    pub records: Option<u64>,
+    /// Test-only: ack before the durability point.
+    pub ack_early: bool,
+}
+
+impl WriterParams {
+    pub fn spec(&self) -> Result<RecordSpec, String> {
+        RecordSpec::new(self.run_id, self.seed, self.record_size)
+    }
+
+    /// `key=value` words for the kernel command line.
+    pub fn kernel_params(&self) -> Vec<String> {
+        let mut p = vec![
+            format!("{RUN_PARAM}={:016x}", self.run_id),
+            format!("{SEED_PARAM}={}", self.seed),
+            format!("{SYNC_PARAM}={}", self.sync),
+            format!("{RECORD_PARAM}={}", self.record_size),
+            format!("{DEV_PARAM}={}", self.dev),
+        ];
+        if let Some(n) = self.records {
+            p.push(format!("{RECORDS_PARAM}={n}"));
+        }
+        if self.ack_early {
+            p.push(format!("{ACK_EARLY_PARAM}=1"));
+        }
+        p
+    }
+
+    /// Reads the parameters from a kernel command line (`/proc/cmdline`).
+    pub fn from_cmdline(cmdline: &str) -> Result<WriterParams, String> {
+        let get = |key: &str| {
+            cmdline.split_whitespace().find_map(|w| {
+                w.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_string)
+            })
+        };
+        let need = |key: &str| get(key).ok_or_else(|| format!("{key}= missing"));
+        let run_id = u64::from_str_radix(&need(RUN_PARAM)?, 16)
+            .map_err(|_| format!("{RUN_PARAM} takes 16 hex digits"))?;
+        let seed = need(SEED_PARAM)?
+            .parse()
+            .map_err(|_| format!("{SEED_PARAM} takes a whole number"))?;
+        let sync = need(SYNC_PARAM)?.parse()?;
+        let record_size = match get(RECORD_PARAM) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{RECORD_PARAM} takes a whole number of bytes"))?,
+            None => record::DEFAULT_RECORD_SIZE,
+        };
+        let dev = get(DEV_PARAM).unwrap_or_else(|| "/dev/vda".to_string());
+        let records = match get(RECORDS_PARAM) {
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| format!("{RECORDS_PARAM} takes a whole number"))?,
+            ),
+            None => None,
+        };
+        let ack_early = get(ACK_EARLY_PARAM).is_some_and(|v| v == "1");
+        let params = WriterParams {
+            run_id,
+            seed,
+            sync,
+            record_size,
+            dev,
+            records,
+            ack_early,
+        };
+        params.spec()?;
+        Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_params_round_trip() {
+        for (records, ack_early) in [(None, false), (Some(10), true)] {
+            let p = WriterParams {
+                run_id: 0x0123_4567_89ab_cdef,
+                seed: u64::MAX,
+                sync: SyncPolicy::Dsync,
+                record_size: 8192,
+                dev: "/dev/vdb".into(),
+                records,
+                ack_early,
+            };
+            let cmdline = format!(
+                "console=ttyS0 quiet kvmio.role=writer {}",
+                p.kernel_params().join(" ")
+            );
+            assert_eq!(WriterParams::from_cmdline(&cmdline), Ok(p));
+        }
+    }
+
+    #[test]
+    fn bad_params_are_reported() {
+        assert!(WriterParams::from_cmdline("kvmio.seed=1 kvmio.sync=none")
+            .unwrap_err()
+            .contains("kvmio.run"));
+        let e = WriterParams::from_cmdline("kvmio.run=1 kvmio.seed=1 kvmio.sync=sometimes")
+            .unwrap_err();
+        assert!(e.contains("fdatasync, dsync or none"), "{e}");
+        let e = WriterParams::from_cmdline(
+            "kvmio.run=1 kvmio.seed=1 kvmio.sync=none kvmio.record=1000",
+        )
+        .unwrap_err();
+        assert!(e.contains("multiple of 512"), "{e}");
+    }
+}
