@@ -1,5 +1,8 @@
-//! Golden-file test of the whole `/metrics` output of the host collectors over the fixture trees
-//! (tests/fixtures/README.md), one expected file per /proc/diskstats format.
+//! Golden-file test of the whole `/metrics` output over the fixture trees
+//! (tests/fixtures/README.md): the host collectors alone, one expected file per /proc/diskstats
+//! format; and every collector together (`qemu-7.2.prom`), with a VM whose monitor and guest
+//! agent are test peers replaying the replies captured from QEMU 7.2 and its qemu-ga
+//! (`qemu/tests/fixtures`, `tests/fixtures/qemu-7.2`; see `tests/common/peer.rs`).
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden` rewrites the expected files;
 //! review the diff before committing it.
@@ -55,6 +58,11 @@ async fn check(variant: &str) {
         sysfs: fixtures.join("linux-6.18/sys"),
         ..Config::default()
     };
+    compare(variant, config).await;
+}
+
+/// Renders one scrape with `config` and compares it with `tests/golden/{variant}.prom`.
+async fn compare(variant: &str, config: Config) {
     let exporter = Exporter::with_default_collectors(Arc::new(config));
     let raw = exporter.render().await;
     common::promtool_check(&raw, variant);
@@ -115,6 +123,41 @@ async fn golden_derived_18_fields() {
 #[tokio::test]
 async fn golden_derived_14_fields_and_legacy_partition() {
     check("derived-14fields").await;
+}
+
+/// The whole exporter: host collectors over linux-6.18, and one VM whose QMP monitor and guest
+/// agent replay the QEMU 7.2 captures (its images have relative paths, as captured, so they
+/// resolve to no host device; the agent's disks are the capturing host's, which is why no
+/// guest disk joins a QEMU device here: the join is tested in `vm::join` and end to end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_qemu_7_2_vm_with_agent() {
+    let fixtures = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let qmp = common::peer::qmp_fixture(&dir.path().join("vm1.qmp"));
+    let qga =
+        common::peer::qga_fixture(&dir.path().join("vm1.qga"), fixtures.join("linux-6.18/sys"));
+    let config = Config {
+        host_devices: HostDevices::All,
+        procfs: fixtures.join("linux-6.18/proc"),
+        sysfs: fixtures.join("linux-6.18/sys"),
+        qmp_socket_globs: vec![format!("{}/*.qmp", dir.path().display())],
+        ..Config::default()
+    };
+    compare("qemu-7.2", config).await;
+    // What the exporter asked: the scrape's queries, the once-per-process ones, and the
+    // guest's queue settings through guest-file-*.
+    let asked = qmp.commands();
+    for cmd in [
+        "query-name",
+        "query-blockstats",
+        "query-block",
+        "query-pci",
+        "qom-get",
+        "query-named-block-nodes",
+    ] {
+        assert!(asked.iter().any(|c| c == cmd), "{cmd} not asked: {asked:?}");
+    }
+    assert!(qga.commands().iter().any(|c| c == "guest-file-read"));
 }
 
 #[test]

@@ -1,0 +1,129 @@
+//! Captures the `qom-get` replies the QMP collector asks for (`type`, `serial`, `iothread` of
+//! each disk's device model) from the installed QEMU into
+//! `exporter/tests/fixtures/qemu-7.2/qom-get.json`, for the golden test, which serves them
+//! beside the `kvmio-qemu` crate's captured replies (`qemu/tests/fixtures`).
+//!
+//! ```text
+//! cargo run -p kvmio-exporter --example capture_qom_fixtures [-- OUTPUT_FILE]
+//! ```
+//!
+//! The VM has the devices of `qemu/examples/capture_fixtures.rs` (q35 under TCG, paused with
+//! `-S`, no guest): `vd0`, `vd1` and `vd2` (behind `pcie-root-port` `rp0`), virtio-blk-pci with
+//! serials `kvmio-0`..`kvmio-2` and no iothread; plus `vd3` with `iothread=io1` and no serial,
+//! to capture those two replies too. Each entry is `{"path", "property", "reply"}` with the reply
+//! as received (`return` or `error`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmio_qemu::{Limits, Qmp};
+use serde_json::{json, Value};
+
+/// Kills and reaps QEMU however `main` ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-7.2/qom-get.json")
+        });
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    for (name, size) in [
+        ("d0.raw", 1 << 20),
+        ("d1.raw", 1 << 20),
+        ("d2.raw", 1 << 20),
+        ("d3.raw", 1 << 20),
+    ] {
+        std::fs::File::create(w.join(name))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
+    let sock = w.join("qmp.sock");
+    let _qemu = Reap(
+        Command::new("qemu-system-x86_64")
+            .current_dir(w)
+            .args([
+                "-name",
+                "kvmio-fixture",
+                "-M",
+                "q35",
+                "-accel",
+                "tcg",
+                "-S",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-qmp",
+                "unix:qmp.sock,server=on,wait=off",
+                "-drive",
+                "if=none,id=d0,file=d0.raw,format=raw,cache=writeback",
+                "-device",
+                "virtio-blk-pci,drive=d0,id=vd0,serial=kvmio-0,addr=0x5",
+                "-drive",
+                "if=none,id=d1,file=d1.raw,format=raw,cache=none",
+                "-device",
+                "virtio-blk-pci,drive=d1,id=vd1,serial=kvmio-1,addr=0x6",
+                "-drive",
+                "if=none,id=d2,file=d2.raw,format=raw,cache=directsync",
+                "-device",
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x7",
+                "-device",
+                "virtio-blk-pci,drive=d2,id=vd2,serial=kvmio-2,bus=rp0",
+                "-object",
+                "iothread,id=io1",
+                "-drive",
+                "if=none,id=d3,file=d3.raw,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=d3,id=vd3,iothread=io1,addr=0x8",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut qmp = loop {
+        match Qmp::connect(&sock, Limits::default()).await {
+            Ok(q) => break q,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("QMP: {e}"),
+        }
+    };
+    let mut entries = Vec::new();
+    for dev in ["vd0", "vd1", "vd2", "vd3"] {
+        let path = format!("/machine/peripheral/{dev}/virtio-backend");
+        for property in ["type", "serial", "iothread"] {
+            let reply = match qmp
+                .execute_value("qom-get", Some(json!({"path": path, "property": property})))
+                .await
+            {
+                Ok(v) => json!({ "return": v }),
+                Err(kvmio_qemu::Error::Command { class, desc }) => {
+                    json!({"error": {"class": class, "desc": desc}})
+                }
+                Err(e) => panic!("{e}"),
+            };
+            entries.push(json!({"path": path, "property": property, "reply": reply}));
+        }
+    }
+    qmp.quit().await.unwrap();
+    let mut text = serde_json::to_string_pretty(&Value::Array(entries)).unwrap();
+    text.push('\n');
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, text).unwrap();
+    println!("wrote {}", out.display());
+}

@@ -1,0 +1,353 @@
+//! Unix-socket peers for the exporter's tests.
+//!
+//! - [`qmp_fixture`] and [`qga_fixture`] speak QMP / the guest-agent protocol and answer from
+//!   replies captured from real QEMU 7.2 and qemu-ga (`qemu/tests/fixtures`, and
+//!   `tests/fixtures/qemu-7.2/qom-get.json`); the agent serves `guest-file-*` reads from a
+//!   captured sysfs tree (`tests/fixtures/linux-6.18/sys`, the same machine the agent fixtures
+//!   were captured on). They replay captures; they do not model QEMU's behaviour.
+//! - [`silent`], [`garbage`] and [`endless_line`] are the hostile agents of the robustness tests:
+//!   one accepts and never answers, one answers every request with junk lines, one sends a line
+//!   that never ends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+/// A peer serving one socket; the listener task is stopped on drop.
+#[derive(Debug)]
+pub struct Peer {
+    pub path: PathBuf,
+    /// Every request received (QMP/QGA JSON), in order.
+    pub requests: Arc<Mutex<Vec<Value>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Peer {
+    /// The `execute` names received so far.
+    pub fn commands(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["execute"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// `qemu/tests/fixtures`.
+pub fn qemu_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/tests/fixtures")
+}
+
+fn load(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The `return` value of a captured reply file.
+pub fn fixture_return(name: &str) -> Value {
+    load(&qemu_fixtures().join(format!("{name}.json")))["return"].clone()
+}
+
+fn spawn<F, Fut>(path: &Path, serve: F) -> Peer
+where
+    F: Fn(UnixStream, Arc<Mutex<Vec<Value>>>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let reqs = requests.clone();
+    let serve = Arc::new(serve);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { return };
+                    let serve = serve.clone();
+                    let reqs = reqs.clone();
+                    conns.spawn(async move { serve(stream, reqs).await });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    Peer {
+        path: path.to_owned(),
+        requests,
+        task,
+    }
+}
+
+fn reply(value: Result<Value, (&str, String)>, id: Option<&Value>) -> String {
+    let mut obj = match value {
+        Ok(v) => json!({ "return": v }),
+        Err((class, desc)) => json!({"error": {"class": class, "desc": desc}}),
+    };
+    if let Some(id) = id {
+        obj["id"] = id.clone();
+    }
+    let mut line = obj.to_string();
+    line.push('\n');
+    line
+}
+
+/// A QMP monitor answering from the captured QEMU 7.2 replies.
+pub fn qmp_fixture(path: &Path) -> Peer {
+    let greeting = load(&qemu_fixtures().join("qmp-greeting.json"));
+    let qom: Vec<Value> = serde_json::from_value(load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-7.2/qom-get.json"),
+    ))
+    .unwrap();
+    let qom: Arc<HashMap<(String, String), Value>> = Arc::new(
+        qom.into_iter()
+            .map(|e| {
+                (
+                    (
+                        e["path"].as_str().unwrap().to_owned(),
+                        e["property"].as_str().unwrap().to_owned(),
+                    ),
+                    e["reply"].clone(),
+                )
+            })
+            .collect(),
+    );
+    spawn(path, move |stream, reqs| {
+        let greeting = greeting.clone();
+        let qom = qom.clone();
+        async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            if w.write_all(format!("{greeting}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let cmd = req["execute"].as_str().unwrap_or("");
+                let args = &req["arguments"];
+                let answer: Result<Value, (&str, String)> = match cmd {
+                    "qmp_capabilities" | "block-latency-histogram-set" => Ok(json!({})),
+                    "query-blockstats" if args["query-nodes"] == json!(true) => {
+                        Ok(fixture_return("query-blockstats-nodes"))
+                    }
+                    "query-name"
+                    | "query-block"
+                    | "query-blockstats"
+                    | "query-pci"
+                    | "query-named-block-nodes"
+                    | "query-version"
+                    | "query-status" => Ok(fixture_return(cmd)),
+                    "qom-get" => {
+                        let key = (
+                            args["path"].as_str().unwrap_or("").to_owned(),
+                            args["property"].as_str().unwrap_or("").to_owned(),
+                        );
+                        match qom.get(&key) {
+                            Some(r) if r.get("return").is_some() => Ok(r["return"].clone()),
+                            Some(r) => Err((
+                                "GenericError",
+                                r["error"]["desc"].as_str().unwrap_or("").to_owned(),
+                            )),
+                            None => panic!("no captured qom-get reply for {key:?}"),
+                        }
+                    }
+                    other => Err((
+                        "CommandNotFound",
+                        format!("The command {other} has not been found"),
+                    )),
+                };
+                if w.write_all(reply(answer, req.get("id")).as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (what qemu-ga sends in `buf-b64`).
+pub fn base64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A guest agent answering from the captured qemu-ga replies; `guest-file-*` read files of the
+/// captured sysfs tree `sysfs` (for paths under `/sys/`), with qemu-ga's error text for missing
+/// files.
+pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
+    let sysfs = Arc::new(sysfs);
+    spawn(path, move |stream, reqs| {
+        let sysfs = sysfs.clone();
+        async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = BufReader::new(r);
+            let mut files: HashMap<i64, (Vec<u8>, usize)> = HashMap::new();
+            let mut next_handle = 1000;
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                // guest-sync-delimited requests start with 0xFF.
+                let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
+                let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
+                    continue;
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let cmd = req["execute"].as_str().unwrap_or("");
+                let args = &req["arguments"];
+                let mut prefix = Vec::new();
+                let answer: Result<Value, (&str, String)> = match cmd {
+                    "guest-sync-delimited" => {
+                        prefix.push(0xFF);
+                        Ok(args["id"].clone())
+                    }
+                    "guest-sync" => Ok(args["id"].clone()),
+                    "guest-info" | "guest-get-diskstats" | "guest-get-disks" => {
+                        Ok(fixture_return(cmd))
+                    }
+                    "guest-file-open" => {
+                        let p = args["path"].as_str().unwrap_or("");
+                        let local = p.strip_prefix("/sys/").map(|rest| sysfs.join(rest));
+                        match local.and_then(|l| std::fs::read(l).ok()) {
+                            Some(data) => {
+                                next_handle += 1;
+                                files.insert(next_handle, (data, 0));
+                                Ok(json!(next_handle))
+                            }
+                            None => Err((
+                                "GenericError",
+                                format!(
+                                    "failed to open file '{p}' (mode: 'r'): No such file or directory"
+                                ),
+                            )),
+                        }
+                    }
+                    "guest-file-read" => {
+                        let h = args["handle"].as_i64().unwrap_or(-1);
+                        let count = args["count"].as_u64().unwrap_or(4096) as usize;
+                        match files.get_mut(&h) {
+                            Some((data, pos)) => {
+                                let end = (*pos + count).min(data.len());
+                                let part = data[*pos..end].to_vec();
+                                *pos = end;
+                                Ok(
+                                    json!({"count": part.len(), "buf-b64": base64(&part), "eof": end == data.len()}),
+                                )
+                            }
+                            None => {
+                                Err(("GenericError", format!("handle '{h}' has not been found")))
+                            }
+                        }
+                    }
+                    "guest-file-close" => {
+                        files.remove(&args["handle"].as_i64().unwrap_or(-1));
+                        Ok(json!({}))
+                    }
+                    other => Err((
+                        "CommandNotFound",
+                        format!("The command {other} has not been found"),
+                    )),
+                };
+                let mut out = prefix;
+                out.extend_from_slice(reply(answer, None).as_bytes());
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Accepts connections, reads what comes, never answers.
+pub fn silent(path: &Path) -> Peer {
+    spawn(path, |stream, _| async move {
+        let mut reader = BufReader::new(stream);
+        let mut sink = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut sink).await {
+            if n == 0 {
+                return;
+            }
+            sink.clear();
+        }
+    })
+}
+
+/// Answers every request line with junk: non-JSON, JSON of the wrong shape, bytes that are not
+/// UTF-8, a stray sentinel with a wrong sync id, and never a correct reply.
+pub fn garbage(path: &Path) -> Peer {
+    spawn(path, |stream, _| async move {
+        let (r, mut w) = stream.into_split();
+        let mut reader = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let junk: &[&[u8]] = &[
+                b"login: \n",
+                b"[1, 2, 3]\n",
+                b"{\"return\": \n",
+                b"\xc3\x28\xa0\xa1 not utf-8\n",
+                b"\xff{\"return\": 12345}\n",
+                b"{\"neither\": true}\n",
+            ];
+            for j in junk {
+                if w.write_all(j).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Sends one line that never ends (16 KiB chunks until the client goes away).
+pub fn endless_line(path: &Path) -> Peer {
+    spawn(path, |stream, _| async move {
+        let (_r, mut w) = stream.into_split();
+        let chunk = vec![b'['; 16 * 1024];
+        while w.write_all(&chunk).await.is_ok() {}
+    })
+}
