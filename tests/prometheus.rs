@@ -1,0 +1,522 @@
+//! The operators' kit end to end: a real Prometheus (Debian's `/usr/bin/prometheus`) loaded with
+//! the repository's scrape snippet and rules scrapes a real `kvmio-exporter`, which scrapes two
+//! `kvmio-crashtest lab` VMs under TCG (cache=none and cache=unsafe) and re-serves the results of
+//! a real, tiny `kvmio-crashtest run`. After a few scrapes:
+//!
+//! * every recording rule (each of its `layer` variants) returns data through `/api/v1/query`,
+//!   and every rule is healthy;
+//! * every query of every dashboard panel and variable returns data, with the variables
+//!   substituted as Grafana would (All, and single VMs and disks);
+//! * `KvmioUnsafeCacheMode` fires for the cache=unsafe VM's disks and for nothing else, and no
+//!   other alert fires.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmio_e2e::{
+    guest_image, processes_mentioning, vm_slot, wait_for, which, workspace_bin, ChildProcess,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Prometheus' scrape and rule-evaluation interval in this test.
+const SCRAPE_INTERVAL: &str = "1s";
+/// What Grafana makes of `$__rate_interval` for a 1 s scrape interval at a 15 s step:
+/// max(step + scrape interval, 4 x scrape interval).
+const RATE_INTERVAL: &str = "16s";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Prometheus' HTTP API.
+#[derive(Debug)]
+struct Prom {
+    port: u16,
+}
+
+impl Prom {
+    fn api(&self, path: &str) -> Value {
+        let (status, body) =
+            http_get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: status {status}, not JSON ({e}): {body}"));
+        assert_eq!(v["status"], "success", "GET {path}: {body}");
+        v["data"].clone()
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let data = self.api(&format!("/api/v1/query?query={}", urlencode(expr)));
+        assert_eq!(data["resultType"], "vector", "{expr}");
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The lab's stderr, kept beside the run dir.
+fn start_lab(run_dir: &Path, log: &Path) -> (ChildProcess, Value) {
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args([
+        "lab",
+        "--vms",
+        "2",
+        "--cache",
+        "none,unsafe",
+        "--accel",
+        "tcg",
+    ])
+    .args(["--disk-size", "32", "--run-dir"])
+    .arg(run_dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).expect("lab log"));
+    let mut lab = ChildProcess::spawn(&mut cmd);
+    let manifest = wait_for("lab.json", Duration::from_secs(240), || {
+        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("lab exited early: {status}: {text}");
+        }
+        let text = std::fs::read_to_string(run_dir.join("lab.json")).ok()?;
+        serde_json::from_str::<Value>(&text).ok()
+    });
+    (lab, manifest)
+}
+
+/// The crash-test results the exporter re-serves: a real `kvmio-crashtest run`, as small as a
+/// matrix gets that still shows two verdicts: cache none and unsafe, power loss, fdatasync, raw,
+/// one iteration each (none keeps its acknowledged writes: ok; unsafe loses them:
+/// loss-allowed).
+fn crashtest_results(out: &Path) {
+    let bin = workspace_bin("kvmio-crashtest");
+    let (status, _, help) = kvmio_e2e::run(Command::new(&bin).args(["run", "--help"]));
+    if !status.success() {
+        // STOPGAP, only while `kvmio-crashtest run` has not landed (issue 4): a results file in
+        // the contract format of crashtest.prom, written by this test, not measured.
+        eprintln!(
+            "STOPGAP: `kvmio-crashtest run` is not available ({}); writing a contract-format \
+             crashtest.prom instead of measuring",
+            help.lines().next().unwrap_or_default()
+        );
+        std::fs::create_dir_all(out).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut text =
+            String::from("# STOPGAP written by tests/prometheus.rs, not by a crash-test run\n");
+        for (name, none, unsafe_) in [
+            ("kvmio_crashtest_acked_writes", 700, 700),
+            ("kvmio_crashtest_lost_acked_writes", 0, 700),
+            ("kvmio_crashtest_violations", 0, 0),
+        ] {
+            text.push_str(&format!("# TYPE {name} gauge\n"));
+            for (mode, v) in [("none", none), ("unsafe", unsafe_)] {
+                text.push_str(&format!(
+                    "{name}{{cache_mode=\"{mode}\",fault=\"power\",sync=\"fdatasync\",format=\"raw\"}} {v}\n"
+                ));
+            }
+        }
+        text.push_str(&format!(
+            "# TYPE kvmio_crashtest_last_run_timestamp_seconds gauge\nkvmio_crashtest_last_run_timestamp_seconds {now}\n"
+        ));
+        std::fs::write(out.join("crashtest.prom"), text).unwrap();
+        return;
+    }
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--cache", "none,unsafe", "--fault", "power"])
+        .args([
+            "--sync",
+            "fdatasync",
+            "--format",
+            "raw",
+            "--iterations",
+            "1",
+        ])
+        .args([
+            "--seed",
+            "1",
+            "--disk-size",
+            "32",
+            "--accel",
+            "tcg",
+            "--out",
+        ])
+        .arg(out)
+        .stdin(Stdio::null());
+    let (status, stdout, stderr) = kvmio_e2e::run(&mut cmd);
+    assert!(
+        status.success(),
+        "kvmio-crashtest run: {status}\n{stdout}\n{stderr}"
+    );
+    println!("crash-test run:\n{stdout}{stderr}");
+    assert!(out.join("crashtest.prom").is_file());
+}
+
+/// Prometheus' configuration: the repository's scrape snippet with this test's target and
+/// intervals, and the repository's rule files.
+fn prometheus_config(exporter_port: u16) -> String {
+    let snippet =
+        std::fs::read_to_string(repo().join("deploy/prometheus/kvmio-scrape.yml")).unwrap();
+    let mut job = snippet.clone();
+    for (from, to) in [
+        (
+            "scrape_interval: 15s",
+            format!("scrape_interval: {SCRAPE_INTERVAL}"),
+        ),
+        (
+            "scrape_timeout: 10s",
+            format!("scrape_timeout: {SCRAPE_INTERVAL}"),
+        ),
+        (
+            "        - hypervisor-1.example.org:10990\n        - hypervisor-2.example.org:10990\n",
+            format!("        - 127.0.0.1:{exporter_port}\n"),
+        ),
+    ] {
+        assert!(
+            job.contains(from),
+            "deploy/prometheus/kvmio-scrape.yml no longer contains {from:?}: update this test"
+        );
+        job = job.replace(from, &to);
+    }
+    let rules = repo().join("deploy/prometheus/rules");
+    let mut config = format!(
+        "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
+         rule_files:\n  - {}/kvmio-recording.rules.yml\n  - {}/kvmio-alerts.rules.yml\n\
+         scrape_configs:\n",
+        rules.display(),
+        rules.display()
+    );
+    for line in job.lines() {
+        config.push_str("  ");
+        config.push_str(line);
+        config.push('\n');
+    }
+    config
+}
+
+/// Every query of a dashboard (panel targets, and variable queries as `count by (label) (...)`)
+/// with Grafana's variables substituted.
+fn dashboard_queries(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let dir = repo().join("grafana/dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let subst = |expr: &str| {
+        let mut e = expr.replace("$__rate_interval", RATE_INTERVAL);
+        // Longest names first ($instance before $i...).
+        let mut vs = vars.to_vec();
+        vs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        for (k, v) in vs {
+            e = e.replace(&format!("${k}"), v);
+        }
+        e
+    };
+    for file in files {
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let title = d["title"].as_str().unwrap_or_default().to_string();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] != "query" {
+                continue;
+            }
+            let q = v["query"].as_str().unwrap();
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+                .expect("label_values(metric, label)");
+            let (metric, label) = inner.rsplit_once(',').unwrap();
+            out.push((
+                format!("{title} / variable {}", v["name"]),
+                subst(&format!("count by ({}) ({metric})", label.trim())),
+            ));
+        }
+        for p in d["panels"].as_array().unwrap() {
+            if p["type"] == "row" {
+                continue;
+            }
+            for t in p["targets"].as_array().unwrap() {
+                out.push((
+                    format!(
+                        "{title} / {} / {}",
+                        p["title"].as_str().unwrap(),
+                        t["refId"]
+                    ),
+                    subst(t["expr"].as_str().unwrap()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn show(result: &[Value]) -> String {
+    result
+        .iter()
+        .map(|s| format!("{} {}", s["metric"], s["value"][1]))
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+#[test]
+fn prometheus_runs_every_rule_and_panel_against_real_vms() {
+    let prometheus = which("prometheus").unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
+    assert!(
+        prometheus.is_file(),
+        "prometheus is not installed (Debian package prometheus): run deploy/setup.sh first"
+    );
+    let _slot = vm_slot();
+    guest_image(); // build outside the clocks below
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("lab");
+    let results = dir.path().join("crashtest");
+
+    crashtest_results(&results);
+    let (mut lab, manifest) = start_lab(&run_dir, &dir.path().join("lab.stderr.log"));
+    assert_eq!(manifest["vms"][0]["cache"], "none");
+    assert_eq!(manifest["vms"][1]["cache"], "unsafe");
+
+    let exporter_port = free_port();
+    let mut exporter = ChildProcess::spawn(
+        Command::new(workspace_bin("kvmio-exporter"))
+            .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
+            .arg(format!("--qmp.socket-glob={}/*.qmp", run_dir.display()))
+            .arg(format!("--crashtest.results-dir={}", results.display()))
+            .arg("--qmp.latency-buckets=0.0001,0.001,0.01,0.1,1")
+            .arg("--scrape.timeout=800ms")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("exporter.log")).unwrap()),
+    );
+    wait_for("the exporter's /metrics", Duration::from_secs(30), || {
+        http_get(exporter_port, "/metrics")
+            .ok()
+            .filter(|(s, b)| *s == 200 && b.contains("kvmio_qemu_block_info"))
+    });
+
+    let prom_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, prometheus_config(exporter_port)).unwrap();
+    let mut prom_proc = ChildProcess::spawn(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap()),
+    );
+    let prom = Prom { port: prom_port };
+    wait_for("Prometheus ready", Duration::from_secs(60), || {
+        http_get(prom_port, "/-/ready")
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    });
+    wait_for("kvmio target up", Duration::from_secs(60), || {
+        let r = prom.query(r#"up{job="kvmio"} == 1"#);
+        (!r.is_empty()).then_some(())
+    });
+
+    // Every rule loaded and healthy; every recording rule (each labelled variant) has data.
+    let groups = prom.api("/api/v1/rules");
+    let mut recordings = Vec::new();
+    let mut alerting = 0;
+    for g in groups["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            match r["type"].as_str() {
+                Some("recording") => {
+                    let mut sel = r["name"].as_str().unwrap().to_string();
+                    if let Some(labels) = r["labels"].as_object().filter(|l| !l.is_empty()) {
+                        let m: Vec<String> =
+                            labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        sel = format!("{sel}{{{}}}", m.join(","));
+                    }
+                    recordings.push(sel);
+                }
+                Some("alerting") => alerting += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        recordings.len() >= 40,
+        "recording rules loaded: {recordings:?}"
+    );
+    assert!(alerting >= 8, "alerting rules loaded: {alerting}");
+
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut queries: Vec<(String, String)> = recordings
+        .iter()
+        .map(|r| (format!("recording rule {r}"), r.clone()))
+        .collect();
+    let instance = format!("127.0.0.1:{exporter_port}");
+    for (vm, device) in [
+        (".+", ".+"),
+        ("lab-1", "drive-virtio-disk1"),
+        ("lab-2", "drive-virtio-disk0"),
+    ] {
+        let vars = [
+            ("job", "kvmio"),
+            ("instance", instance.as_str()),
+            ("vm", vm),
+            ("device", device),
+        ];
+        for (what, q) in dashboard_queries(&vars) {
+            queries.push((format!("{what} [vm={vm} device={device}]"), q));
+        }
+    }
+    // Polls until every query has data: rates need two scrapes inside their window, the rules a
+    // few evaluations.
+    let mut missing: Vec<&(String, String)>;
+    loop {
+        let health = prom.api("/api/v1/rules");
+        for g in health["groups"].as_array().unwrap() {
+            for r in g["rules"].as_array().unwrap() {
+                assert_ne!(
+                    r["health"], "err",
+                    "rule {} failed: {}",
+                    r["name"], r["lastError"]
+                );
+            }
+        }
+        // Data means at least one sample with a number: NaN (0/0, a quantile of empty
+        // buckets) does not count.
+        missing = queries
+            .iter()
+            .filter(|(_, q)| prom.query(q).iter().all(|s| s["value"][1] == "NaN"))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} queries returned no data:\n{}",
+        missing.len(),
+        queries.len(),
+        missing
+            .iter()
+            .map(|(w, q)| format!("  {w}\n    {q}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "{} queries (recording rules, dashboard panels and variables) returned data",
+        queries.len()
+    );
+
+    // What the layers look like, for the record.
+    for q in [
+        "round(vm_device:kvmio_disk_writes_completed:rate5m, 0.1)",
+        "round(vm_device:kvmio_disk_write_request_bytes:avg5m)",
+        "round(vm_device:kvmio_disk_write_latency_seconds:avg5m * 1e6)",
+        "round(vm_device:kvmio_disk_write_merge_ratio:ratio5m, 0.001)",
+        "round(vm:kvmio_qemu_write_amplification:ratio5m, 0.01)",
+        "round(vm_device:kvmio_host_image_cached:ratio, 0.01)",
+        "cell:kvmio_crashtest_verdict:code",
+    ] {
+        println!("{q}:\n    {}", show(&prom.query(q)));
+    }
+
+    // KvmioUnsafeCacheMode fires for lab-2's disks (cache=unsafe) and nothing else fires.
+    let firing = wait_for(
+        "KvmioUnsafeCacheMode firing for lab-2's two disks",
+        Duration::from_secs(60),
+        || {
+            let alerts = prom.api("/api/v1/alerts");
+            let firing: Vec<Value> = alerts["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["state"] == "firing")
+                .cloned()
+                .collect();
+            let unsafe_disks: BTreeSet<String> = firing
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == "KvmioUnsafeCacheMode")
+                .map(|a| a["labels"]["device"].as_str().unwrap().to_string())
+                .collect();
+            (unsafe_disks.len() == 2).then_some(firing)
+        },
+    );
+    let mut seen = BTreeSet::new();
+    for a in &firing {
+        let l = &a["labels"];
+        seen.insert(format!("{} {} {}", l["alertname"], l["vm"], l["device"]));
+        assert_eq!(
+            l["alertname"], "KvmioUnsafeCacheMode",
+            "only KvmioUnsafeCacheMode may fire here: {a}"
+        );
+        assert_eq!(l["vm"], "lab-2", "fired for a VM not on cache=unsafe: {a}");
+        assert_eq!(l["severity"], "critical");
+        assert!(a["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("docs/runbook.md#kvmiounsafecachemode"));
+    }
+    println!("firing: {seen:?}");
+    let pending: Vec<String> = prom.api("/api/v1/alerts")["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] != "firing")
+        .map(|a| format!("{} {}", a["labels"]["alertname"], a["labels"]["vm"]))
+        .collect();
+    println!("pending: {pending:?}");
+
+    // Stop everything this test started; nothing may be left running.
+    prom_proc.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
+    exporter.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
+    let status = lab.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
+    assert!(status.success(), "lab stops cleanly on Ctrl-C: {status}");
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
