@@ -80,11 +80,12 @@ check_flags() { # binary, help text, where, lines
     done
 }
 exporter_help=$("$bin_dir/kvmio-exporter" --help)
+# (The environment files' comments are examples to copy: their flags are checked too.)
 check_flags kvmio-exporter "$exporter_help" "kvmio-exporter.service, kvmio-exporter.default" \
-    "$(grep -h 'KVMIO_EXPORTER_ARGS' "$here/kvmio-exporter.service" "$here/kvmio-exporter.default" | grep -v '^#')"
+    "$(grep -h 'KVMIO_EXPORTER_ARGS' "$here/kvmio-exporter.service" | grep -v '^#'; cat "$here/kvmio-exporter.default")"
 if crashtest_help=$("$bin_dir/kvmio-crashtest" run --help 2>&1); then
     check_flags "kvmio-crashtest run" "$crashtest_help" "kvmio-crashtest.service, kvmio-crashtest.default" \
-        "$(grep -h 'KVMIO_CRASHTEST_ARGS\|ExecStart' "$here/kvmio-crashtest.service" "$here/kvmio-crashtest.default" | grep -v '^#')"
+        "$(grep -h 'KVMIO_CRASHTEST_ARGS\|ExecStart' "$here/kvmio-crashtest.service" | grep -v '^#'; cat "$here/kvmio-crashtest.default")"
 else
     printf 'units-verify: kvmio-crashtest has no `run` subcommand (kvmio-crashtest.service runs it):\n%s\n' "$crashtest_help" >&2
     fail=1
