@@ -244,7 +244,7 @@ fn manifest_vm(vm: &Vm) -> ManifestVm {
             .map(|(i, d)| {
                 let (image, format) = match &d.source {
                     DiskSource::File { path, format } => (path.clone(), *format),
-                    DiskSource::Nbd { socket } => (socket.clone(), ImageFormat::Raw),
+                    DiskSource::Nbd { socket, format } => (socket.clone(), *format),
                 };
                 ManifestDisk {
                     device: format!("virtio-disk{i}"),

@@ -1,0 +1,859 @@
+//! The host-side checker: which acknowledged records survived in an image.
+//!
+//! Inputs are the surviving image and the *ack log*: a JSON header line (the run's record
+//! parameters and its cell) followed by the guest's `ACK`/`DONE` lines exactly as the host
+//! received them on the control port ([`GuestMessage`]'s text form).
+//!
+//! The checker reads the guest-visible bytes: a raw image directly, a qcow2 image through
+//! `qemu-img convert -O raw` into a sparse scratch file beside it (QEMU's own qcow2 driver
+//! decides what a rebooted guest would see, and `qemu-img check` reports the metadata's state).
+//! Holes (`SEEK_HOLE`) are zeros and are not read. Since a record's bytes are a pure function of
+//! the run's seed and the slot ([`RecordSpec::fill`]), every slot is compared with exactly what
+//! the writer would have put there:
+//!
+//! * **intact**: the expected bytes; **empty**: zeros;
+//! * **torn**: every 512-byte sector either zero or the expected sector (a write persisted in
+//!   part);
+//! * **misplaced**: a self-consistent record, but of another run, sequence or slot;
+//! * **garbage**: anything else.
+//!
+//! An acked record is *survived* if intact, *lost* if empty, *corrupted* otherwise. Misplaced
+//! and garbage slots are data nobody wrote there: a corruption under every cache mode. So is an
+//! ack whose digest is not the one of the record the writer must have written.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kvmio_guest::protocol::GuestMessage;
+use kvmio_guest::record::{self, Digest, RecordSpec, SECTOR};
+use serde::{Deserialize, Serialize};
+
+use crate::oracle::{Cell, Verdict};
+use crate::vm::ImageFormat;
+
+/// Marks the header line of an ack log and its version.
+pub const ACK_LOG_VERSION: u32 = 1;
+
+/// First line of an ack log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckLogHeader {
+    pub kvmio_ack_log: u32,
+    pub cell: Cell,
+    pub iteration: u32,
+    /// The iteration's seed (everything random in it derives from this).
+    pub seed: u64,
+    pub run_id: u64,
+    pub payload_seed: u64,
+    pub record_size: usize,
+    /// Guest-visible disk size in bytes.
+    pub disk_size: u64,
+    /// The image's file name (beside the ack log when kept).
+    pub image: String,
+    #[serde(default)]
+    pub ack_early: bool,
+    #[serde(default)]
+    pub lie_about_flush: bool,
+}
+
+impl AckLogHeader {
+    pub fn spec(&self) -> Result<RecordSpec, String> {
+        RecordSpec::new(self.run_id, self.payload_seed, self.record_size)
+    }
+
+    pub fn slots(&self) -> u64 {
+        self.disk_size / self.record_size as u64
+    }
+}
+
+/// An acknowledgement as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub seq: u64,
+    pub slot: u64,
+    pub digest: Digest,
+}
+
+/// A parsed ack log.
+#[derive(Debug, Clone)]
+pub struct AckLog {
+    pub header: AckLogHeader,
+    pub acks: Vec<Ack>,
+    /// `DONE n`: the writer filled the disk before the fault.
+    pub done: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a kvmio ack log: {detail}")]
+    BadAckLog { path: PathBuf, detail: String },
+    #[error(
+        "{qemu_img} not found: run deploy/setup.sh (installs qemu-utils) or pass --qemu-img PATH"
+    )]
+    QemuImgNotFound { qemu_img: PathBuf },
+    #[error("no space left in {dir} for the raw copy of a qcow2 image: free space or use another --image-dir")]
+    NoSpace { dir: PathBuf },
+    #[error("cannot create a scratch file in {dir}: {source}")]
+    Scratch {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl AckLog {
+    pub fn read(path: &Path) -> Result<AckLog, VerifyError> {
+        let file = File::open(path).map_err(|source| VerifyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |detail: String| VerifyError::BadAckLog {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut lines = BufReader::new(file).lines();
+        let first = lines
+            .next()
+            .ok_or_else(|| bad("empty file".into()))?
+            .map_err(|source| VerifyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let header: AckLogHeader =
+            serde_json::from_str(&first).map_err(|e| bad(format!("header line: {e}")))?;
+        if header.kvmio_ack_log != ACK_LOG_VERSION {
+            return Err(bad(format!(
+                "version {} (this kvmio-crashtest reads version {ACK_LOG_VERSION})",
+                header.kvmio_ack_log
+            )));
+        }
+        header.spec().map_err(|e| bad(e.to_string()))?;
+        let mut log = AckLog {
+            header,
+            acks: Vec::new(),
+            done: None,
+        };
+        for (n, line) in lines.enumerate() {
+            let line = line.map_err(|source| VerifyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            match GuestMessage::parse(&line) {
+                Some(GuestMessage::Ack { seq, slot, digest }) => {
+                    log.acks.push(Ack { seq, slot, digest })
+                }
+                Some(GuestMessage::Done { records }) => log.done = Some(records),
+                _ => return Err(bad(format!("line {}: not an ACK or DONE line", n + 2))),
+            }
+        }
+        Ok(log)
+    }
+}
+
+/// Appends the acks of one iteration as they arrive.
+#[derive(Debug)]
+pub struct AckLogWriter {
+    file: io::BufWriter<File>,
+    path: PathBuf,
+}
+
+impl AckLogWriter {
+    /// Creates `path`, which must not exist.
+    pub fn create(path: &Path, header: &AckLogHeader) -> io::Result<AckLogWriter> {
+        let file = File::options().write(true).create_new(true).open(path)?;
+        let mut w = AckLogWriter {
+            file: io::BufWriter::new(file),
+            path: path.to_path_buf(),
+        };
+        let line = serde_json::to_string(header).expect("header serialises");
+        writeln!(w.file, "{line}")?;
+        Ok(w)
+    }
+
+    pub fn append(&mut self, message: &GuestMessage) -> io::Result<()> {
+        writeln!(self.file, "{message}")
+    }
+
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        Ok(self.path)
+    }
+}
+
+/// What the checker found in one image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Acknowledged records.
+    pub acked: u64,
+    /// Of those, intact.
+    pub survived: u64,
+    /// Of those, absent (zeros).
+    pub lost: u64,
+    /// Of those, present but damaged (torn, or other data in their slot).
+    pub acked_corrupted: u64,
+    /// Slots holding data nobody wrote there (another record, garbage), acked or not.
+    pub foreign: u64,
+    /// Acks that do not match the record the writer must have written.
+    pub bad_acks: u64,
+    /// Unacknowledged records found intact (allowed) and torn (allowed).
+    pub unacked_present: u64,
+    pub unacked_torn: u64,
+    /// Highest acknowledged sequence number.
+    pub highest_acked: Option<u64>,
+    /// The writer reported the disk full before the fault.
+    pub writer_done: bool,
+    /// The image could not be read as a guest would (e.g. qemu-img failed on a qcow2 image):
+    /// every acknowledged record then counts as corrupted.
+    pub image_error: Option<String>,
+    /// `qemu-img check` summary for qcow2 images.
+    pub image_check: Option<String>,
+    /// The first problems found, one line each.
+    pub problems: Vec<String>,
+    /// Bytes read from the guest view (holes are not read).
+    pub bytes_read: u64,
+    /// Wall time, qcow2 conversion included.
+    pub seconds: f64,
+}
+
+const MAX_PROBLEMS: usize = 20;
+
+impl Verification {
+    /// Acknowledged records that did not survive intact.
+    pub fn lost_acked(&self) -> u64 {
+        self.acked - self.survived
+    }
+
+    /// Corruptions of every kind: damaged acked records, foreign data, bad acks.
+    pub fn corrupted(&self) -> u64 {
+        self.acked_corrupted + self.foreign + self.bad_acks
+    }
+
+    /// The verdict, given whether the cell promised that acked records survive.
+    pub fn verdict(&self, promised: bool) -> Verdict {
+        if self.foreign > 0 || self.bad_acks > 0 {
+            Verdict::Violation
+        } else if self.lost_acked() > 0 {
+            if promised {
+                Verdict::Violation
+            } else {
+                Verdict::LossAllowed
+            }
+        } else {
+            Verdict::Ok
+        }
+    }
+
+    fn problem(&mut self, text: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(text);
+        }
+    }
+}
+
+/// Verifies `image` against `log`. `format` overrides the header's; qcow2 images are
+/// converted with `qemu_img` into a scratch file in `scratch_dir` (removed afterwards).
+pub fn verify_image(
+    image: &Path,
+    log: &AckLog,
+    format: Option<ImageFormat>,
+    qemu_img: &Path,
+    scratch_dir: &Path,
+) -> Result<Verification, VerifyError> {
+    let start = Instant::now();
+    let format = format.unwrap_or(log.header.cell.format);
+    let mut v = match format {
+        ImageFormat::Raw => {
+            let file = File::open(image).map_err(|source| VerifyError::Read {
+                path: image.to_path_buf(),
+                source,
+            })?;
+            scan(&file, log).map_err(|source| VerifyError::Read {
+                path: image.to_path_buf(),
+                source,
+            })?
+        }
+        ImageFormat::Qcow2 => {
+            let check = qemu_img_check(qemu_img, image)?;
+            match convert_to_raw(qemu_img, image, scratch_dir)? {
+                Ok(scratch) => {
+                    let file = File::open(scratch.path()).map_err(|source| VerifyError::Read {
+                        path: scratch.path().to_path_buf(),
+                        source,
+                    })?;
+                    let mut v = scan(&file, log).map_err(|source| VerifyError::Read {
+                        path: scratch.path().to_path_buf(),
+                        source,
+                    })?;
+                    v.image_check = Some(check);
+                    v
+                }
+                Err(detail) => {
+                    let mut v = unreadable(log, detail);
+                    v.image_check = Some(check);
+                    v
+                }
+            }
+        }
+    };
+    v.seconds = start.elapsed().as_secs_f64();
+    Ok(v)
+}
+
+/// The verification of an image no guest could read.
+fn unreadable(log: &AckLog, detail: String) -> Verification {
+    let mut v = Verification::default();
+    check_acks(log, &mut v);
+    v.acked_corrupted = v.acked;
+    v.problem(format!("image unreadable: {detail}"));
+    v.image_error = Some(detail);
+    v
+}
+
+/// Checks the acks themselves; returns the acked digests by slot.
+fn check_acks(log: &AckLog, v: &mut Verification) -> HashMap<u64, Digest> {
+    let spec = log.header.spec().expect("checked when the log was read");
+    let slots = log.header.slots();
+    let mut buf = vec![0u8; spec.size];
+    let mut acked = HashMap::with_capacity(log.acks.len());
+    v.writer_done = log.done.is_some();
+    for ack in &log.acks {
+        let expected_slot = spec.slot_of(ack.seq);
+        let ok_slot = ack.slot == expected_slot && ack.slot < slots;
+        let ok_digest = ok_slot && spec.fill(ack.seq, &mut buf) == ack.digest;
+        if !ok_slot || !ok_digest || acked.contains_key(&ack.slot) {
+            v.bad_acks += 1;
+            v.problem(format!(
+                "ack for sequence {} slot {} does not match the record the writer must have written there",
+                ack.seq, ack.slot
+            ));
+            continue;
+        }
+        acked.insert(ack.slot, ack.digest);
+        v.highest_acked = v.highest_acked.max(Some(ack.seq));
+    }
+    v.acked = acked.len() as u64;
+    acked
+}
+
+/// What one slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Empty,
+    Intact,
+    Torn,
+    Misplaced(record::Header),
+    Garbage,
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    // 16 bytes at a time: quick even in unoptimised builds.
+    let whole = buf.len() / 16 * 16;
+    buf[..whole]
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && buf[whole..].iter().all(|&b| b == 0)
+}
+
+fn classify(spec: &RecordSpec, slot: u64, data: &[u8], expected: &mut [u8]) -> SlotState {
+    if is_zero(data) {
+        return SlotState::Empty;
+    }
+    // Slot n holds sequence n (append-only).
+    spec.fill(slot, expected);
+    if data == expected {
+        return SlotState::Intact;
+    }
+    if let Some(h) = record::parse(data) {
+        return SlotState::Misplaced(h);
+    }
+    let torn = data
+        .chunks(SECTOR)
+        .zip(expected.chunks(SECTOR))
+        .all(|(got, want)| got == want || is_zero(got));
+    if torn {
+        SlotState::Torn
+    } else {
+        SlotState::Garbage
+    }
+}
+
+/// Ranges of `file` that may hold data (`SEEK_DATA`/`SEEK_HOLE`); the whole file if the
+/// filesystem cannot tell.
+fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    let fd = file.as_raw_fd();
+    let mut ranges = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < len {
+        let start = match lseek(fd, pos as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(Errno::ENXIO) => break,
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => return Ok(vec![(0, len)]),
+            Err(e) => return Err(e.into()),
+        };
+        if start >= len {
+            break;
+        }
+        let end = match lseek(fd, start as i64, Whence::SeekHole) {
+            Ok(e) => (e as u64).min(len),
+            Err(_) => len,
+        };
+        ranges.push((start, end));
+        pos = end;
+    }
+    Ok(ranges)
+}
+
+/// Bytes read per `pread`.
+const CHUNK: usize = 8 << 20;
+
+/// Scans the guest view of a disk.
+fn scan(file: &File, log: &AckLog) -> io::Result<Verification> {
+    let header = &log.header;
+    let spec = header.spec().expect("checked when the log was read");
+    let size = spec.size as u64;
+    let slots = header.slots();
+    let mut v = Verification::default();
+    let acked = check_acks(log, &mut v);
+
+    let file_len = file.metadata()?.len();
+    let view_len = header.disk_size.min(file_len);
+    // Slot ranges to read: every slot touched by a data extent.
+    let mut slot_ranges: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in data_ranges(file, view_len)? {
+        let first = a / size;
+        let last = b.div_ceil(size).min(slots);
+        if first >= last {
+            continue;
+        }
+        match slot_ranges.last_mut() {
+            Some(prev) if prev.1 >= first => prev.1 = prev.1.max(last),
+            _ => slot_ranges.push((first, last)),
+        }
+    }
+
+    let per_chunk = (CHUNK as u64 / size).max(1);
+    let mut buf = vec![0u8; (per_chunk * size) as usize];
+    let mut expected = vec![0u8; spec.size];
+    for (first, last) in slot_ranges {
+        let mut slot = first;
+        while slot < last {
+            let n = per_chunk.min(last - slot);
+            let bytes = &mut buf[..(n * size) as usize];
+            file.read_exact_at(bytes, slot * size)?;
+            v.bytes_read += bytes.len() as u64;
+            for (i, data) in bytes.chunks(spec.size).enumerate() {
+                let s = slot + i as u64;
+                let state = classify(&spec, s, data, &mut expected);
+                account(&mut v, s, state, acked.contains_key(&s));
+            }
+            slot += n;
+        }
+    }
+    v.lost = v.acked - v.survived - v.acked_corrupted;
+
+    // Bytes past the last whole slot must stay zero.
+    let tail_start = slots * size;
+    if view_len > tail_start {
+        let mut tail = vec![0u8; (view_len - tail_start) as usize];
+        file.read_exact_at(&mut tail, tail_start)?;
+        v.bytes_read += tail.len() as u64;
+        if !is_zero(&tail) {
+            v.foreign += 1;
+            v.problem(format!(
+                "bytes {tail_start}..{view_len} after the last slot are not zero"
+            ));
+        }
+    }
+    if file_len < header.disk_size {
+        v.problem(format!(
+            "image is {file_len} bytes, shorter than the {} bytes the guest saw (the rest reads as zeros)",
+            header.disk_size
+        ));
+    }
+    Ok(v)
+}
+
+fn account(v: &mut Verification, slot: u64, state: SlotState, is_acked: bool) {
+    match (state, is_acked) {
+        (SlotState::Empty, _) => {}
+        (SlotState::Intact, true) => v.survived += 1,
+        (SlotState::Intact, false) => v.unacked_present += 1,
+        (SlotState::Torn, true) => {
+            v.acked_corrupted += 1;
+            v.problem(format!("slot {slot}: acked record is torn"));
+        }
+        (SlotState::Torn, false) => v.unacked_torn += 1,
+        (SlotState::Misplaced(h), acked) => {
+            v.foreign += 1;
+            if acked {
+                v.acked_corrupted += 1;
+            }
+            v.problem(format!(
+                "slot {slot}{}: holds record sequence {} for slot {} of run {:016x}, never written here",
+                if acked { " (acked)" } else { "" },
+                h.seq,
+                h.slot,
+                h.run_id
+            ));
+        }
+        (SlotState::Garbage, acked) => {
+            v.foreign += 1;
+            if acked {
+                v.acked_corrupted += 1;
+            }
+            v.problem(format!(
+                "slot {slot}{}: data that is neither zeros nor the record written there",
+                if acked { " (acked)" } else { "" }
+            ));
+        }
+    }
+}
+
+/// A scratch file removed on drop.
+#[derive(Debug)]
+pub struct Scratch(tempfile::TempPath);
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn run_qemu_img(
+    qemu_img: &Path,
+    args: &[&std::ffi::OsStr],
+) -> Result<std::process::Output, VerifyError> {
+    std::process::Command::new(qemu_img)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                VerifyError::QemuImgNotFound {
+                    qemu_img: qemu_img.to_path_buf(),
+                }
+            } else {
+                VerifyError::Read {
+                    path: qemu_img.to_path_buf(),
+                    source: e,
+                }
+            }
+        })
+}
+
+/// `qemu-img convert -O raw` into a new sparse scratch file. The inner `Err` is qemu-img's
+/// complaint about the image (which then counts as unreadable).
+fn convert_to_raw(
+    qemu_img: &Path,
+    image: &Path,
+    dir: &Path,
+) -> Result<Result<Scratch, String>, VerifyError> {
+    let scratch = tempfile::Builder::new()
+        .prefix(".kvmio-verify-")
+        .suffix(".raw")
+        .tempfile_in(dir)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(libc::ENOSPC) {
+                VerifyError::NoSpace {
+                    dir: dir.to_path_buf(),
+                }
+            } else {
+                VerifyError::Scratch {
+                    dir: dir.to_path_buf(),
+                    source,
+                }
+            }
+        })?
+        .into_temp_path();
+    let out = run_qemu_img(
+        qemu_img,
+        &[
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-O".as_ref(),
+            "raw".as_ref(),
+            image.as_os_str(),
+            scratch.as_os_str(),
+        ],
+    )?;
+    if out.status.success() {
+        return Ok(Ok(Scratch(scratch)));
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if msg.contains("No space left") {
+        return Err(VerifyError::NoSpace {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(Err(format!("qemu-img convert: {msg}")))
+}
+
+/// `qemu-img check` in one line: leaks are normal after a crash, corruptions are not.
+fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> {
+    let out = run_qemu_img(
+        qemu_img,
+        &[
+            "check".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "--output=json".as_ref(),
+            image.as_os_str(),
+        ],
+    )?;
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    Ok(match parsed {
+        Some(j) => {
+            let n = |k: &str| j.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            format!(
+                "corruptions={} leaks={} check-errors={}",
+                n("corruptions"),
+                n("leaks"),
+                n("check-errors")
+            )
+        }
+        None => format!(
+            "qemu-img check failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::Fault;
+    use kvmio_guest::writer::SyncPolicy;
+    use kvmio_qemu::CacheMode;
+
+    const SIZE: usize = 4096;
+    const SLOTS: u64 = 64;
+
+    fn header() -> AckLogHeader {
+        AckLogHeader {
+            kvmio_ack_log: ACK_LOG_VERSION,
+            cell: Cell::new(
+                CacheMode::None,
+                Fault::Power,
+                SyncPolicy::Fdatasync,
+                ImageFormat::Raw,
+            ),
+            iteration: 0,
+            seed: 1,
+            run_id: 0xabc,
+            payload_seed: 99,
+            record_size: SIZE,
+            disk_size: SLOTS * SIZE as u64,
+            image: "x.raw".into(),
+            ack_early: false,
+            lie_about_flush: false,
+        }
+    }
+
+    /// An image with records 0..written and a log acking 0..acked.
+    fn setup(written: u64, acked: u64) -> (tempfile::TempDir, PathBuf, AckLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let h = header();
+        let spec = h.spec().unwrap();
+        let path = dir.path().join("x.raw");
+        let file = File::create(&path).unwrap();
+        file.set_len(h.disk_size).unwrap();
+        let mut buf = vec![0u8; SIZE];
+        let mut acks = Vec::new();
+        for seq in 0..written.max(acked) {
+            let digest = spec.fill(seq, &mut buf);
+            if seq < written {
+                file.write_all_at(&buf, spec.offset(seq)).unwrap();
+            }
+            if seq < acked {
+                acks.push(Ack {
+                    seq,
+                    slot: seq,
+                    digest,
+                });
+            }
+        }
+        (
+            dir,
+            path,
+            AckLog {
+                header: h,
+                acks,
+                done: None,
+            },
+        )
+    }
+
+    fn check(path: &Path, log: &AckLog) -> Verification {
+        verify_image(
+            path,
+            log,
+            None,
+            Path::new("qemu-img"),
+            path.parent().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn everything_acked_and_present_is_ok() {
+        let (_d, path, log) = setup(20, 18);
+        let v = check(&path, &log);
+        assert_eq!((v.acked, v.survived, v.lost, v.corrupted()), (18, 18, 0, 0));
+        assert_eq!(v.unacked_present, 2);
+        assert_eq!(v.verdict(true), Verdict::Ok);
+        assert_eq!(v.highest_acked, Some(17));
+    }
+
+    #[test]
+    fn lost_acked_records_violate_only_a_promise() {
+        let (_d, path, log) = setup(10, 15);
+        let v = check(&path, &log);
+        assert_eq!((v.acked, v.survived, v.lost), (15, 10, 5));
+        assert_eq!(v.verdict(true), Verdict::Violation);
+        assert_eq!(v.verdict(false), Verdict::LossAllowed);
+    }
+
+    #[test]
+    fn torn_records_are_allowed_unacked_and_corrupt_when_acked() {
+        let (_d, path, log) = setup(12, 10);
+        let f = File::options().write(true).open(&path).unwrap();
+        // Zero the 3rd sector of slot 11 (unacked) and slot 4 (acked).
+        for slot in [11u64, 4] {
+            f.write_all_at(&[0u8; 512], slot * SIZE as u64 + 1024)
+                .unwrap();
+        }
+        let v = check(&path, &log);
+        assert_eq!(v.unacked_torn, 1);
+        assert_eq!(v.acked_corrupted, 1);
+        assert_eq!(v.foreign, 0);
+        assert_eq!(v.verdict(false), Verdict::LossAllowed);
+        assert_eq!(v.verdict(true), Verdict::Violation);
+    }
+
+    #[test]
+    fn flipped_bytes_are_garbage_and_always_a_violation() {
+        let (_d, path, log) = setup(30, 0);
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&[0x5a; 7], 25 * SIZE as u64 + 300).unwrap();
+        let v = check(&path, &log);
+        assert_eq!(v.foreign, 1);
+        assert_eq!(v.verdict(false), Verdict::Violation, "{:?}", v.problems);
+    }
+
+    #[test]
+    fn a_record_in_the_wrong_slot_or_from_another_run_is_foreign() {
+        let (_d, path, log) = setup(8, 8);
+        let spec = log.header.spec().unwrap();
+        let f = File::options().write(true).open(&path).unwrap();
+        let mut buf = vec![0u8; SIZE];
+        // Record 3 copied into slot 40 (unacked, past the end of what was written).
+        spec.fill(3, &mut buf);
+        f.write_all_at(&buf, 40 * SIZE as u64).unwrap();
+        // A record of another run in acked slot 5.
+        RecordSpec::new(0xdef, 99, SIZE).unwrap().fill(5, &mut buf);
+        f.write_all_at(&buf, 5 * SIZE as u64).unwrap();
+        let v = check(&path, &log);
+        assert_eq!(v.foreign, 2, "{:?}", v.problems);
+        assert_eq!(v.acked_corrupted, 1);
+        assert_eq!(v.verdict(false), Verdict::Violation);
+        assert!(v.problems.iter().any(|p| p.contains("never written here")));
+    }
+
+    #[test]
+    fn bad_acks_are_violations() {
+        let (_d, path, mut log) = setup(5, 5);
+        log.acks[2].digest[0] ^= 1;
+        let v = check(&path, &log);
+        assert_eq!(v.bad_acks, 1);
+        assert_eq!(v.verdict(false), Verdict::Violation);
+    }
+
+    #[test]
+    fn data_after_the_last_slot_is_foreign() {
+        let (_d, path, mut log) = setup(2, 2);
+        // The guest saw one slot and a half.
+        log.header.disk_size = SIZE as u64 * 3 / 2 + SIZE as u64;
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&[1], SIZE as u64 * 2 + 10).unwrap();
+        let v = check(&path, &log);
+        assert_eq!(v.foreign, 1, "{:?}", v.problems);
+    }
+
+    /// Random unacked tearing, random loss of unpromised acks, over many seeds: the checker
+    /// never calls a VIOLATION unless something impossible happened.
+    #[test]
+    fn does_not_cry_wolf_over_many_seeds() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let written = rng.random_range(1..SLOTS);
+            let acked = rng.random_range(0..=written);
+            let (_d, path, log) = setup(written, acked);
+            let f = File::options().write(true).open(&path).unwrap();
+            // Tear or drop some unacked records.
+            for slot in acked..written {
+                match rng.random_range(0..3) {
+                    0 => f
+                        .write_all_at(&vec![0u8; SIZE], slot * SIZE as u64)
+                        .unwrap(),
+                    1 => {
+                        for s in 0..(SIZE / 512) as u64 {
+                            if rng.random_bool(0.5) {
+                                f.write_all_at(&[0u8; 512], slot * SIZE as u64 + s * 512)
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let v = check(&path, &log);
+            assert_eq!(
+                v.verdict(true),
+                Verdict::Ok,
+                "seed {seed}: {:?}",
+                v.problems
+            );
+        }
+    }
+
+    #[test]
+    fn ack_log_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.acks");
+        let h = header();
+        let mut w = AckLogWriter::create(&path, &h).unwrap();
+        let m = GuestMessage::Ack {
+            seq: 0,
+            slot: 0,
+            digest: [7; 32],
+        };
+        w.append(&m).unwrap();
+        w.append(&GuestMessage::Done { records: 1 }).unwrap();
+        w.finish().unwrap();
+        let log = AckLog::read(&path).unwrap();
+        assert_eq!(log.header, h);
+        assert_eq!(log.acks.len(), 1);
+        assert_eq!(log.done, Some(1));
+        // Never overwrites.
+        assert!(AckLogWriter::create(&path, &h).is_err());
+        std::fs::write(&path, "not json\n").unwrap();
+        let e = AckLog::read(&path).unwrap_err().to_string();
+        assert!(e.contains("not a kvmio ack log"), "{e}");
+    }
+}
