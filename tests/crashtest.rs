@@ -1,0 +1,494 @@
+//! `kvmio-crashtest run` and `verify` against real QEMU (TCG) and kvmio's NBD server.
+//!
+//! * The checker can fail: a lying NBD server, a corrupted acked record in a kept image, and a
+//!   writer that acks before its durability point each give VIOLATION and exit status 3.
+//! * It does not cry wolf: the honest stack reports no VIOLATION, and shows the expected shape
+//!   (unsafe loses acked writes at power loss, write-through keeps them, kill keeps raw writes).
+//! * Bad input fails at once with one line; Ctrl-C reaps every QEMU, shuts the NBD server down
+//!   and removes the temporary files.
+//!
+//! Small disks, short write windows and one iteration per cell keep this to about two minutes
+//! on two cores; the full matrix is the benchmark's job (BENCHMARKS.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kvmio_e2e::{
+    guest_image, pid_exists, processes_mentioning, run, sockets_in, vm_slot, wait_for,
+    workspace_bin, ChildProcess,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Exit status of a run or verify that found a VIOLATION.
+const EXIT_VIOLATION: i32 = 3;
+
+/// A `run` command with the quick settings every test uses.
+fn run_command(out: &Path, tmp: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args([
+        "run",
+        "--accel",
+        "tcg",
+        "--iterations",
+        "1",
+        "--disk-size",
+        "16",
+        "--window-ms",
+        "200..600",
+        "--seed",
+        "20261125",
+        "--out",
+    ])
+    .arg(out)
+    .args(extra)
+    // The default image dir and the socket dir live under TMPDIR: the test can see everything
+    // the run created, and that it is gone afterwards.
+    .env("TMPDIR", tmp)
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs to completion (bounded); returns (exit code, stdout, stderr).
+fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = ChildProcess::spawn(&mut cmd);
+    let status = child
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {timeout:?}"));
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+fn report(out: &Path) -> Value {
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report.json parses")
+}
+
+fn cell<'a>(report: &'a Value, cache: &str, fault: &str, sync: &str, format: &str) -> &'a Value {
+    report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["cache_mode"] == cache
+                && c["fault"] == fault
+                && c["sync"] == sync
+                && c["format"] == format
+        })
+        .unwrap_or_else(|| panic!("no cell {cache}/{fault}/{sync}/{format} in {report}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Nothing of the run is left: no process, no socket, no file in TMPDIR.
+fn assert_clean(tmp: &Path) {
+    let left = processes_mentioning(&tmp.to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(
+        sockets_in(tmp).is_empty(),
+        "sockets left: {:?}",
+        sockets_in(tmp)
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(files.is_empty(), "left in TMPDIR: {files:?}");
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// (a) An NBD server that acknowledges FLUSH and FUA without persisting: fdatasync'd records
+/// vanish at the power loss, and the checker says VIOLATION.
+#[test]
+fn a_lying_nbd_server_is_a_violation() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "none",
+            "--fault",
+            "power",
+            "--sync",
+            "fdatasync",
+            "--format",
+            "raw",
+            "--lie-about-flush",
+        ],
+    );
+    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(code, EXIT_VIOLATION, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("VIOLATION"), "{stderr}");
+    let r = report(out.path());
+    let c = cell(&r, "none", "power", "fdatasync", "raw");
+    assert_eq!(c["verdict"], "VIOLATION");
+    assert!(u(&c["acked"]) > 0 && u(&c["lost"]) > 0, "{c}");
+    assert_eq!(r["violations"], 1);
+    let prom = std::fs::read_to_string(out.path().join("crashtest.prom")).unwrap();
+    assert!(prom.contains(
+        "kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"fdatasync\",format=\"raw\"} 1"
+    ));
+    assert_clean(tmp.path());
+}
+
+/// (c) A writer that acks as soon as its write returns, before the fdatasync: the acked records
+/// are still in the volatile cache at the power loss, and the checker says VIOLATION.
+#[test]
+fn a_writer_that_acks_before_its_durability_point_is_a_violation() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "writeback",
+            "--fault",
+            "power",
+            "--sync",
+            "fdatasync",
+            "--format",
+            "qcow2",
+            "--ack-early",
+        ],
+    );
+    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(code, EXIT_VIOLATION, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r = report(out.path());
+    let c = cell(&r, "writeback", "power", "fdatasync", "qcow2");
+    assert_eq!(c["verdict"], "VIOLATION", "{c}");
+    assert_eq!(r["run"]["ack_early"], true);
+    assert_clean(tmp.path());
+}
+
+/// (b) A kept image verifies; flipping bytes of an acked record, or zeroing one, makes
+/// `verify` say VIOLATION.
+#[test]
+fn a_corrupted_acked_record_in_a_kept_image_is_a_violation() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let images = tempfile::tempdir().unwrap();
+    let mut cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "none",
+            "--fault",
+            "kill",
+            "--sync",
+            "fdatasync",
+            "--format",
+            "raw",
+            "--keep-images",
+            "--image-dir",
+        ],
+    );
+    cmd.arg(images.path());
+    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r = report(out.path());
+    let c = cell(&r, "none", "kill", "fdatasync", "raw");
+    assert_eq!(c["verdict"], "ok");
+    let it = &c["results"][0];
+    let image = PathBuf::from(it["kept_image"].as_str().expect("kept image"));
+    let acks = PathBuf::from(it["kept_acks"].as_str().expect("kept ack log"));
+    assert!(image.starts_with(images.path()), "{image:?}");
+    assert!(acks.is_file());
+    let acked = u(&it["acked"]);
+    assert!(acked >= 2, "{it}");
+
+    let verify = |json: bool| {
+        let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+        cmd.args(["verify", "--image"])
+            .arg(&image)
+            .arg("--acks")
+            .arg(&acks);
+        if json {
+            cmd.arg("--json");
+        }
+        run(&mut cmd)
+    };
+    let (status, stdout, _) = verify(false);
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("verdict: ok"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("acked {acked}, survived {acked}")),
+        "{stdout}"
+    );
+
+    // Flip bytes in the payload of acked record 1 (slot 1, 4096-byte records).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0xff, 0x00, 0xff], 4096 + 1000).unwrap();
+    let (status, stdout, _) = verify(false);
+    assert_eq!(status.code(), Some(EXIT_VIOLATION), "{stdout}");
+    assert!(stdout.contains("verdict: VIOLATION"), "{stdout}");
+    assert!(stdout.contains("slot 1 (acked)"), "{stdout}");
+
+    // Zero acked record 0: lost, where kill with a raw image promised survival.
+    f.write_all_at(&[0u8; 4096], 0).unwrap();
+    let (status, stdout, _) = verify(true);
+    assert_eq!(status.code(), Some(EXIT_VIOLATION), "{stdout}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["verdict"], "VIOLATION");
+    assert_eq!(v["verification"]["lost"], 1);
+    assert_eq!(u(&v["verification"]["survived"]), acked - 2);
+    assert_clean(tmp.path());
+}
+
+/// The honest stack: no VIOLATION, and the expected shape. unsafe loses acked writes at a
+/// power loss (torn variant included), write-through keeps even unflushed ones, and kill keeps
+/// everything written to a raw image. The report carries QEMU's version and the cache flags QMP
+/// confirmed, and crashtest.prom passes promtool.
+#[test]
+fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "writethrough,unsafe",
+            "--fault",
+            "kill,power-torn",
+            "--sync",
+            "fdatasync,none",
+            "--format",
+            "raw",
+            "--parallel",
+            "2",
+        ],
+    );
+    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r = report(out.path());
+    assert_eq!(r["complete"], true);
+    assert_eq!(r["violations"], 0);
+    assert!(
+        r["qemu_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(|c: char| c.is_ascii_digit()),
+        "{}",
+        r["qemu_version"]
+    );
+    assert_eq!(r["cells"].as_array().unwrap().len(), 8);
+    for c in r["cells"].as_array().unwrap() {
+        assert_ne!(c["verdict"], "VIOLATION", "{c}");
+        assert_eq!(c["qmp_confirmed"], true, "QMP flags: {c}");
+        assert!(u(&c["acked"]) > 0, "{c}");
+        if c["cache_mode"] == "writethrough" || c["fault"] == "kill" {
+            assert_eq!(c["survived"], c["acked"], "{c}");
+        }
+    }
+    let wt = cell(&r, "writethrough", "power-torn", "none", "raw");
+    assert_eq!(wt["qmp_cache"]["writeback"], false);
+    let unsafe_power = cell(&r, "unsafe", "power-torn", "none", "raw");
+    assert!(u(&unsafe_power["lost_acked"]) > 0, "{unsafe_power}");
+    assert_eq!(unsafe_power["verdict"], "loss-allowed");
+    assert_eq!(unsafe_power["qmp_cache"]["no-flush"], true);
+    assert!(u(&cell(&r, "unsafe", "power-torn", "fdatasync", "raw")["lost_acked"]) > 0);
+
+    let prom = out.path().join("crashtest.prom");
+    let (status, o, e) = run(Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&prom).unwrap()));
+    assert!(status.success(), "promtool check metrics: {o}{e}");
+    assert!(
+        stdout.contains("verdict"),
+        "the matrix table is printed: {stdout}"
+    );
+    assert_clean(tmp.path());
+
+    // qcow2 under power, served over NBD as a qcow2 file; a disk so small the writer fills it
+    // before the fault.
+    let out2 = tempfile::tempdir().unwrap();
+    let mut cmd = run_command(
+        out2.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "none,directsync",
+            "--fault",
+            "power",
+            "--sync",
+            "dsync,none",
+            "--format",
+            "qcow2",
+            "--parallel",
+            "2",
+        ],
+    );
+    cmd.args(["--disk-size", "1", "--window-ms", "1500"]);
+    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r = report(out2.path());
+    assert_eq!(r["violations"], 0);
+    for c in r["cells"].as_array().unwrap() {
+        let it = &c["results"][0];
+        assert_eq!(it["writer_done"], true, "1 MiB fills up: {it}");
+        assert!(
+            it["image_check"]
+                .as_str()
+                .unwrap()
+                .starts_with("corruptions=0"),
+            "{it}"
+        );
+    }
+    let ds = cell(&r, "directsync", "power", "none", "qcow2");
+    assert_eq!((u(&ds["acked"]), u(&ds["survived"])), (256, 256), "{ds}");
+    let none = cell(&r, "none", "power", "none", "qcow2");
+    assert_eq!(none["verdict"], "loss-allowed", "{none}");
+    assert_clean(tmp.path());
+}
+
+/// Ctrl-C in the middle of a power iteration: exit 130, QEMU reaped, NBD server gone, images,
+/// sockets and console logs removed, and a report marked incomplete without crashtest.prom.
+#[test]
+fn interrupt_mid_run_reaps_qemu_and_removes_temporary_files() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "none",
+            "--fault",
+            "power",
+            "--sync",
+            "none",
+            "--format",
+            "qcow2",
+            "--iterations",
+            "3",
+        ],
+    );
+    cmd.args(["--window-ms", "60000"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(out.path().join("stderr.log")).unwrap());
+    let mut child = ChildProcess::spawn(&mut cmd);
+    let tmp_s = tmp.path().to_string_lossy().into_owned();
+    // QEMU's command line names the NBD socket under TMPDIR.
+    let qemu = wait_for("a QEMU on an NBD socket", Duration::from_secs(240), || {
+        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            let log = std::fs::read_to_string(out.path().join("stderr.log")).unwrap_or_default();
+            panic!("run exited early: {status}: {log}");
+        }
+        processes_mentioning(&tmp_s)
+            .into_iter()
+            .find(|(_, cmdline)| cmdline.contains("qemu-system") && cmdline.contains("nbd+unix"))
+    });
+    // Let the writer run: the interrupt lands in the write window.
+    std::thread::sleep(Duration::from_secs(8));
+    let status = child.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(out.path().join("stderr.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!pid_exists(qemu.0), "QEMU {} was reaped", qemu.0);
+    assert_clean(tmp.path());
+    let r = report(out.path());
+    assert_eq!(r["complete"], false);
+    assert!(!out.path().join("crashtest.prom").exists());
+}
+
+/// Runs `run` with bad input: it must fail with a one-line message holding `hint`, start no
+/// QEMU and leave nothing behind.
+fn assert_rejected(extra: &[&str], hint: &str) {
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cmd = run_command(out.path(), tmp.path(), extra);
+    let (status, _stdout, stderr) = run(&mut cmd);
+    assert!(!status.success(), "{extra:?} must fail");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(hint),
+        "{extra:?}: first line should say {hint:?}, got: {stderr}"
+    );
+    assert!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
+        "{extra:?}: one line, not a dump: {stderr}"
+    );
+    assert_clean(tmp.path());
+}
+
+#[test]
+fn bad_input_fails_with_one_line_that_says_what_to_do() {
+    guest_image();
+    assert_rejected(
+        &["--cache", "none,fast"],
+        "none, writeback, writethrough, directsync, unsafe",
+    );
+    assert_rejected(
+        &["--fault", "reboot"],
+        "kill, power, power-subset or power-torn",
+    );
+    assert_rejected(&["--sync", "fsync"], "fdatasync, dsync or none");
+    assert_rejected(&["--format", "vmdk"], "raw or qcow2");
+    assert_rejected(&["--fault", "kill", "--torn"], "add power to --fault");
+    assert_rejected(&["--window-ms", "500..100"], "MIN must not exceed MAX");
+    assert_rejected(&["--record-size", "1000"], "multiple of 512");
+    assert_rejected(&["--parallel", "0"], "--parallel");
+    assert_rejected(&["--iterations", "0"], "--iterations");
+    // An image dir under /proc (nothing can be created there, even by root), and one so full
+    // for this matrix (64 parallel 1 TiB disks) that no machine has the space.
+    assert_rejected(&["--image-dir", "/proc/kvmio-not-writable"], "--image-dir");
+    assert_rejected(
+        &["--disk-size", "1048576", "--parallel", "64"],
+        "lower --disk-size or --parallel",
+    );
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args(["run", "--out", "/proc/kvmio-not-writable"])
+        .env("TMPDIR", tmp.path());
+    let (status, _, stderr) = run(&mut cmd);
+    assert!(!status.success());
+    assert!(
+        stderr.lines().next().unwrap_or_default().contains("--out"),
+        "{stderr}"
+    );
+    drop(out);
+
+    // verify: a missing ack log, and a file that is not one.
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args([
+        "verify",
+        "--image",
+        "/nonexistent.raw",
+        "--acks",
+        "/nonexistent.acks",
+    ]);
+    let (status, _, stderr) = run(&mut cmd);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("cannot read /nonexistent.acks"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("x.acks");
+    std::fs::write(&bogus, "hello\n").unwrap();
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args(["verify", "--image", "/etc/hostname", "--acks"])
+        .arg(&bogus);
+    let (status, _, stderr) = run(&mut cmd);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("not a kvmio ack log"), "{stderr}");
+}
