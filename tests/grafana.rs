@@ -740,23 +740,28 @@ fn crash_consistency() -> Value {
     ));
     b.add(24, 10, table(
         "Cells of the latest runs",
-        "Every cell of the latest run on each host: the verdict, acknowledged writes verified, \
-         acknowledged writes lost, iterations with a VIOLATION.",
+        "Every cell of the latest run on each host: the verdict, iterations, acknowledged writes \
+         verified, acknowledged writes lost (absent or damaged), corrupted records (damaged \
+         acknowledged ones plus data nobody wrote: a VIOLATION under every mode) and iterations \
+         with a VIOLATION.",
         "none",
         vec![
             table_target("A", format!("max by (instance, {cell}) (kvmio_crashtest_acked_writes{{{J}}})")),
             table_target("B", format!("max by (instance, {cell}) (kvmio_crashtest_lost_acked_writes{{{J}}})")),
             table_target("C", format!("max by (instance, {cell}) (kvmio_crashtest_violations{{{J}}})")),
             table_target("D", verdict.replace(&format!("max by ({cell})"), &format!("max by (instance, {cell})"))),
+            table_target("E", format!("max by (instance, {cell}) (kvmio_crashtest_iterations{{{J}}})")),
+            table_target("F", format!("max by (instance, {cell}) (kvmio_crashtest_corrupted_writes{{{J}}})")),
         ],
         json!([
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": true},
                 "indexByName": {"instance": 0, "cache_mode": 1, "fault": 2, "sync": 3, "format": 4,
-                                "Value #D": 5, "Value #A": 6, "Value #B": 7, "Value #C": 8},
+                                "Value #D": 5, "Value #E": 6, "Value #A": 7, "Value #B": 8, "Value #F": 9,
+                                "Value #C": 10},
                 "renameByName": {"Value #A": "acknowledged", "Value #B": "lost", "Value #C": "violations",
-                                 "Value #D": "verdict"}
+                                 "Value #D": "verdict", "Value #E": "iterations", "Value #F": "corrupted"}
             }}
         ]),
         json!([
