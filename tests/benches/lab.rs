@@ -32,7 +32,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let kernel = GuestKernel::locate(None, None).expect("guest kernel: run deploy/setup.sh");
-    let inputs = GuestInputs::discover(kernel, None).expect("guest inputs: cargo build --workspace");
+    let inputs =
+        GuestInputs::discover(kernel, None).expect("guest inputs: cargo build --workspace");
     println!("guest program: {}", inputs.guest_program.display());
 
     let mut cold = Vec::new();
@@ -54,7 +55,8 @@ fn main() {
         }
         // Keep one image for the boots: copy it out of the temporary cache.
         if image.is_none() {
-            image = Some(guest_image::build(&inputs, &kvmio_crashtest::paths::cache_dir()).unwrap());
+            image =
+                Some(guest_image::build(&inputs, &kvmio_crashtest::paths::cache_dir()).unwrap());
         }
     }
     report("guest build, cold (empty cache)", cold);
@@ -73,7 +75,9 @@ fn main() {
             let t = Instant::now();
             let mut vm = Vm::launch(config).await.expect("launch");
             to_qmp.push(t.elapsed());
-            vm.wait_ready(Duration::from_secs(120)).await.expect("ready");
+            vm.wait_ready(Duration::from_secs(120))
+                .await
+                .expect("ready");
             to_ready.push(t.elapsed());
             let k = Instant::now();
             vm.kill();
