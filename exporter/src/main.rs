@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("kvmio-exporter")
         .enable_all()
         .build()
     {

@@ -1,8 +1,18 @@
 //! `host_diskstats`: `kvmio_host_disk_<suffix>{device}` from `<procfs>/diskstats` and
 //! `kvmio_host_disk_queue_info{device,scheduler}` from `<sysfs>/block/DEV/queue/scheduler`, for
 //! the devices `--host.devices` selects.
+//!
+//! The statistics are read at every scrape, through a file descriptor kept open between scrapes
+//! (`pread` at offset 0 makes procfs generate the file afresh; reopening costs more than reading);
+//! a device's scheduler, a setting, is re-read when it is [`SCHEDULER_TTL`] old (a sysfs file per
+//! device per scrape would cost more than the statistics).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::{CollectFuture, Collector, CollectorError, ScrapeContext};
 use crate::config::HostDevices;
@@ -10,9 +20,59 @@ use crate::host::blockdev::read_scheduler;
 use crate::host::diskstats::{parse_diskstats, DISK_METRICS};
 use crate::metrics::Metrics;
 
-/// The collector (stateless: configuration comes from the scrape context).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HostDiskstats;
+/// How long a device's scheduler is used before `queue/scheduler` is read again.
+pub const SCHEDULER_TTL: Duration = Duration::from_secs(60);
+
+/// The collector: configuration comes from the scrape context; it keeps the schedulers it read
+/// and `diskstats` open.
+#[derive(Debug, Default)]
+pub struct HostDiskstats {
+    schedulers: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    file: Mutex<Option<(PathBuf, File)>>,
+}
+
+/// Reads a whole procfs file from offset 0 through `slot`'s open descriptor (opened on first
+/// use, or again if the path changed or a read fails).
+fn read_procfile(slot: &mut Option<(PathBuf, File)>, path: &Path) -> std::io::Result<String> {
+    for attempt in 0..2 {
+        if attempt == 1 || slot.as_ref().is_none_or(|(p, _)| p != path) {
+            *slot = Some((path.to_path_buf(), File::open(path)?));
+        }
+        let Some((_, file)) = slot.as_ref() else {
+            unreachable!("just opened")
+        };
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut len = 0;
+        let result = loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break Ok(()),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => {
+                buf.truncate(len);
+                return String::from_utf8(buf)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+            Err(e) if attempt == 1 => return Err(e),
+            Err(_) => continue,
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+impl HostDiskstats {
+    /// A collector with an empty scheduler cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Prefix of the host disk metrics.
 pub const PREFIX: &str = "kvmio_host_disk_";
@@ -35,18 +95,30 @@ impl Collector for HostDiskstats {
             // procfs and sysfs reads do not block on IO: read them inline, it is faster than a
             // trip through the blocking pool.
             let path = ctx.config().procfs.join("diskstats");
-            let text = std::fs::read_to_string(&path).map_err(|e| CollectorError::io(&path, e))?;
-            emit(&text, selected.as_ref(), ctx, out);
+            let text = {
+                let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+                read_procfile(&mut file, &path).map_err(|e| CollectorError::io(&path, e))?
+            };
+            let mut schedulers = self.schedulers.lock().unwrap_or_else(|e| e.into_inner());
+            emit(&text, selected.as_ref(), ctx, &mut schedulers, out);
             Ok(())
         })
     }
 }
 
-fn emit(text: &str, selected: Option<&BTreeSet<String>>, ctx: &ScrapeContext, out: &mut Metrics) {
+fn emit(
+    text: &str,
+    selected: Option<&BTreeSet<String>>,
+    ctx: &ScrapeContext,
+    schedulers: &mut HashMap<String, (Instant, Option<String>)>,
+    out: &mut Metrics,
+) {
     let (disks, skipped) = parse_diskstats(text);
     for e in skipped {
         tracing::debug!("skipped: {e}");
     }
+    // Devices that disappeared.
+    schedulers.retain(|name, _| disks.iter().any(|d| &d.name == name));
     let mut name = String::with_capacity(64);
     for disk in &disks {
         if selected.is_some_and(|s| !s.contains(&disk.name)) {
@@ -67,7 +139,19 @@ fn emit(text: &str, selected: Option<&BTreeSet<String>>, ctx: &ScrapeContext, ou
                 out.gauge(&name, m.help, &labels, value);
             }
         }
-        if let Some(scheduler) = read_scheduler(&ctx.config().sysfs, &disk.name) {
+        let now = Instant::now();
+        let cached = schedulers
+            .get(&disk.name)
+            .filter(|(at, _)| now.duration_since(*at) < SCHEDULER_TTL);
+        let scheduler = match cached {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = read_scheduler(&ctx.config().sysfs, &disk.name);
+                schedulers.insert(disk.name.clone(), (now, s.clone()));
+                s
+            }
+        };
+        if let Some(scheduler) = scheduler {
             out.info(
                 "kvmio_host_disk_queue_info",
                 "Host block device queue settings: the active IO scheduler.",

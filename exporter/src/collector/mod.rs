@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, HostDevices};
-use crate::host::blockdev::{resolve_image, ImageDevice};
+use crate::host::blockdev::{resolve_images, ImageDevice};
 use crate::metrics::Metrics;
 
 /// The future a collector returns.
@@ -277,13 +277,8 @@ impl ScrapeContext {
             let procfs = self.config.procfs.clone();
             let sysfs = self.config.sysfs.clone();
             let job = tokio::task::spawn_blocking(move || {
-                missing
-                    .into_iter()
-                    .map(|p| {
-                        let d = resolve_image(&p, &procfs, &sysfs);
-                        (p, d)
-                    })
-                    .collect::<Vec<_>>()
+                let devices = resolve_images(&missing, &procfs, &sysfs);
+                missing.into_iter().zip(devices).collect::<Vec<_>>()
             });
             let why = match tokio::time::timeout_at(until.min(self.deadline), job).await {
                 Ok(Ok(devices)) => {
@@ -350,7 +345,7 @@ impl Drop for ProviderGuard {
 pub fn default_collectors(config: &Config) -> Vec<Arc<dyn Collector>> {
     let mut list: Vec<Arc<dyn Collector>> = Vec::new();
     if config.host_devices != HostDevices::None {
-        list.push(Arc::new(host_diskstats::HostDiskstats));
+        list.push(Arc::new(host_diskstats::HostDiskstats::new()));
     }
     list.push(Arc::new(host_image::HostImage));
     if config.has_vm_sources() {

@@ -18,7 +18,7 @@
 //! Nothing here fails a scrape: an image that cannot be resolved is [`ImageDevice::Unresolved`]
 //! with a one-line reason.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -101,31 +101,67 @@ fn unresolved(reason: String) -> ImageDevice {
 /// Blocking (it calls `stat()`, which can hang on a dead NFS server): call it from
 /// `tokio::task::spawn_blocking`, as [`crate::collector::ScrapeContext::resolved_images`] does.
 pub fn resolve_image(image: &Path, procfs: &Path, sysfs: &Path) -> ImageDevice {
+    resolve_images(&[image.to_path_buf()], procfs, sysfs)
+        .pop()
+        .expect("one result per image")
+}
+
+/// [`resolve_image`] for many images: each host device is looked up in sysfs once (a hundred
+/// images on one filesystem cost a hundred `stat()`s and one sysfs walk). One result per image,
+/// in order.
+pub fn resolve_images(images: &[PathBuf], procfs: &Path, sysfs: &Path) -> Vec<ImageDevice> {
+    let mut by_dev: HashMap<(u32, u32), Result<BackingDevice, String>> = HashMap::new();
+    let mut anonymous: HashMap<u32, Result<(u32, u32), AnonReason>> = HashMap::new();
+    images
+        .iter()
+        .map(|image| {
+            let (major, minor) = match stat_image(image) {
+                Ok(dev) => dev,
+                Err(unresolved) => return unresolved,
+            };
+            let (major, minor) = if major == 0 {
+                let found = anonymous
+                    .entry(minor)
+                    .or_insert_with(|| anonymous_source(minor, procfs));
+                match found {
+                    Ok(dev) => *dev,
+                    Err(reason) => return reason.for_image(image, minor),
+                }
+            } else {
+                (major, minor)
+            };
+            match by_dev
+                .entry((major, minor))
+                .or_insert_with(|| resolve_dev(sysfs, major, minor))
+            {
+                Ok(b) => ImageDevice::Resolved(b.clone()),
+                Err(e) => unresolved(format!("{}: {e}", image.display())),
+            }
+        })
+        .collect()
+}
+
+/// The device number an image is on (or is), or why there is none.
+fn stat_image(image: &Path) -> Result<(u32, u32), ImageDevice> {
     if !image.is_absolute() {
         // QEMU filenames like `nbd+unix:///...`, `json:{...}`, `rbd:pool/img`.
-        return unresolved(format!("{} is not a local absolute path", image.display()));
+        return Err(unresolved(format!(
+            "{} is not a local absolute path",
+            image.display()
+        )));
     }
-    let meta = match fs::metadata(image) {
-        Ok(m) => m,
-        Err(e) => return unresolved(format!("stat {}: {e}", image.display())),
-    };
+    let meta =
+        fs::metadata(image).map_err(|e| unresolved(format!("stat {}: {e}", image.display())))?;
     let ft = meta.file_type();
-    let (major, minor) = if ft.is_block_device() {
-        split_dev(meta.rdev())
+    if ft.is_block_device() {
+        Ok(split_dev(meta.rdev()))
     } else if ft.is_file() {
-        split_dev(meta.dev())
+        Ok(split_dev(meta.dev()))
     } else {
-        return unresolved(format!(
+        Err(unresolved(format!(
             "{} is neither a regular file nor a block device",
             image.display()
-        ));
-    };
-    if major == 0 {
-        return resolve_anonymous(image, minor, procfs, sysfs);
-    }
-    match resolve_dev(sysfs, major, minor) {
-        Ok(b) => ImageDevice::Resolved(b),
-        Err(e) => unresolved(format!("{}: {e}", image.display())),
+        )))
     }
 }
 
@@ -136,42 +172,56 @@ fn split_dev(dev: u64) -> (u32, u32) {
     )
 }
 
-/// `st_dev` 0:minor: look the filesystem up in the mount table.
-fn resolve_anonymous(image: &Path, minor: u32, procfs: &Path, sysfs: &Path) -> ImageDevice {
-    let mountinfo_path = procfs.join("self/mountinfo");
-    let mountinfo = match fs::read_to_string(&mountinfo_path) {
-        Ok(t) => t,
-        Err(e) => {
-            return unresolved(format!(
-                "{} is on anonymous device 0:{minor} and {} is unreadable: {e}",
+/// Why an anonymous device (`st_dev` 0:minor) has no block device, independent of the image.
+#[derive(Debug, Clone)]
+enum AnonReason {
+    MountinfoUnreadable { path: PathBuf, error: String },
+    NotMounted,
+    NoBlockDevice { fstype: String, source: String },
+}
+
+impl AnonReason {
+    fn for_image(&self, image: &Path, minor: u32) -> ImageDevice {
+        unresolved(match self {
+            AnonReason::MountinfoUnreadable { path, error } => format!(
+                "{} is on anonymous device 0:{minor} and {} is unreadable: {error}",
                 image.display(),
-                mountinfo_path.display()
-            ))
-        }
-    };
-    let Some(mount) = find_mount(&mountinfo, 0, minor) else {
-        return unresolved(format!(
-            "{} is on anonymous device 0:{minor}, not in the mount table",
-            image.display()
-        ));
-    };
+                path.display()
+            ),
+            AnonReason::NotMounted => format!(
+                "{} is on anonymous device 0:{minor}, not in the mount table",
+                image.display()
+            ),
+            AnonReason::NoBlockDevice { fstype, source } => format!(
+                "{} is on a {fstype} filesystem (source {source:?}, device 0:{minor}) with no \
+                 host block device",
+                image.display()
+            ),
+        })
+    }
+}
+
+/// `st_dev` 0:minor: look the filesystem up in the mount table; a `/dev/...` source (btrfs)
+/// gives the block device.
+fn anonymous_source(minor: u32, procfs: &Path) -> Result<(u32, u32), AnonReason> {
+    let mountinfo_path = procfs.join("self/mountinfo");
+    let mountinfo =
+        fs::read_to_string(&mountinfo_path).map_err(|e| AnonReason::MountinfoUnreadable {
+            path: mountinfo_path.clone(),
+            error: e.to_string(),
+        })?;
+    let mount = find_mount(&mountinfo, 0, minor).ok_or(AnonReason::NotMounted)?;
     if mount.source.starts_with("/dev/") {
         if let Ok(meta) = fs::metadata(&mount.source) {
             if meta.file_type().is_block_device() {
-                let (major, minor) = split_dev(meta.rdev());
-                return match resolve_dev(sysfs, major, minor) {
-                    Ok(b) => ImageDevice::Resolved(b),
-                    Err(e) => unresolved(format!("{}: {e}", image.display())),
-                };
+                return Ok(split_dev(meta.rdev()));
             }
         }
     }
-    unresolved(format!(
-        "{} is on a {} filesystem (source {:?}, device 0:{minor}) with no host block device",
-        image.display(),
-        mount.fstype,
-        mount.source
-    ))
+    Err(AnonReason::NoBlockDevice {
+        fstype: mount.fstype,
+        source: mount.source,
+    })
 }
 
 /// One `/proc/self/mountinfo` entry, the parts used here.

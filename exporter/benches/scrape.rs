@@ -1,0 +1,646 @@
+//! Scrape cost at scale (not a timed test; the figures go to BENCHMARKS.md):
+//!
+//! ```text
+//! cargo bench -p kvmio-exporter --bench scrape [-- --vms 100 --scrapes 30]
+//! ```
+//!
+//! Starts N `qemu-system-x86_64 -M none` with 4 raw drives each and N host-run
+//! `qemu-ga -m unix-listen` agents (`vmK.qmp` <-> `vmK.qga`, paired by stem), then measures in the
+//! same run:
+//! - the raw concurrent round-trip floor for the exporter's per-scrape work: every socket at
+//!   once, QMP connect + greeting + `qmp_capabilities` + `query-blockstats` + `query-block` +
+//!   disconnect, agent connect + `guest-sync-delimited` + `guest-get-diskstats` +
+//!   `guest-get-disks` + disconnect, reading reply lines without parsing them (before and after
+//!   the exporter runs);
+//! - the `kvmio-exporter` binary (release) against them: scrape latency (HTTP, median and p99),
+//!   exporter CPU per scrape (utime+stime of the process), RSS (current and peak);
+//! - the same with `--qmp.persistent`;
+//! - the host diskstats collector: `kvmio_collector_duration_seconds{collector="host_diskstats"}`
+//!   of an exporter with `--host.devices=all` and no VMs, against node_exporter's own
+//!   `node_scrape_collector_duration_seconds{collector="diskstats"}`
+//!   (`prometheus-node-exporter --collector.disable-defaults --collector.diskstats`), same host.
+//!
+//! It holds the e2e tests' VM slot (`$TMPDIR/kvmio-e2e-vm.lock`) so that no TCG guest of a test
+//! shares the cores meanwhile. Every process it starts is killed and reaped on every path (and
+//! dies with it if it is killed: `PR_SET_PDEATHSIG`).
+
+#[path = "../tests/common/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use procs::Proc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+struct Args {
+    vms: usize,
+    scrapes: usize,
+    drives: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        vms: 100,
+        scrapes: 30,
+        drives: 4,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut it = argv.iter().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = || -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} needs a number"))
+        };
+        match flag.as_str() {
+            "--vms" => a.vms = num(),
+            "--scrapes" => a.scrapes = num(),
+            "--drives" => a.drives = num(),
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    a
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.1} ms", s * 1000.0)
+}
+
+async fn read_reply(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) {
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', buf).await.expect("read");
+        assert!(n > 0, "peer closed");
+        // Skip QMP events (none are expected from -M none).
+        if !buf.starts_with(b"{\"event\"") && !buf.starts_with(b"{\"timestamp\"") {
+            return;
+        }
+    }
+}
+
+/// The floor's QMP part for one VM.
+async fn raw_qmp(path: PathBuf) {
+    let s = UnixStream::connect(&path).await.expect("connect QMP");
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    read_reply(&mut r, &mut buf).await; // greeting
+    for req in [
+        &b"{\"execute\":\"qmp_capabilities\",\"id\":1}\n"[..],
+        b"{\"execute\":\"query-blockstats\",\"arguments\":{\"query-nodes\":false},\"id\":2}\n",
+        b"{\"execute\":\"query-block\",\"id\":3}\n",
+    ] {
+        w.write_all(req).await.expect("write");
+        read_reply(&mut r, &mut buf).await;
+    }
+}
+
+/// The floor's agent part for one VM.
+async fn raw_qga(path: PathBuf) {
+    raw_qga_with(path, true).await
+}
+
+/// The agent part, with or without `guest-get-disks`.
+async fn raw_qga_with(path: PathBuf, disks: bool) {
+    let s = UnixStream::connect(&path).await.expect("connect agent");
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    w.write_all(b"\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":4242}}\n")
+        .await
+        .expect("write");
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).await.expect("read");
+        assert!(n > 0, "agent closed");
+        if buf.windows(4).any(|w| w == b"4242") {
+            break;
+        }
+    }
+    for req in [
+        &b"{\"execute\":\"guest-get-diskstats\"}\n"[..],
+        b"{\"execute\":\"guest-get-disks\"}\n",
+    ] {
+        if !disks && req.starts_with(b"{\"execute\":\"guest-get-disks\"") {
+            continue;
+        }
+        w.write_all(req).await.expect("write");
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).await.expect("read");
+        assert!(n > 0, "agent closed");
+    }
+}
+
+/// One round of the floor: every socket at once. Returns (both, QMP only) wall times.
+async fn floor_round(qmp: &[PathBuf], qga: &[PathBuf]) -> f64 {
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for p in qmp {
+        set.spawn(raw_qmp(p.clone()));
+    }
+    for p in qga {
+        set.spawn(raw_qga(p.clone()));
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("floor task");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// Agents only, without `guest-get-disks`: wall time of one round.
+async fn agents_without_disks(qga: &[PathBuf]) -> f64 {
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for p in qga {
+        set.spawn(raw_qga_with(p.clone(), false));
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("floor task");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
+type Writer = tokio::net::unix::OwnedWriteHalf;
+
+/// Connections kept open: QMP negotiated, agents synced.
+async fn open_all(qmp: &[PathBuf], qga: &[PathBuf]) -> Vec<(bool, Reader, Writer)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for p in qmp {
+        let (r, mut w) = UnixStream::connect(p).await.expect("connect").into_split();
+        let mut r = BufReader::new(r);
+        read_reply(&mut r, &mut buf).await;
+        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await
+            .unwrap();
+        read_reply(&mut r, &mut buf).await;
+        out.push((true, r, w));
+    }
+    for p in qga {
+        let (r, mut w) = UnixStream::connect(p).await.expect("connect").into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":77}}\n")
+            .await
+            .unwrap();
+        loop {
+            buf.clear();
+            r.read_until(b'\n', &mut buf).await.unwrap();
+            if buf.windows(2).any(|w| w == b"77") {
+                break;
+            }
+        }
+        out.push((false, r, w));
+    }
+    out
+}
+
+/// One round of the same queries over the open connections, all at once.
+async fn persistent_round(
+    conns: Vec<(bool, Reader, Writer)>,
+) -> (f64, Vec<(bool, Reader, Writer)>) {
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (is_qmp, mut r, mut w) in conns {
+        set.spawn(async move {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let reqs: [&[u8]; 2] = if is_qmp {
+                [
+                    b"{\"execute\":\"query-blockstats\",\"arguments\":{\"query-nodes\":false}}\n",
+                    b"{\"execute\":\"query-block\"}\n",
+                ]
+            } else {
+                [
+                    b"{\"execute\":\"guest-get-diskstats\"}\n",
+                    b"{\"execute\":\"guest-get-disks\"}\n",
+                ]
+            };
+            for req in reqs {
+                w.write_all(req).await.unwrap();
+                read_reply(&mut r, &mut buf).await;
+            }
+            (is_qmp, r, w)
+        });
+    }
+    let mut back = Vec::new();
+    while let Some(c) = set.join_next().await {
+        back.push(c.expect("task"));
+    }
+    (t0.elapsed().as_secs_f64(), back)
+}
+
+async fn persistent_floor(qmp: &[PathBuf], qga: &[PathBuf], rounds: usize) -> Vec<f64> {
+    let mut conns = open_all(qmp, qga).await;
+    let mut out = Vec::new();
+    for i in 0..rounds + 3 {
+        let (t, back) = persistent_round(conns).await;
+        conns = back;
+        if i >= 3 {
+            out.push(t);
+        }
+    }
+    out
+}
+
+async fn floor(qmp: &[PathBuf], qga: &[PathBuf], rounds: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        out.push(floor_round(qmp, qga).await);
+    }
+    out
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let (u, s) = cpu_split(pid);
+    u + s
+}
+
+/// (utime, stime) of a process, in seconds.
+fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    (
+        f[11].parse::<f64>().unwrap() / hz,
+        f[12].parse::<f64>().unwrap() / hz,
+    )
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let get = |k: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+fn get(addr: &str, path: &str) -> (String, f64) {
+    let (status, body, elapsed) = procs::http_get(addr, path, Duration::from_secs(60));
+    assert_eq!(status, 200, "GET {path}");
+    (body, elapsed.as_secs_f64())
+}
+
+struct ExporterRun {
+    latencies: Vec<f64>,
+    cpu_per_scrape: f64,
+    /// (user, system) CPU per scrape.
+    cpu_split: (f64, f64),
+    rss: (f64, f64),
+    collector: Vec<(String, f64)>,
+    samples: usize,
+    up: (usize, usize),
+}
+
+/// Runs an exporter with `extra` flags: `warm` unmeasured scrapes, then `n` measured.
+async fn run_exporter(dir: &Path, extra: &[String], warm: usize, n: usize) -> ExporterRun {
+    let log = dir.join(format!(
+        "exporter-{}.log",
+        extra.join("_").replace(['/', '*', '='], "")
+    ));
+    let mut args = vec![format!("--qmp.socket-glob={}/*.qmp", dir.display())];
+    args.extend_from_slice(extra);
+    let (mut p, addr) = procs::exporter(&args, &log);
+    let pid = p.pid();
+    let a = addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        for _ in 0..warm {
+            body = get(&a, "/metrics").0;
+        }
+        let cpu0 = cpu_split(pid);
+        let mut lat = Vec::new();
+        for _ in 0..n {
+            let (b, t) = get(&a, "/metrics");
+            lat.push(t);
+            body = b;
+        }
+        let cpu1 = cpu_split(pid);
+        let split = ((cpu1.0 - cpu0.0) / n as f64, (cpu1.1 - cpu0.1) / n as f64);
+        (lat, split, body)
+    })
+    .await
+    .unwrap();
+    let (latencies, cpu_split, body) = out;
+    let cpu_per_scrape = cpu_split.0 + cpu_split.1;
+    let rss = rss_mib(pid);
+    let collector = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("kvmio_collector_duration_seconds{collector=\""))
+        .map(|l| {
+            let (name, v) = l.split_once("\"} ").unwrap();
+            (name.to_owned(), v.parse().unwrap())
+        })
+        .collect();
+    let up_qmp = body
+        .lines()
+        .filter(|l| l.starts_with("kvmio_qmp_up{") && l.ends_with(" 1"))
+        .count();
+    let up_qga = body
+        .lines()
+        .filter(|l| l.starts_with("kvmio_qga_up{") && l.ends_with(" 1"))
+        .count();
+    let samples = body.lines().filter(|l| !l.starts_with('#')).count();
+    p.stop();
+    ExporterRun {
+        latencies,
+        cpu_per_scrape,
+        cpu_split,
+        rss,
+        collector,
+        samples,
+        up: (up_qmp, up_qga),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// node_exporter's diskstats collector duration over `n` scrapes, with `extra` flags.
+fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
+    let bin = procs::require("prometheus-node-exporter", "prometheus-node-exporter");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--web.listen-address={addr}"))
+        .args(["--collector.disable-defaults", "--collector.diskstats"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("node-exporter.log")).unwrap());
+    let mut p = procs::spawn(&mut cmd, "node_exporter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            p.running() && Instant::now() < deadline,
+            "node_exporter did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = Vec::new();
+    for i in 0..n + 3 {
+        let (body, _) = get(&addr, "/metrics");
+        if i >= 3 {
+            out.push(
+                metric(
+                    &body,
+                    "node_scrape_collector_duration_seconds{collector=\"diskstats\"}",
+                )
+                .expect("node_exporter's diskstats duration"),
+            );
+        }
+    }
+    p.stop();
+    out
+}
+
+/// kvmio's host diskstats collector duration over `n` scrapes of an exporter with no VMs.
+fn kvmio_diskstats(n: usize, dir: &Path) -> Vec<f64> {
+    let (mut p, addr) = procs::exporter(
+        &["--host.devices=all".to_owned()],
+        &dir.join("exporter-host.log"),
+    );
+    let mut out = Vec::new();
+    for i in 0..n + 3 {
+        let (body, _) = get(&addr, "/metrics");
+        if i >= 3 {
+            out.push(
+                metric(
+                    &body,
+                    "kvmio_collector_duration_seconds{collector=\"host_diskstats\"}",
+                )
+                .expect("host_diskstats duration"),
+            );
+        }
+    }
+    p.stop();
+    out
+}
+
+fn vm_slot() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("kvmio-e2e-vm.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    eprintln!("waiting for the VM slot ({})...", path.display());
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()))
+}
+
+fn main() {
+    let a = args();
+    let _slot = vm_slot();
+    let dir = tempfile::Builder::new()
+        .prefix("kvmio-bench")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    eprintln!(
+        "starting {} QEMUs ({} drives each) and {} agents in {}",
+        a.vms,
+        a.drives,
+        a.vms,
+        d.display()
+    );
+    let t0 = Instant::now();
+    let mut procs_: Vec<Proc> = Vec::with_capacity(2 * a.vms);
+    let mut qmp = Vec::new();
+    let mut qga = Vec::new();
+    for k in 0..a.vms {
+        let (p, s) = procs::qemu_none(d, &format!("vm{k:03}"), a.drives);
+        procs_.push(p);
+        qmp.push(s);
+        let (p, s) = procs::qemu_ga(d, &format!("vm{k:03}"));
+        procs_.push(p);
+        qga.push(s);
+    }
+    eprintln!("{} processes up in {:.1?}", procs_.len(), t0.elapsed());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = a.scrapes;
+    let me = std::process::id();
+    let (floor_a, floor_cpu, per_scrape, persistent, floor_b) = rt.block_on(async {
+        floor(&qmp, &qga, 3).await; // warm-up
+        let c0 = cpu_seconds(me);
+        let floor_a = floor(&qmp, &qga, n).await;
+        let floor_cpu = (cpu_seconds(me) - c0) / n as f64;
+        let per_scrape = run_exporter(d, &[], 3, n).await;
+        let persistent = run_exporter(d, &["--qmp.persistent".to_owned()], 3, n).await;
+        let floor_b = floor(&qmp, &qga, n).await;
+        (floor_a, floor_cpu, per_scrape, persistent, floor_b)
+    });
+    let qmp_only = rt.block_on(floor(&qmp, &[], n));
+    let agents_only = rt.block_on(floor(&[], &qga, n));
+    let agents_no_disks = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(agents_without_disks(&qga).await);
+        }
+        v
+    });
+    let raw_persistent = rt.block_on(persistent_floor(&qmp, &qga, n));
+    let kvmio_disk = kvmio_diskstats(100, d);
+    let node_disk = node_exporter_diskstats(100, d, &[]);
+    let node_disk_all =
+        node_exporter_diskstats(100, d, &["--collector.diskstats.device-exclude=^$"]);
+    let devices = std::fs::read_to_string("/proc/diskstats")
+        .unwrap_or_default()
+        .lines()
+        .count();
+    for mut p in procs_ {
+        p.stop();
+    }
+
+    let floor_all = sorted([floor_a.clone(), floor_b.clone()].concat());
+    let floor_med = percentile(&floor_all, 0.5);
+    let lat = sorted(per_scrape.latencies.clone());
+    let plat = sorted(persistent.latencies.clone());
+    let kd = sorted(kvmio_disk);
+    let nd = sorted(node_disk);
+    let nda = sorted(node_disk_all);
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "## results ({} VMs x {} drives, {} agents, {} scrapes, {} CPUs, loadavg {})",
+        a.vms,
+        a.drives,
+        a.vms,
+        n,
+        cpus,
+        load.trim()
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| raw floor, QMP + agents, all sockets at once: median (before / after the exporter) | {} ({} / {}) |", ms(floor_med), ms(percentile(&sorted(floor_a), 0.5)), ms(percentile(&sorted(floor_b), 0.5)));
+    println!(
+        "| raw floor, QMP only: median | {} |",
+        ms(percentile(&sorted(qmp_only), 0.5))
+    );
+    println!(
+        "| raw floor, agents only: median (without guest-get-disks) | {} ({}) |",
+        ms(percentile(&sorted(agents_only), 0.5)),
+        ms(percentile(&sorted(agents_no_disks), 0.5))
+    );
+    let rp = percentile(&sorted(raw_persistent), 0.5);
+    println!(
+        "| raw floor over kept-open connections (same queries, no connect/negotiate/sync): median | {} ({:.2}x the floor) |",
+        ms(rp),
+        rp / floor_med
+    );
+    println!(
+        "| raw floor client's own CPU per round | {} |",
+        ms(floor_cpu)
+    );
+    println!(
+        "| kvmio-exporter scrape: median / p99 | {} / {} |",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    println!(
+        "| scrape median / floor median | {:.2}x |",
+        percentile(&lat, 0.5) / floor_med
+    );
+    println!(
+        "| exporter CPU per scrape (user + system) | {} ({} + {}) |",
+        ms(per_scrape.cpu_per_scrape),
+        ms(per_scrape.cpu_split.0),
+        ms(per_scrape.cpu_split.1)
+    );
+    println!(
+        "| exporter RSS after the scrapes (current / peak) | {:.1} MiB / {:.1} MiB |",
+        per_scrape.rss.0, per_scrape.rss.1
+    );
+    println!(
+        "| samples per scrape; VMs up (QMP / agent) | {}; {} / {} |",
+        per_scrape.samples, per_scrape.up.0, per_scrape.up.1
+    );
+    println!(
+        "| collector durations in the last scrape | {} |",
+        per_scrape
+            .collector
+            .iter()
+            .map(|(c, v)| format!("{c} {}", ms(*v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| --qmp.persistent scrape: median / p99 | {} / {} |",
+        ms(percentile(&plat, 0.5)),
+        ms(percentile(&plat, 0.99))
+    );
+    println!(
+        "| persistent median / floor median | {:.2}x |",
+        percentile(&plat, 0.5) / floor_med
+    );
+    println!("| --qmp.persistent: CPU per scrape, RSS (current / peak) | {}, {:.1} / {:.1} MiB; VMs up {} / {} |", ms(persistent.cpu_per_scrape), persistent.rss.0, persistent.rss.1, persistent.up.0, persistent.up.1);
+    println!(
+        "| host diskstats collector, kvmio (--host.devices=all): median / p99 | {:.3} ms / {:.3} ms |",
+        percentile(&kd, 0.5) * 1000.0,
+        percentile(&kd, 0.99) * 1000.0
+    );
+    println!(
+        "| node_exporter diskstats collector, its default device filter: median / p99 | {:.3} ms / {:.3} ms |",
+        percentile(&nd, 0.5) * 1000.0,
+        percentile(&nd, 0.99) * 1000.0
+    );
+    println!(
+        "| node_exporter diskstats collector, all {devices} devices (device-exclude=^$): median / p99 | {:.3} ms / {:.3} ms |",
+        percentile(&nda, 0.5) * 1000.0,
+        percentile(&nda, 0.99) * 1000.0
+    );
+    println!(
+        "| node_exporter / kvmio diskstats: default filter / same devices | {:.1}x / {:.1}x |",
+        percentile(&nd, 0.5) / percentile(&kd, 0.5),
+        percentile(&nda, 0.5) / percentile(&kd, 0.5)
+    );
+}
