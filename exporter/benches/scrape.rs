@@ -113,11 +113,6 @@ async fn raw_qmp(path: PathBuf) {
     }
 }
 
-/// The floor's agent part for one VM.
-async fn raw_qga(path: PathBuf) {
-    raw_qga_with(path, true).await
-}
-
 /// The agent part, with or without `guest-get-disks`.
 async fn raw_qga_with(path: PathBuf, disks: bool) {
     let s = UnixStream::connect(&path).await.expect("connect agent");
@@ -149,15 +144,20 @@ async fn raw_qga_with(path: PathBuf, disks: bool) {
     }
 }
 
-/// One round of the floor: every socket at once. Returns (both, QMP only) wall times.
+/// One round of the floor: every socket at once; wall time.
 async fn floor_round(qmp: &[PathBuf], qga: &[PathBuf]) -> f64 {
+    floor_round_with(qmp, qga, true).await
+}
+
+/// A round with or without `guest-get-disks`.
+async fn floor_round_with(qmp: &[PathBuf], qga: &[PathBuf], disks: bool) -> f64 {
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for p in qmp {
         set.spawn(raw_qmp(p.clone()));
     }
     for p in qga {
-        set.spawn(raw_qga(p.clone()));
+        set.spawn(raw_qga_with(p.clone(), disks));
     }
     while let Some(r) = set.join_next().await {
         r.expect("floor task");
@@ -525,6 +525,13 @@ fn main() {
         v
     });
     let raw_persistent = rt.block_on(persistent_floor(&qmp, &qga, n));
+    let same_work = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(floor_round_with(&qmp, &qga, false).await);
+        }
+        v
+    });
     let kvmio_disk = kvmio_diskstats(100, d);
     let node_disk = node_exporter_diskstats(100, d, &[]);
     let node_disk_all =
@@ -570,6 +577,11 @@ fn main() {
         "| raw floor, agents only: median (without guest-get-disks) | {} ({}) |",
         ms(percentile(&sorted(agents_only), 0.5)),
         ms(percentile(&sorted(agents_no_disks), 0.5))
+    );
+    let sw = percentile(&sorted(same_work), 0.5);
+    println!(
+        "| raw floor without guest-get-disks (the exporter's steady-state work): median | {} |",
+        ms(sw)
     );
     let rp = percentile(&sorted(raw_persistent), 0.5);
     println!(
@@ -621,6 +633,11 @@ fn main() {
     println!(
         "| persistent median / floor median | {:.2}x |",
         percentile(&plat, 0.5) / floor_med
+    );
+    println!(
+        "| against the floor without guest-get-disks: scrape / persistent | {:.2}x / {:.2}x |",
+        percentile(&lat, 0.5) / sw,
+        percentile(&plat, 0.5) / sw
     );
     println!("| --qmp.persistent: CPU per scrape, RSS (current / peak) | {}, {:.1} / {:.1} MiB; VMs up {} / {} |", ms(persistent.cpu_per_scrape), persistent.rss.0, persistent.rss.1, persistent.up.0, persistent.up.1);
     println!(

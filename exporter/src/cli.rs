@@ -113,6 +113,16 @@ impl Cli {
                 return Err("empty socket glob".to_owned());
             }
         }
+        if self.layout == Some(Layout::Proxmox) && self.qmp_persistent {
+            // A monitor or agent socket serves one client: holding Proxmox's own would lock
+            // qemu-server (and its backups' fsfreeze) out.
+            return Err(
+                "--qmp.persistent cannot be used with --layout proxmox: qemu-server uses \
+                        those sockets itself; give kvmio dedicated monitors (see the README) and \
+                        list them with --qmp.socket-glob"
+                    .to_owned(),
+            );
+        }
         Ok(Config {
             listen_address: self.listen_address,
             qmp_socket_globs: qmp,
@@ -161,7 +171,7 @@ mod tests {
             "--scrape.timeout=500ms",
             "--qmp.latency-buckets=0.001,0.01",
             "--qga.max-disks=8",
-            "--qmp.persistent",
+            "--crashtest.results-dir=/var/lib/kvmio/crashtest",
         ])
         .unwrap()
         .into_config()
@@ -180,7 +190,10 @@ mod tests {
         assert_eq!(c.scrape_timeout, Duration::from_millis(500));
         assert_eq!(c.qmp_latency_buckets, Some(vec![0.001, 0.01]));
         assert_eq!(c.qga_max_disks, 8);
-        assert!(c.qmp_persistent);
+        assert_eq!(
+            c.crashtest_results_dir,
+            Some(PathBuf::from("/var/lib/kvmio/crashtest"))
+        );
     }
 
     #[test]
@@ -198,6 +211,20 @@ mod tests {
             assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn persistent_connections_to_proxmox_sockets_are_refused() {
+        let err = parse(&["--layout=proxmox", "--qmp.persistent"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(err.contains("qemu-server"), "{err}");
+        let c = parse(&["--qmp.socket-glob=/run/kvmio/*.qmp", "--qmp.persistent"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(c.qmp_persistent);
     }
 
     #[test]
