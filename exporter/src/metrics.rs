@@ -41,6 +41,10 @@ pub const MAX_GUEST_LABEL_VALUE_BYTES: usize = 128;
 /// Removes control characters (C0, DEL, C1: newlines, escapes, NULs...) and cuts the result to at
 /// most `max_bytes` bytes on a character boundary. Borrows when nothing needs to change.
 pub fn sanitize_label_value(value: &str, max_bytes: usize) -> Cow<'_, str> {
+    // Fast path: printable ASCII (almost every value) has no control character.
+    if value.len() <= max_bytes && value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(value);
+    }
     if value.len() <= max_bytes && !value.chars().any(char::is_control) {
         return Cow::Borrowed(value);
     }
@@ -114,8 +118,23 @@ fn series_key(labels: Labels<'_>) -> String {
 
 /// The label values of a series key, in order (`n` labels).
 fn key_values(key: &str, n: usize) -> impl Iterator<Item = &str> {
-    // A family without labels has the empty key and no values.
-    key.split(KEY_SEPARATOR).take(n)
+    // A family without labels has the empty key and no values. The separator is ASCII, so
+    // splitting at its bytes splits at character boundaries.
+    let mut rest = Some(key);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == KEY_SEPARATOR as u8) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+    .take(n)
 }
 
 /// Metrics of one scrape, built by the collectors and encoded once.
@@ -579,8 +598,7 @@ fn push_f64(out: &mut String, v: f64) {
                 break;
             }
         }
-        // ASCII digits.
-        out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+        out.extend(digits[i..].iter().map(|&d| char::from(d)));
         return;
     }
     use std::fmt::Write as _;
