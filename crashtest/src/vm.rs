@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use kvmio_guest::protocol::GuestMessage;
-use kvmio_guest::{AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
+use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use kvmio_qemu::qmp::Qmp;
 use kvmio_qemu::{CacheMode, Limits};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -593,6 +593,10 @@ fn qemu_args(config: &VmConfig, monitor: &Path, control: &Path) -> Result<Vec<St
         Accel::Kvm => "host",
     };
     let mut append = format!("console=ttyS0 quiet panic=-1 {ROLE_PARAM}={}", config.role);
+    if !config.public_sockets {
+        // No agent port: the guest's /init must not wait for one.
+        append.push_str(&format!(" {AGENT_PARAM}=0"));
+    }
     for p in &config.kernel_params {
         append.push(' ');
         append.push_str(p);

@@ -20,3 +20,7 @@ pub const AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 /// Kernel command-line key that tells the guest program what to do after boot.
 pub const ROLE_PARAM: &str = "kvmio.role";
+
+/// Kernel command-line key: `kvmio.agent=0` tells the guest that QEMU gives it no guest-agent
+/// port, so `/init` need not wait for one.
+pub const AGENT_PARAM: &str = "kvmio.agent";

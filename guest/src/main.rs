@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
-use kvmio_guest::{CONTROL_PORT, ROLE_PARAM};
+use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use rand::{Rng, SeedableRng};
 
 fn main() -> ExitCode {
@@ -51,6 +51,12 @@ fn main() -> ExitCode {
 /// for the first one, but once kvmio's own control port is there it gives another port only
 /// one more second (a VM without a guest-agent port then boots without a 10 s stall).
 fn find_port(name: &str) -> io::Result<PathBuf> {
+    if name == AGENT_PORT && kernel_param(AGENT_PARAM).as_deref() == Some("0") {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no guest agent port ({AGENT_PARAM}=0)"),
+        ));
+    }
     let mut deadline = Instant::now() + Duration::from_secs(10);
     let mut control_seen = false;
     loop {
