@@ -414,6 +414,104 @@ fn interrupt_mid_run_reaps_qemu_and_removes_temporary_files() {
     assert!(!out.path().join("crashtest.prom").exists());
 }
 
+/// A tmpfs mounted for one test, unmounted on drop (also when the test panics).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let (status, _, stderr) = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir));
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs to fill it up and needs root (as `make test` runs): {stderr}"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The image dir fills up mid-run (the host's power-loss simulation cannot persist a flush, or
+/// the ack log cannot grow): one line naming the directory, QEMU reaped, the NBD server gone,
+/// kvmio's files removed.
+#[test]
+fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
+    let _slot = vm_slot();
+    guest_image();
+    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mnt = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(mnt.path(), "40M");
+    let mut cmd = run_command(
+        out.path(),
+        tmp.path(),
+        &[
+            "--cache",
+            "writeback",
+            "--fault",
+            "power",
+            "--sync",
+            "fdatasync",
+            "--format",
+            "raw",
+            "--window-ms",
+            "60000",
+            "--image-dir",
+        ],
+    );
+    cmd.arg(mnt.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(out.path().join("stderr.log")).unwrap());
+    let mut child = ChildProcess::spawn(&mut cmd);
+    let tmp_s = tmp.path().to_string_lossy().into_owned();
+    let qemu = wait_for("a QEMU on an NBD socket", Duration::from_secs(240), || {
+        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            let log = std::fs::read_to_string(out.path().join("stderr.log")).unwrap_or_default();
+            panic!("run exited early: {status}: {log}");
+        }
+        processes_mentioning(&tmp_s)
+            .into_iter()
+            .find(|(_, cmdline)| cmdline.contains("qemu-system") && cmdline.contains("nbd+unix"))
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    // Fill the file system: every later flush of the guest, or ack log write, hits ENOSPC.
+    let filler = mnt.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xa5u8; 1 << 16];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let status = child
+        .wait_timeout(Duration::from_secs(120))
+        .expect("the run stops once the image dir is full");
+    let stderr = std::fs::read_to_string(out.path().join("stderr.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("ran out of space")
+            && errors[0].contains(&*mnt.path().to_string_lossy()),
+        "{stderr}"
+    );
+    assert!(!pid_exists(qemu.0), "QEMU {} was reaped", qemu.0);
+    std::fs::remove_file(&filler).unwrap();
+    let left: Vec<PathBuf> = std::fs::read_dir(mnt.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the image dir: {left:?}");
+    drop(fs);
+    assert_clean(tmp.path());
+    assert_eq!(report(out.path())["complete"], false);
+}
+
 /// Runs `run` with bad input: it must fail with a one-line message holding `hint`, start no
 /// QEMU and leave nothing behind.
 fn assert_rejected(extra: &[&str], hint: &str) {

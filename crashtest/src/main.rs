@@ -266,7 +266,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KVMIO_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // The NBD server's warnings (a flush failing on a full disk, a client gone)
+                // reach the user as the run's own one-line errors.
+                .unwrap_or_else(|_| "warn,kvmio_nbd=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

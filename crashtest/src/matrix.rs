@@ -829,16 +829,22 @@ enum Line {
     Other,
 }
 
-fn handle_line(line: &str, log: &mut AckLogWriter, label: &str, vm: &Vm) -> Result<Line, RunError> {
+fn handle_line(
+    line: &str,
+    log: &mut AckLogWriter,
+    label: &str,
+    vm: &Vm,
+    image_dir: &Path,
+) -> Result<Line, RunError> {
     match GuestMessage::parse(line) {
         Some(m @ GuestMessage::Ack { .. }) => {
             log.append(&m)
-                .map_err(|source| ack_log_error(label, source))?;
+                .map_err(|source| ack_log_error(label, image_dir, source))?;
             Ok(Line::Ack)
         }
         Some(m @ GuestMessage::Done { .. }) => {
             log.append(&m)
-                .map_err(|source| ack_log_error(label, source))?;
+                .map_err(|source| ack_log_error(label, image_dir, source))?;
             Ok(Line::Done)
         }
         Some(GuestMessage::Error { message }) => Err(RunError::Writer {
@@ -853,7 +859,13 @@ fn handle_line(line: &str, log: &mut AckLogWriter, label: &str, vm: &Vm) -> Resu
     }
 }
 
-fn ack_log_error(label: &str, source: std::io::Error) -> RunError {
+fn ack_log_error(label: &str, image_dir: &Path, source: std::io::Error) -> RunError {
+    if is_enospc(&source) {
+        return RunError::NoSpace {
+            dir: image_dir.to_path_buf(),
+            cell: label.to_string(),
+        };
+    }
     RunError::AckLog {
         cell: label.to_string(),
         path: PathBuf::from("(ack log)"),
@@ -906,18 +918,28 @@ async fn vm_phase(
     };
     let mut done = false;
     let first_deadline = tokio::time::Instant::now() + FIRST_ACK_TIMEOUT;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let line = match tokio::time::timeout_at(first_deadline, vm.next_control_line()).await {
-            Err(_) => {
+        let line = tokio::select! {
+            line = vm.next_control_line() => match line {
+                Ok(Some(line)) => line,
+                _ => return Err(guest_gone(&mut vm, "QEMU exited before the first ack")),
+            },
+            _ = tick.tick() => {
+                if let Some(e) = disk_error(&mut vm, label, image_dir).await {
+                    return Err(e);
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(first_deadline) => {
                 return Err(guest_gone(
                     &mut vm,
                     &format!("no ack from the writer within {FIRST_ACK_TIMEOUT:?}"),
-                ))
+                ));
             }
-            Ok(Ok(Some(line))) => line,
-            Ok(_) => return Err(guest_gone(&mut vm, "QEMU exited before the first ack")),
         };
-        match handle_line(&line, &mut log, label, &vm)? {
+        match handle_line(&line, &mut log, label, &vm, image_dir)? {
             Line::Ack => break,
             Line::Done => {
                 return Err(guest_gone(
@@ -930,44 +952,31 @@ async fn vm_phase(
     }
     let first_ack = t.elapsed();
 
-    // The write window: log acks until the seeded delay has passed.
+    // The write window: log acks until the seeded delay has passed. A disk error pauses the VM
+    // (QEMU's default werror=enospc) or reaches the writer as EIO: either way the iteration says
+    // nothing about crash consistency, so the VM's state is checked twice a second.
     let t = Instant::now();
     let deadline = tokio::time::Instant::now() + delay;
     while !done {
         tokio::select! {
             line = vm.next_control_line() => match line {
                 Ok(Some(line)) => {
-                    if let Line::Done = handle_line(&line, &mut log, label, &vm)? {
+                    if let Line::Done = handle_line(&line, &mut log, label, &vm, image_dir)? {
                         done = true;
                     }
                 }
                 _ => return Err(guest_gone(&mut vm, "QEMU exited during the write window")),
             },
+            _ = tick.tick() => {
+                if let Some(e) = disk_error(&mut vm, label, image_dir).await {
+                    return Err(e);
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    // A disk error pauses the VM (werror=enospc) or reaches the writer as EIO: either way the
-    // iteration says nothing about crash consistency.
-    if let Ok(Ok(status)) =
-        tokio::time::timeout(Duration::from_secs(5), vm.qmp().query_status()).await
-    {
-        if status.status == "io-error" {
-            let nospace = matches!(
-                tokio::time::timeout(Duration::from_secs(5), vm.qmp().query_block()).await,
-                Ok(Ok(blocks)) if blocks.iter().any(|b| b.io_status.as_deref() == Some("nospace"))
-            );
-            return Err(if nospace {
-                RunError::NoSpace {
-                    dir: image_dir.to_path_buf(),
-                    cell: label.to_string(),
-                }
-            } else {
-                RunError::DiskError {
-                    cell: label.to_string(),
-                    status: status.status,
-                }
-            });
-        }
+    if let Some(e) = disk_error(&mut vm, label, image_dir).await {
+        return Err(e);
     }
     let window = t.elapsed();
 
@@ -977,20 +986,12 @@ async fn vm_phase(
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(Duration::from_secs(5), vm.next_control_line()).await
     {
-        handle_line(&line, &mut log, label, &vm)?;
+        handle_line(&line, &mut log, label, &vm, image_dir)?;
     }
     let fault = t.elapsed();
     drop(vm);
-    log.finish().map_err(|source| {
-        if is_enospc(&source) {
-            RunError::NoSpace {
-                dir: image_dir.to_path_buf(),
-                cell: label.to_string(),
-            }
-        } else {
-            ack_log_error(label, source)
-        }
-    })?;
+    log.finish()
+        .map_err(|source| ack_log_error(label, image_dir, source))?;
     Ok(Phase {
         boot,
         first_ack,
@@ -999,6 +1000,32 @@ async fn vm_phase(
         qmp_cache,
         qemu_version,
         guest_kernel,
+    })
+}
+
+/// `Some` if QEMU paused the VM on a disk error: out of space, or another I/O error.
+async fn disk_error(vm: &mut Vm, label: &str, image_dir: &Path) -> Option<RunError> {
+    let status = tokio::time::timeout(Duration::from_secs(5), vm.qmp().query_status())
+        .await
+        .ok()?
+        .ok()?;
+    if status.status != "io-error" {
+        return None;
+    }
+    let nospace = matches!(
+        tokio::time::timeout(Duration::from_secs(5), vm.qmp().query_block()).await,
+        Ok(Ok(blocks)) if blocks.iter().any(|b| b.io_status.as_deref() == Some("nospace"))
+    );
+    Some(if nospace {
+        RunError::NoSpace {
+            dir: image_dir.to_path_buf(),
+            cell: label.to_string(),
+        }
+    } else {
+        RunError::DiskError {
+            cell: label.to_string(),
+            status: status.status,
+        }
     })
 }
 
