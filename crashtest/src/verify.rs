@@ -313,30 +313,27 @@ pub fn verify_image(
 /// The verification of an image no guest could read.
 fn unreadable(log: &AckLog, detail: String) -> Verification {
     let mut v = Verification::default();
-    check_acks(log, &mut v);
+    let acked = check_acks(log, &mut v);
+    let spec = log.header.spec().expect("checked when the log was read");
+    check_ack_digests(&spec, &acked, &Default::default(), &mut v);
     v.acked_corrupted = v.acked;
     v.problem(format!("image unreadable: {detail}"));
     v.image_error = Some(detail);
     v
 }
 
-/// Checks the acks themselves; returns the acked digests by slot.
+/// Checks the acks' structure (sequence in range, in its slot, once); returns the acked
+/// digests by slot. The digests themselves are checked against the expected records by
+/// [`check_ack_digests`], with the hashes the scan computes anyway.
 fn check_acks(log: &AckLog, v: &mut Verification) -> HashMap<u64, Digest> {
     let spec = log.header.spec().expect("checked when the log was read");
     let slots = log.header.slots();
-    let mut buf = vec![0u8; spec.size];
     let mut acked = HashMap::with_capacity(log.acks.len());
     v.writer_done = log.done.is_some();
     for ack in &log.acks {
-        let expected_slot = spec.slot_of(ack.seq);
-        let ok_slot = ack.slot == expected_slot && ack.slot < slots;
-        let ok_digest = ok_slot && spec.fill(ack.seq, &mut buf) == ack.digest;
-        if !ok_slot || !ok_digest || acked.contains_key(&ack.slot) {
-            v.bad_acks += 1;
-            v.problem(format!(
-                "ack for sequence {} slot {} does not match the record the writer must have written there",
-                ack.seq, ack.slot
-            ));
+        let ok_slot = ack.slot == spec.slot_of(ack.seq) && ack.slot < slots;
+        if !ok_slot || acked.contains_key(&ack.slot) {
+            bad_ack(v, ack.seq, ack.slot);
             continue;
         }
         acked.insert(ack.slot, ack.digest);
@@ -344,6 +341,34 @@ fn check_acks(log: &AckLog, v: &mut Verification) -> HashMap<u64, Digest> {
     }
     v.acked = acked.len() as u64;
     acked
+}
+
+fn bad_ack(v: &mut Verification, seq: u64, slot: u64) {
+    v.bad_acks += 1;
+    v.problem(format!(
+        "ack for sequence {seq} slot {slot} does not match the record the writer must have written there"
+    ));
+}
+
+/// Compares the digest of every acked slot whose expected record the scan did not build
+/// (`checked` holds those it did) with the expected one.
+fn check_ack_digests(
+    spec: &RecordSpec,
+    acked: &HashMap<u64, Digest>,
+    checked: &std::collections::HashSet<u64>,
+    v: &mut Verification,
+) {
+    let mut buf = vec![0u8; spec.size];
+    let mut rest: Vec<(&u64, &Digest)> = acked
+        .iter()
+        .filter(|(slot, _)| !checked.contains(slot))
+        .collect();
+    rest.sort();
+    for (&slot, digest) in rest {
+        if spec.fill(slot, &mut buf) != *digest {
+            bad_ack(v, slot, slot);
+        }
+    }
 }
 
 /// What one slot holds.
@@ -365,27 +390,63 @@ fn is_zero(buf: &[u8]) -> bool {
         && buf[whole..].iter().all(|&b| b == 0)
 }
 
-fn classify(spec: &RecordSpec, slot: u64, data: &[u8], expected: &mut [u8]) -> SlotState {
+/// What a slot holds, and the expected record's digest if it had to be built.
+fn classify(
+    spec: &RecordSpec,
+    slot: u64,
+    data: &[u8],
+    expected: &mut [u8],
+) -> (SlotState, Option<Digest>) {
     if is_zero(data) {
-        return SlotState::Empty;
+        return (SlotState::Empty, None);
     }
     // Slot n holds sequence n (append-only).
-    spec.fill(slot, expected);
+    let digest = spec.fill(slot, expected);
     if data == expected {
-        return SlotState::Intact;
+        return (SlotState::Intact, Some(digest));
     }
     if let Some(h) = record::parse(data) {
-        return SlotState::Misplaced(h);
+        return (SlotState::Misplaced(h), Some(digest));
     }
     let torn = data
         .chunks(SECTOR)
         .zip(expected.chunks(SECTOR))
         .all(|(got, want)| got == want || is_zero(got));
-    if torn {
+    let state = if torn {
         SlotState::Torn
     } else {
         SlotState::Garbage
-    }
+    };
+    (state, Some(digest))
+}
+
+/// Classifies consecutive slots starting at `first`, on every core: one sha256 per non-empty
+/// slot is the checker's cost.
+fn classify_all(
+    spec: &RecordSpec,
+    first: u64,
+    bytes: &[u8],
+    threads: usize,
+) -> Vec<(SlotState, Option<Digest>)> {
+    let n = bytes.len() / spec.size;
+    let per_thread = n.div_ceil(threads.max(1)).max(1);
+    let mut out = vec![(SlotState::Empty, None); n];
+    std::thread::scope(|scope| {
+        for (t, (chunk, results)) in bytes
+            .chunks(per_thread * spec.size)
+            .zip(out.chunks_mut(per_thread))
+            .enumerate()
+        {
+            let base = first + (t * per_thread) as u64;
+            scope.spawn(move || {
+                let mut expected = vec![0u8; spec.size];
+                for (i, (data, r)) in chunk.chunks(spec.size).zip(results).enumerate() {
+                    *r = classify(spec, base + i as u64, data, &mut expected);
+                }
+            });
+        }
+    });
+    out
 }
 
 /// Ranges of `file` that may hold data (`SEEK_DATA`/`SEEK_HOLE`); the whole file if the
@@ -444,9 +505,13 @@ fn scan(file: &File, log: &AckLog) -> io::Result<Verification> {
         }
     }
 
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
     let per_chunk = (CHUNK as u64 / size).max(1);
     let mut buf = vec![0u8; (per_chunk * size) as usize];
-    let mut expected = vec![0u8; spec.size];
+    let mut checked = std::collections::HashSet::new();
     for (first, last) in slot_ranges {
         let mut slot = first;
         while slot < last {
@@ -454,14 +519,24 @@ fn scan(file: &File, log: &AckLog) -> io::Result<Verification> {
             let bytes = &mut buf[..(n * size) as usize];
             file.read_exact_at(bytes, slot * size)?;
             v.bytes_read += bytes.len() as u64;
-            for (i, data) in bytes.chunks(spec.size).enumerate() {
+            // Small reads (a few records) are not worth a thread each.
+            let t = if n >= 64 { threads } else { 1 };
+            for (i, (state, digest)) in classify_all(&spec, slot, bytes, t).into_iter().enumerate()
+            {
                 let s = slot + i as u64;
-                let state = classify(&spec, s, data, &mut expected);
-                account(&mut v, s, state, acked.contains_key(&s));
+                let ack = acked.get(&s);
+                if let (Some(ack), Some(expected)) = (ack, digest) {
+                    checked.insert(s);
+                    if *ack != expected {
+                        bad_ack(&mut v, s, s);
+                    }
+                }
+                account(&mut v, s, state, ack.is_some());
             }
             slot += n;
         }
     }
+    check_ack_digests(&spec, &acked, &checked, &mut v);
     v.lost = v.acked - v.survived - v.acked_corrupted;
 
     // Bytes past the last whole slot must stay zero.
@@ -781,6 +856,54 @@ mod tests {
         let v = check(&path, &log);
         assert_eq!(v.bad_acks, 1);
         assert_eq!(v.verdict(false), Verdict::Violation);
+    }
+
+    #[test]
+    fn a_bad_digest_is_caught_for_lost_records_too() {
+        // Slots 3..6 acked but never written (lost): their digests are checked without a scan.
+        let (_d, path, mut log) = setup(3, 6);
+        log.acks[4].digest[31] ^= 0x80;
+        let v = check(&path, &log);
+        assert_eq!(v.bad_acks, 1, "{:?}", v.problems);
+        assert_eq!(v.lost, 3);
+        assert_eq!(v.verdict(false), Verdict::Violation);
+    }
+
+    #[test]
+    fn threaded_and_single_classification_agree() {
+        let spec = RecordSpec::new(5, 6, 512).unwrap();
+        let n = 1000u64;
+        let mut img = vec![0u8; n as usize * 512];
+        let mut rng = record::SplitMix64::new(9);
+        for slot in 0..n {
+            let rec = &mut img[slot as usize * 512..(slot as usize + 1) * 512];
+            match rng.next() % 4 {
+                0 => {}
+                1 => {
+                    spec.fill(slot, rec);
+                }
+                2 => {
+                    spec.fill(slot, rec);
+                    rec[100] ^= 1;
+                }
+                _ => {
+                    spec.fill(slot + 1, rec);
+                }
+            }
+        }
+        let one = classify_all(&spec, 0, &img, 1);
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                classify_all(&spec, 0, &img, threads),
+                one,
+                "{threads} threads"
+            );
+        }
+        assert!(one.iter().any(|(s, _)| *s == SlotState::Intact));
+        assert!(one.iter().any(|(s, _)| *s == SlotState::Garbage));
+        assert!(one
+            .iter()
+            .any(|(s, _)| matches!(s, SlotState::Misplaced(_))));
     }
 
     #[test]
