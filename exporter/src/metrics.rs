@@ -16,7 +16,6 @@
 //!   [`Metrics::rejected`], since Prometheus refuses a scrape with duplicate series.
 
 use std::borrow::Cow;
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -92,13 +91,61 @@ enum Value {
 
 #[derive(Debug, Clone)]
 struct Family {
+    name: String,
     help: String,
     kind: Kind,
     label_names: Vec<String>,
     /// Keyed by the sanitised label values in `label_names` order, joined with NUL: one
     /// allocation per series, and since no sanitised value contains a control character, the
-    /// joined keys sort exactly like the tuples of values. BTreeMap keeps series sorted.
-    series: BTreeMap<String, Value>,
+    /// joined keys sort exactly like the tuples of values.
+    series: SeriesMap,
+}
+
+/// A family's series, sorted by key, without duplicates. Collectors add series mostly in
+/// ascending order (VMs by name, disks by name), which costs one comparison (an append); a key
+/// out of order is inserted at its place.
+#[derive(Debug, Clone, Default)]
+struct SeriesMap {
+    items: Vec<(String, Value)>,
+}
+
+impl SeriesMap {
+    /// Inserts a new series; a key already present is handed back.
+    fn insert(&mut self, key: String, value: Value) -> Result<(), String> {
+        let ascending = self
+            .items
+            .last()
+            .is_none_or(|(last, _)| last.as_str() < key.as_str());
+        if ascending {
+            self.items.push((key, value));
+            return Ok(());
+        }
+        match self
+            .items
+            .binary_search_by(|(k, _)| k.as_str().cmp(key.as_str()))
+        {
+            Ok(_) => Err(key),
+            Err(pos) => {
+                self.items.insert(pos, (key, value));
+                Ok(())
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.items
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.items[i].1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.items.iter().map(|(k, v)| (k, v))
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
 }
 
 /// Separates label values in a series key.
@@ -140,7 +187,11 @@ fn key_values(key: &str, n: usize) -> impl Iterator<Item = &str> {
 /// Metrics of one scrape, built by the collectors and encoded once.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    families: BTreeMap<String, Family>,
+    /// Family name -> position in `families` (the name order encoding follows).
+    index: BTreeMap<String, usize>,
+    families: Vec<Family>,
+    /// The family of the previous sample: collectors add a family's series in a row.
+    last: Option<usize>,
     rejected: Vec<String>,
 }
 
@@ -235,31 +286,27 @@ impl Metrics {
     /// Moves every series of `other` into `self` (same checks as adding them one by one).
     pub fn merge(&mut self, other: Metrics) {
         self.rejected.extend(other.rejected);
-        for (name, fam) in other.families {
-            match self.families.entry(name) {
-                Entry::Vacant(v) => {
-                    v.insert(fam);
-                }
-                Entry::Occupied(mut o) => {
-                    let name = o.key().clone();
-                    let mine = o.get_mut();
-                    if mine.kind != fam.kind || mine.label_names != fam.label_names {
-                        self.rejected.push(format!(
-                            "{name}: merged family has another type or other label names"
-                        ));
-                        continue;
-                    }
-                    for (key, value) in fam.series {
-                        match mine.series.entry(key) {
-                            Entry::Vacant(v) => {
-                                v.insert(value);
-                            }
-                            Entry::Occupied(dup) => self.rejected.push(format!(
-                                "{name}: duplicate series {:?}",
-                                key_values(dup.key(), mine.label_names.len()).collect::<Vec<_>>()
-                            )),
-                        }
-                    }
+        for fam in other.families {
+            let Some(&i) = self.index.get(&fam.name) else {
+                self.index.insert(fam.name.clone(), self.families.len());
+                self.families.push(fam);
+                continue;
+            };
+            let mine = &mut self.families[i];
+            if mine.kind != fam.kind || mine.label_names != fam.label_names {
+                self.rejected.push(format!(
+                    "{}: merged family has another type or other label names",
+                    fam.name
+                ));
+                continue;
+            }
+            for (key, value) in fam.series.items {
+                if let Err(dup) = mine.series.insert(key, value) {
+                    self.rejected.push(format!(
+                        "{}: duplicate series {:?}",
+                        fam.name,
+                        key_values(&dup, mine.label_names.len()).collect::<Vec<_>>()
+                    ));
                 }
             }
         }
@@ -281,14 +328,21 @@ impl Metrics {
         self.families.len()
     }
 
+    /// The families in name order.
+    fn sorted_families(&self) -> impl Iterator<Item = (&String, &Family)> {
+        self.index
+            .iter()
+            .map(|(name, &i)| (name, &self.families[i]))
+    }
+
     /// Whether a family of that name has been added.
     pub fn contains(&self, name: &str) -> bool {
-        self.families.contains_key(name)
+        self.index.contains_key(name)
     }
 
     /// The scalar value of one series (counter or gauge), for tests and cross-collector checks.
     pub fn value(&self, name: &str, labels: Labels<'_>) -> Option<f64> {
-        let fam = self.families.get(name)?;
+        let fam = &self.families[*self.index.get(name)?];
         if fam.label_names.len() != labels.len()
             || fam.label_names.iter().zip(labels).any(|(a, (b, _))| a != b)
         {
@@ -302,8 +356,7 @@ impl Metrics {
 
     /// Builds the `prometheus` crate's protobuf-model families, sorted by name.
     pub fn to_families(&self) -> Vec<MetricFamily> {
-        self.families
-            .iter()
+        self.sorted_families()
             .map(|(name, fam)| {
                 let mut mf = MetricFamily::default();
                 mf.set_name(name.clone());
@@ -379,7 +432,7 @@ impl Metrics {
     /// a scrape of a hundred VMs has tens of thousands of series.
     pub fn encode_text(&self) -> String {
         let mut out = String::with_capacity(self.size_hint());
-        for (name, fam) in &self.families {
+        for (name, fam) in self.sorted_families() {
             out.push_str("# HELP ");
             out.push_str(name);
             out.push(' ');
@@ -391,7 +444,7 @@ impl Metrics {
                 Kind::Gauge => " gauge\n",
                 Kind::Histogram => " histogram\n",
             });
-            for (key, value) in &fam.series {
+            for (key, value) in fam.series.iter() {
                 match value {
                     Value::Scalar(v) => write_sample(&mut out, name, "", fam, key, None, *v),
                     Value::Histogram {
@@ -429,16 +482,18 @@ impl Metrics {
     fn size_hint(&self) -> usize {
         self.families
             .iter()
-            .map(|(name, fam)| {
+            .map(|fam| {
+                let name = &fam.name;
                 let per_series = name.len()
                     + 16
                     + fam.label_names.iter().map(|n| n.len() + 4).sum::<usize>()
-                    + fam.series.keys().next().map_or(0, String::len);
+                    + fam.series.items.first().map_or(0, |(k, _)| k.len());
                 let samples = match fam.kind {
                     Kind::Histogram => fam
                         .series
-                        .values()
-                        .map(|v| match v {
+                        .items
+                        .iter()
+                        .map(|(_, v)| match v {
                             Value::Histogram { buckets, .. } => buckets.len() + 3,
                             Value::Scalar(_) => 1,
                         })
@@ -458,7 +513,13 @@ impl Metrics {
     fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels<'_>, value: Value) {
         // The common case: a family seen before (its name, help and label names were checked
         // when it was created): only consistency is checked, and no name is allocated.
-        if let Some(fam) = self.families.get_mut(name) {
+        let known = match self.last {
+            Some(i) if self.families[i].name == name => Some(i),
+            _ => self.index.get(name).copied(),
+        };
+        if let Some(i) = known {
+            self.last = Some(i);
+            let fam = &mut self.families[i];
             let why = if fam.kind != kind {
                 Some(format!(
                     "{name}: added as {kind:?}, already a {:?}",
@@ -473,14 +534,11 @@ impl Metrics {
                     fam.label_names
                 ))
             } else {
-                match fam.series.entry(series_key(labels)) {
-                    Entry::Vacant(v) => {
-                        v.insert(value);
-                        None
-                    }
-                    Entry::Occupied(o) => Some(format!(
+                match fam.series.insert(series_key(labels), value) {
+                    Ok(()) => None,
+                    Err(dup) => Some(format!(
                         "{name}: duplicate series {:?}",
-                        key_values(o.key(), labels.len()).collect::<Vec<_>>()
+                        key_values(&dup, labels.len()).collect::<Vec<_>>()
                     )),
                 }
             };
@@ -507,17 +565,17 @@ impl Metrics {
                 return;
             }
         }
-        let mut series = BTreeMap::new();
-        series.insert(series_key(labels), value);
-        self.families.insert(
-            name.to_owned(),
-            Family {
-                help: help.to_owned(),
-                kind,
-                label_names: labels.iter().map(|(n, _)| (*n).to_owned()).collect(),
-                series,
-            },
-        );
+        let mut series = SeriesMap::default();
+        let _ = series.insert(series_key(labels), value);
+        self.last = Some(self.families.len());
+        self.index.insert(name.to_owned(), self.families.len());
+        self.families.push(Family {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind,
+            label_names: labels.iter().map(|(n, _)| (*n).to_owned()).collect(),
+            series,
+        });
     }
 }
 

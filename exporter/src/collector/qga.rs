@@ -74,7 +74,10 @@ impl Collector for Qga {
     fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
         Box::pin(async move {
             let outcomes = self.fleet.outcomes(ctx).await;
-            for o in outcomes.iter() {
+            // In label order: each family's series then arrive in ascending order (cheap appends).
+            let mut sorted: Vec<&VmOutcome> = outcomes.iter().collect();
+            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            for o in sorted {
                 emit_vm(out, o);
             }
             Ok(())
@@ -100,14 +103,15 @@ pub fn emit_vm(out: &mut Metrics, o: &VmOutcome) {
         &[("vm", vm)],
         snap.dropped as f64,
     );
-    for d in &snap.diskstats {
-        // Already validated; capped again as any guest value.
-        let disk = sanitize_label_value(&d.name, MAX_GUEST_LABEL_VALUE_BYTES);
-        let labels = [("vm", vm), ("disk", disk.as_ref())];
-        for m in guest_metrics() {
+    // Family by family (consecutive samples of one family are cheapest to add).
+    for m in guest_metrics() {
+        for d in &snap.diskstats {
             let Some(raw) = guest_value(&d.stats, m.metric.field) else {
                 continue;
             };
+            // Already validated; capped again as any guest value.
+            let disk = sanitize_label_value(&d.name, MAX_GUEST_LABEL_VALUE_BYTES);
+            let labels = [("vm", vm), ("disk", disk.as_ref())];
             let v = m.metric.convert(raw);
             if m.metric.counter {
                 out.counter(&m.name, &m.help, &labels, v);
@@ -115,6 +119,9 @@ pub fn emit_vm(out: &mut Metrics, o: &VmOutcome) {
                 out.gauge(&m.name, &m.help, &labels, v);
             }
         }
+    }
+    for d in &snap.diskstats {
+        let disk = sanitize_label_value(&d.name, MAX_GUEST_LABEL_VALUE_BYTES);
         if let Some(q) = snap.queue.get(&d.name) {
             out.info(
                 "kvmio_guest_disk_queue_info",

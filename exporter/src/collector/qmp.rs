@@ -239,7 +239,10 @@ impl Collector for Qmp {
                 .await;
             let resolved: HashMap<PathBuf, ImageDevice> = paths.into_iter().zip(devices).collect();
             let buckets = ctx.config().qmp_latency_boundaries_ns();
-            for o in outcomes.iter() {
+            // In label order: each family's series then arrive in ascending order (cheap appends).
+            let mut sorted: Vec<&VmOutcome> = outcomes.iter().collect();
+            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            for o in sorted {
                 emit_vm(out, o, &resolved, buckets.as_deref());
             }
             Ok(())
