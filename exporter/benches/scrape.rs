@@ -473,9 +473,24 @@ fn vm_slot() -> nix::fcntl::Flock<std::fs::File> {
         .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()))
 }
 
+/// QEMU processes on the machine (other than the ones this run starts, when called before).
+fn qemu_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with("qemu-system"))
+        })
+        .count()
+}
+
 fn main() {
     let a = args();
     let _slot = vm_slot();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let foreign_before = qemu_processes();
     let dir = tempfile::Builder::new()
         .prefix("kvmio-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -557,6 +572,7 @@ fn main() {
     for mut p in procs_ {
         p.stop();
     }
+    let foreign_after = qemu_processes();
 
     let floor_all = sorted([floor_a.clone(), floor_b.clone()].concat());
     let floor_med = percentile(&floor_all, 0.5);
@@ -570,15 +586,16 @@ fn main() {
         .lines()
         .filter(|l| l.starts_with("processor"))
         .count();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "## results ({} VMs x {} drives, {} agents, {} scrapes, {} CPUs, loadavg {})",
+        "## results ({} VMs x {} drives, {} agents, {} scrapes, {} CPUs; before the run: loadavg {}, other QEMUs {}; after: other QEMUs {})",
         a.vms,
         a.drives,
         a.vms,
         n,
         cpus,
-        load.trim()
+        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        foreign_before,
+        foreign_after
     );
     println!("| measure | value |");
     println!("|---|---|");

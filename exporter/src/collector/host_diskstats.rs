@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{CollectFuture, Collector, CollectorError, ScrapeContext};
 use crate::config::HostDevices;
 use crate::host::blockdev::read_scheduler;
-use crate::host::diskstats::{parse_diskstats, DISK_METRICS};
+use crate::host::diskstats::{parse_diskstats, DiskStats, DISK_METRICS};
 use crate::metrics::Metrics;
 
 /// How long a device's scheduler is used before `queue/scheduler` is read again.
@@ -47,8 +47,16 @@ fn read_procfile(slot: &mut Option<(PathBuf, File)>, path: &Path) -> std::io::Re
             if len == buf.len() {
                 buf.resize(buf.len() * 2, 0);
             }
+            let room = buf.len() - len;
             match file.read_at(&mut buf[len..], len as u64) {
                 Ok(0) => break Ok(()),
+                // A short read is the end: procfs' seq_file fills the buffer until the file
+                // ends (and a read at a later offset would make it generate the file again
+                // to find that offset); so does a regular file (the test fixtures).
+                Ok(n) if n < room => {
+                    len += n;
+                    break Ok(());
+                }
                 Ok(n) => len += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(e),
@@ -76,6 +84,17 @@ impl HostDiskstats {
 
 /// Prefix of the host disk metrics.
 pub const PREFIX: &str = "kvmio_host_disk_";
+
+/// `PREFIX` + each suffix of [`DISK_METRICS`], in its order.
+fn metric_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        DISK_METRICS
+            .iter()
+            .map(|m| format!("{PREFIX}{}", m.suffix))
+            .collect()
+    })
+}
 
 impl Collector for HostDiskstats {
     fn name(&self) -> &'static str {
@@ -119,26 +138,26 @@ fn emit(
     }
     // Devices that disappeared.
     schedulers.retain(|name, _| disks.iter().any(|d| &d.name == name));
-    let mut name = String::with_capacity(64);
-    for disk in &disks {
-        if selected.is_some_and(|s| !s.contains(&disk.name)) {
-            continue;
-        }
-        let labels = [("device", disk.name.as_str())];
-        for m in DISK_METRICS {
+    let disks: Vec<&DiskStats> = disks
+        .iter()
+        .filter(|d| selected.is_none_or(|s| s.contains(&d.name)))
+        .collect();
+    // Family by family: consecutive samples of one family are the cheapest to add.
+    for (m, name) in DISK_METRICS.iter().zip(metric_names()) {
+        for disk in &disks {
             let Some(raw) = disk.get(m.field) else {
                 continue;
             };
-            name.clear();
-            name.push_str(PREFIX);
-            name.push_str(m.suffix);
+            let labels = [("device", disk.name.as_str())];
             let value = m.convert(raw);
             if m.counter {
-                out.counter(&name, m.help, &labels, value);
+                out.counter(name, m.help, &labels, value);
             } else {
-                out.gauge(&name, m.help, &labels, value);
+                out.gauge(name, m.help, &labels, value);
             }
         }
+    }
+    for disk in disks {
         let now = Instant::now();
         let cached = schedulers
             .get(&disk.name)
