@@ -182,7 +182,24 @@ async fn run(
             Err(e) => tracing::error!("a VM scrape task failed: {e}"),
         }
     }
-    slots.into_iter().flatten().collect()
+    let mut outcomes: Vec<VmOutcome> = slots.into_iter().flatten().collect();
+    disambiguate(&mut outcomes);
+    outcomes
+}
+
+/// Two VMs with the same label (two QEMUs started with the same `-name`) would make duplicate
+/// series: each of them is labelled `NAME@STEM` instead (the socket's stem).
+fn disambiguate(outcomes: &mut [VmOutcome]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for o in outcomes.iter() {
+        *seen.entry(o.vm.clone()).or_default() += 1;
+    }
+    for o in outcomes.iter_mut() {
+        if seen.get(&o.vm).is_some_and(|&n| n > 1) {
+            tracing::debug!(vm = %o.vm, socket = %o.target.key.display(), "VM name used twice");
+            o.vm = format!("{}@{}", o.vm, o.target.stem);
+        }
+    }
 }
 
 async fn scrape_vm(
@@ -306,4 +323,30 @@ fn log_change<T>(
         (Ok(_), _) => {}
     }
     *last = Some(up);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_names_get_the_socket_stem() {
+        let vm = |name: &str, stem: &str| VmOutcome {
+            target: Target {
+                key: format!("/run/{stem}.qmp").into(),
+                qmp: None,
+                qga: None,
+                name: None,
+                stem: stem.to_owned(),
+            },
+            vm: name.to_owned(),
+            qmp: None,
+            qga: None,
+            disks: BTreeMap::new(),
+        };
+        let mut o = vec![vm("db", "100"), vm("db", "101"), vm("web", "102")];
+        disambiguate(&mut o);
+        let names: Vec<&str> = o.iter().map(|o| o.vm.as_str()).collect();
+        assert_eq!(names, vec!["db@100", "db@101", "web"]);
+    }
 }
