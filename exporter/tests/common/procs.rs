@@ -134,6 +134,11 @@ pub fn qemu_none(dir: &Path, name: &str, drives: usize) -> (Proc, PathBuf) {
 
 /// The host's own qemu-ga on a Unix socket (`DIR/NAME.qga`), state in `DIR/NAME.ga-state`.
 pub fn qemu_ga(dir: &Path, name: &str) -> (Proc, PathBuf) {
+    qemu_ga_with(dir, name, &[])
+}
+
+/// [`qemu_ga`] with extra arguments (e.g. `-b guest-file-open` to block RPCs).
+pub fn qemu_ga_with(dir: &Path, name: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let ga = require("qemu-ga", "qemu-guest-agent");
     let sock = dir.join(format!("{name}.qga"));
     let state = dir.join(format!("{name}.ga-state"));
@@ -143,6 +148,7 @@ pub fn qemu_ga(dir: &Path, name: &str) -> (Proc, PathBuf) {
         .arg(&sock)
         .arg("-t")
         .arg(&state)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
