@@ -492,6 +492,11 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
         .prefix(&format!(".{name}."))
         .tempfile_in(dir)?;
     tmp.write_all(data)?;
+    // Readable like any file written normally (temporary files are 0600): the exporter may
+    // run as another user.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_data()?;
     tmp.persist(dir.join(name)).map_err(|e| e.error)?;
     Ok(())
@@ -607,6 +612,12 @@ mod tests {
             .write(dir.path())
             .unwrap();
         assert!(dir.path().join("crashtest.prom").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("crashtest.prom"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
