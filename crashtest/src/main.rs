@@ -114,8 +114,8 @@ struct RunArgs {
     /// `kvmio-crashtest verify`).
     #[arg(long)]
     keep_images: bool,
-    /// Where to create the disk images (kvmio makes its own subdirectory there); default: a
-    /// temporary directory, or OUT/images with --keep-images.
+    /// Where to create the disk images (kvmio makes its own subdirectory there); default:
+    /// $TMPDIR if set, else /var/tmp, or OUT/images with --keep-images.
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
     /// Size of each test disk, in MiB.
@@ -172,8 +172,8 @@ struct VerifyArgs {
     /// qemu-img, to read qcow2 images.
     #[arg(long, value_name = "PATH", default_value = "qemu-img")]
     qemu_img: PathBuf,
-    /// Where the raw copy of a qcow2 image goes while it is checked (default: the system's
-    /// temporary directory).
+    /// Where the raw copy of a qcow2 image goes while it is checked (default: $TMPDIR if set,
+    /// else /var/tmp).
     #[arg(long, value_name = "DIR")]
     scratch_dir: Option<PathBuf>,
     /// Print the verification as JSON.
@@ -445,6 +445,16 @@ fn check_out_dir(dir: &Path) -> Result<(), String> {
         })
 }
 
+/// `$TMPDIR` if set, else `/var/tmp`: disk-backed by convention, where `/tmp` is often a tmpfs,
+/// which cannot take the O_DIRECT that cache=none and directsync need (and holds RAM).
+fn default_image_dir() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ if Path::new("/var/tmp").is_dir() => PathBuf::from("/var/tmp"),
+        _ => std::env::temp_dir(),
+    }
+}
+
 /// The cells of the matrix, in a stable order, without duplicates.
 fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
     let mut faults: Vec<Fault> = Vec::new();
@@ -498,7 +508,7 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
     let image_dir = match &args.image_dir {
         Some(d) => d.clone(),
         None if args.keep_images => out.join("images"),
-        None => std::env::temp_dir(),
+        None => default_image_dir(),
     };
     // The image dir before the (slower) guest build, so a typo or a full disk fails at once.
     drop(matrix::preflight(
@@ -674,7 +684,7 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         )
         .into());
     }
-    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = args.scratch_dir.clone().unwrap_or_else(default_image_dir);
     let v = verify::verify_image(&args.image, &log, args.format, &args.qemu_img, &scratch)?;
     let cell = log.header.cell;
     let promise = cell.promise();
