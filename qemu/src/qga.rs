@@ -26,7 +26,7 @@ use crate::base64;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::line::{LineReader, SENTINEL};
-use crate::qmp::{command_error, is_blank, kind_of, truncate};
+use crate::qmp::{command_error, decode_return, is_blank, kind_of, truncate};
 use crate::types::{
     ExecStatus, GuestAgentInfo, GuestDiskInfo, GuestDiskStatsInfo, GuestExec, GuestExecStatusRaw,
     GuestFileRead, GuestFilesystemInfo,
@@ -150,10 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         arguments: Option<Value>,
     ) -> Result<T> {
         let value = self.execute_value(command, arguments).await?;
-        serde_json::from_value(value).map_err(|source| Error::Decode {
-            command: command.to_string(),
-            source,
-        })
+        decode_return(command, value)
     }
 
     /// Runs a command and returns its `return` value as JSON.

@@ -127,10 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
         arguments: Option<Value>,
     ) -> Result<T> {
         let value = self.execute_value(command, arguments).await?;
-        serde_json::from_value(value).map_err(|source| Error::Decode {
-            command: command.to_string(),
-            source,
-        })
+        decode_return(command, value)
     }
 
     /// Runs a command and returns its `return` value as JSON.
@@ -362,6 +359,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Decodes a command's `return` value into the type the caller expects (QMP and the guest agent
+/// alike); a mismatch names the command.
+pub(crate) fn decode_return<T: DeserializeOwned>(command: &str, value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|source| Error::Decode {
+        command: command.to_string(),
+        source,
+    })
 }
 
 /// The `return` value of a reply, or its error.
