@@ -41,5 +41,13 @@ test: setup lint rules-test
 	bash deploy/systemd/verify.sh
 	$(CARGO) test --workspace
 
+# The benchmarks quoted in BENCHMARKS.md (figures printed, never asserted). The full crash-test
+# matrices take about half an hour: see BENCHMARKS.md for those commands.
+bench: build
+	KVMIO_GUEST_BIN=$(CURDIR)/target/release/kvmio-guest $(CARGO) bench -p kvmio-e2e --bench lab
+	$(CARGO) bench -p kvmio-exporter --bench scrape
+	./target/release/kvmio-crashtest bench-verify --size 1024 --runs 5
+	bash crashtest/nbd/scripts/bench.sh 5
+
 clean:
 	$(CARGO) clean
