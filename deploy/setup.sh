@@ -31,6 +31,23 @@ apt_update() {
     fi
 }
 
+# Debian starts packaged daemons on install (prometheus on :9090, libvirtd, qemu-guest-agent,
+# node-exporter). kvmio runs its own instances on its own sockets and ports, and never starts,
+# stops or reconfigures the host's services: a policy-rc.d that refuses every start keeps the
+# install from launching them (invoke-rc.d's documented mechanism) and is removed right after.
+# A policy-rc.d the host already has is left alone and respected.
+apt_install() {
+    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# kvmio deploy/setup.sh: no service starts during this install\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "$@" >/dev/null || rc=$?
+    if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+    [ "$rc" = 0 ] || die "apt-get install $* failed (exit $rc)"
+}
+
 # --- QEMU: system emulator, tools and guest agent at one version ---------------------------
 qsys=$(installed_version qemu-system-x86)
 qutils=$(installed_version qemu-utils)
@@ -40,8 +57,7 @@ if [ -z "$qsys" ] || [ "$qsys" != "$qutils" ] || [ "$qsys" != "$qga" ]; then
     want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
     [ -n "$want" ] && [ "$want" != "(none)" ] || die "apt has no qemu-system-x86 candidate; check /etc/apt/sources.list"
     log "installing qemu-system-x86, qemu-utils, qemu-guest-agent $want"
-    apt-get install -y -qq --no-install-recommends --allow-downgrades \
-        "qemu-system-x86=$want" "qemu-utils=$want" "qemu-guest-agent=$want" >/dev/null
+    apt_install "qemu-system-x86=$want" "qemu-utils=$want" "qemu-guest-agent=$want"
 fi
 
 # --- everything else ------------------------------------------------------------------------
@@ -49,23 +65,19 @@ fi
 # nbdkit and prometheus-node-exporter are the benchmarks' reference points; ipxe-qemu and
 # seabios give QEMU its firmware (recommends, so not pulled by --no-install-recommends);
 # systemd provides systemd-analyze, which checks deploy/systemd's units (containers may lack it).
+# libvirt: the daemon the libvirt end-to-end tests run (their own instance, never the host's),
+# libvirt-dev for the exporter's libvirt source (the `virt` crate links libvirt's C library),
+# and prometheus-libvirt-exporter, the benchmark's reference point.
 missing=()
-for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd; do
+for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd \
+         libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config prometheus-libvirt-exporter; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     apt_update
     log "installing ${missing[*]}"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
-# Debian starts the packaged daemons on install; kvmio runs its own on loopback, so stop them.
-for svc in prometheus prometheus-node-exporter qemu-guest-agent; do
-    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
-        systemctl stop "$svc" >/dev/null 2>&1 || true
-    fi
-done
-pkill -x prometheus 2>/dev/null || true
-pkill -f '^/usr/bin/prometheus-node-exporter' 2>/dev/null || true
 
 # --- guest kernel -----------------------------------------------------------------------------
 # Debian's generic kernel, unpacked into the cache, never installed into the host's /boot.
