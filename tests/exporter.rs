@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use kvmio_e2e::{
     guest_image, processes_mentioning, vm_slot, wait_for, workspace_bin, ChildProcess,
 };
-use kvmio_qemu::{GuestAgent, Limits};
+use kvmio_qemu::{AgentCommands, GuestAgent, Limits};
 
 /// One sample: name, labels, value.
 #[derive(Debug, Clone)]

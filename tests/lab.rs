@@ -8,7 +8,7 @@ use kvmio_crashtest::vm::{Accel, Disk, DiskSource, ImageFormat, Vm, VmConfig};
 use kvmio_e2e::{guest_image, vm_slot, READY_TIMEOUT};
 use kvmio_qemu::qga::GuestAgent;
 use kvmio_qemu::qmp::Qmp;
-use kvmio_qemu::{CacheMode, Limits};
+use kvmio_qemu::{AgentCommands, CacheMode, Limits, QmpCommands};
 
 /// One VM, one raw disk per cache mode: QMP's `query-block` flags name each disk's mode, and
 /// inside the guest the agent lists all five disks and reads back the write-cache type the

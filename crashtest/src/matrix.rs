@@ -24,7 +24,7 @@ use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::record::SplitMix64;
 use kvmio_guest::writer::WriterParams;
 use kvmio_nbd::{PowerFailReport, Server, ServerHandle, ServerOptions};
-use kvmio_qemu::CacheFlags;
+use kvmio_qemu::{CacheFlags, QmpCommands};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;

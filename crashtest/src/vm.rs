@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use kvmio_qemu::qmp::Qmp;
-use kvmio_qemu::{CacheMode, Limits};
+use kvmio_qemu::{CacheMode, Limits, QmpCommands};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};

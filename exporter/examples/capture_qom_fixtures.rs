@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmio_qemu::{Limits, Qmp};
+use kvmio_qemu::{Limits, Qmp, QmpCommands};
 use serde_json::{json, Value};
 
 /// Kills and reaps QEMU however `main` ends.

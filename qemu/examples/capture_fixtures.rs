@@ -27,7 +27,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvmio_qemu::{GuestAgent, Limits};
+use kvmio_qemu::{AgentCommands, GuestAgent, Limits, QmpCommands};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 

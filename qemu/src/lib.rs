@@ -25,8 +25,8 @@ mod golden_tests;
 pub use cache::{CacheFlags, CacheMode};
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use qga::GuestAgent;
-pub use qmp::Qmp;
+pub use qga::{AgentCommands, GuestAgent};
+pub use qmp::{Qmp, QmpCommands};
 
 /// The clients are used from spawned tasks: their futures must be `Send`.
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! [`Limits::max_line_bytes`], each call by [`Limits::call_timeout`], and nothing here panics on
 //! any input.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -143,16 +144,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         }
     }
 
-    /// Runs a command and decodes its `return` value.
-    pub async fn execute<T: DeserializeOwned>(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-    ) -> Result<T> {
-        let value = self.execute_value(command, arguments).await?;
-        decode_return(command, value)
-    }
-
     /// Runs a command and returns its `return` value as JSON.
     ///
     /// If an earlier call did not end cleanly, this first resynchronises (bounded by its own
@@ -221,158 +212,224 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
             ));
         }
     }
+}
+
+/// The guest-agent commands kvmio uses, written once over any way of reaching the agent: its
+/// chardev socket ([`GuestAgent`]) or a passthrough such as libvirt's
+/// `virDomainQemuAgentCommand` (libvirtd keeps the agent's socket for itself). An
+/// implementation gives [`AgentCommands::execute_value`] and the longest reply it accepts; the
+/// typed commands follow from them.
+pub trait AgentCommands: Send {
+    /// Runs a command and returns its `return` value as JSON (the agent's `error` as
+    /// [`Error::Command`]).
+    fn execute_value(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<Value>> + Send;
+
+    /// The longest reply accepted, in bytes: `guest-file-read` asks for chunks that fit.
+    fn max_reply_bytes(&self) -> usize;
+
+    /// Runs a command and decodes its `return` value.
+    fn execute<T: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<T>> + Send {
+        async move {
+            let value = self.execute_value(command, arguments).await?;
+            decode_return(command, value)
+        }
+    }
 
     /// `guest-ping`.
-    pub async fn ping(&mut self) -> Result<()> {
-        self.execute_value("guest-ping", None).await.map(drop)
+    fn ping(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.execute_value("guest-ping", None).await.map(drop) }
     }
 
     /// `guest-info`: the agent's version and which commands it has and allows.
-    pub async fn info(&mut self) -> Result<GuestAgentInfo> {
-        self.execute("guest-info", None).await
+    fn info(&mut self) -> impl Future<Output = Result<GuestAgentInfo>> + Send {
+        async move { self.execute("guest-info", None).await }
     }
 
     /// `guest-get-diskstats` (agent >= 7.1, Linux guests): the guest's `/proc/diskstats`.
-    pub async fn get_diskstats(&mut self) -> Result<Vec<GuestDiskStatsInfo>> {
-        self.execute("guest-get-diskstats", None).await
+    fn get_diskstats(&mut self) -> impl Future<Output = Result<Vec<GuestDiskStatsInfo>>> + Send {
+        async move { self.execute("guest-get-diskstats", None).await }
     }
 
     /// `guest-get-disks` (agent >= 5.2): disks with their PCI address and serial, which map a
     /// guest disk to a QEMU device.
-    pub async fn get_disks(&mut self) -> Result<Vec<GuestDiskInfo>> {
-        self.execute("guest-get-disks", None).await
+    fn get_disks(&mut self) -> impl Future<Output = Result<Vec<GuestDiskInfo>>> + Send {
+        async move { self.execute("guest-get-disks", None).await }
     }
 
     /// `guest-get-fsinfo`: mounted file systems and the disks below them.
-    pub async fn get_fsinfo(&mut self) -> Result<Vec<GuestFilesystemInfo>> {
-        self.execute("guest-get-fsinfo", None).await
+    fn get_fsinfo(&mut self) -> impl Future<Output = Result<Vec<GuestFilesystemInfo>>> + Send {
+        async move { self.execute("guest-get-fsinfo", None).await }
     }
 
     /// Reads a whole guest file (`guest-file-open` read-only, `guest-file-read` until EOF,
     /// `guest-file-close` on every path). A file longer than `max_bytes` is an
     /// [`Error::TooLarge`]: nothing is truncated silently.
-    pub async fn file_read_all(&mut self, path: &str, max_bytes: usize) -> Result<Vec<u8>> {
-        let handle: i64 = self
-            .execute("guest-file-open", Some(json!({"path": path, "mode": "r"})))
-            .await?;
-        let result = self.read_handle(handle, path, max_bytes).await;
-        if let Err(e) = self
-            .execute_value("guest-file-close", Some(json!({ "handle": handle })))
-            .await
-        {
-            tracing::warn!(path, handle, error = %e, "guest-file-close failed");
-        }
-        result
-    }
-
-    async fn read_handle(&mut self, handle: i64, path: &str, max_bytes: usize) -> Result<Vec<u8>> {
-        // One reply must fit in a line: base64 takes 4 bytes per 3, plus a little JSON.
-        let chunk =
-            (self.limits.max_line_bytes.saturating_sub(128) / 4 * 3).clamp(1, MAX_FILE_READ_CHUNK);
-        let mut out = Vec::new();
-        loop {
-            // One byte more than allowed, to tell "exactly max_bytes" from "longer".
-            let want = chunk.min((max_bytes - out.len()).saturating_add(1));
-            let read: GuestFileRead = self
-                .execute(
-                    "guest-file-read",
-                    Some(json!({"handle": handle, "count": want})),
-                )
+    fn file_read_all(
+        &mut self,
+        path: &str,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        async move {
+            let handle: i64 = self
+                .execute("guest-file-open", Some(json!({"path": path, "mode": "r"})))
                 .await?;
-            let data = base64::decode(&read.buf_b64)
-                .ok_or_else(|| Error::Protocol("guest-file-read returned invalid base64".into()))?;
-            if data.len() > want || read.count != data.len() as i64 {
-                return Err(Error::Protocol(format!(
-                    "guest-file-read returned {} bytes with count {} for a request of {want}",
-                    data.len(),
-                    read.count
-                )));
+            let result = read_handle(self, handle, path, max_bytes).await;
+            if let Err(e) = self
+                .execute_value("guest-file-close", Some(json!({ "handle": handle })))
+                .await
+            {
+                tracing::warn!(path, handle, error = %e, "guest-file-close failed");
             }
-            if data.len() > max_bytes - out.len() {
-                return Err(Error::TooLarge {
-                    what: format!("guest file {}", truncate(path, 200)),
-                    limit: max_bytes,
-                });
-            }
-            let done = read.eof || data.is_empty();
-            out.extend_from_slice(&data);
-            if done {
-                return Ok(out);
-            }
+            result
         }
     }
 
     /// `guest-exec`: starts `path` with `args` in the guest and returns its pid. With
     /// `capture_output` the agent keeps stdout and stderr for [`GuestAgent::exec_status`].
-    pub async fn exec(&mut self, path: &str, args: &[&str], capture_output: bool) -> Result<i64> {
-        let exec: GuestExec = self
-            .execute(
-                "guest-exec",
-                Some(json!({"path": path, "arg": args, "capture-output": capture_output})),
-            )
-            .await?;
-        Ok(exec.pid)
+    fn exec(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        capture_output: bool,
+    ) -> impl Future<Output = Result<i64>> + Send {
+        async move {
+            let exec: GuestExec = self
+                .execute(
+                    "guest-exec",
+                    Some(json!({"path": path, "arg": args, "capture-output": capture_output})),
+                )
+                .await?;
+            Ok(exec.pid)
+        }
     }
 
     /// `guest-exec-status`, with the captured output decoded. Once it reports `exited`, the
     /// agent forgets the process: a second query of the same pid fails.
-    pub async fn exec_status(&mut self, pid: i64) -> Result<ExecStatus> {
-        let raw: GuestExecStatusRaw = self
-            .execute("guest-exec-status", Some(json!({ "pid": pid })))
-            .await?;
-        let decode = |field: &Option<String>, name: &str| -> Result<Vec<u8>> {
-            match field {
-                None => Ok(Vec::new()),
-                Some(text) => base64::decode(text).ok_or_else(|| {
-                    Error::Protocol(format!(
-                        "guest-exec-status returned invalid base64 in {name}"
-                    ))
-                }),
-            }
-        };
-        Ok(ExecStatus {
-            exited: raw.exited,
-            exitcode: raw.exitcode,
-            signal: raw.signal,
-            out: decode(&raw.out_data, "out-data")?,
-            err: decode(&raw.err_data, "err-data")?,
-            out_truncated: raw.out_truncated.unwrap_or(false),
-            err_truncated: raw.err_truncated.unwrap_or(false),
-        })
+    fn exec_status(&mut self, pid: i64) -> impl Future<Output = Result<ExecStatus>> + Send {
+        async move {
+            let raw: GuestExecStatusRaw = self
+                .execute("guest-exec-status", Some(json!({ "pid": pid })))
+                .await?;
+            let decode = |field: &Option<String>, name: &str| -> Result<Vec<u8>> {
+                match field {
+                    None => Ok(Vec::new()),
+                    Some(text) => base64::decode(text).ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "guest-exec-status returned invalid base64 in {name}"
+                        ))
+                    }),
+                }
+            };
+            Ok(ExecStatus {
+                exited: raw.exited,
+                exitcode: raw.exitcode,
+                signal: raw.signal,
+                out: decode(&raw.out_data, "out-data")?,
+                err: decode(&raw.err_data, "err-data")?,
+                out_truncated: raw.out_truncated.unwrap_or(false),
+                err_truncated: raw.err_truncated.unwrap_or(false),
+            })
+        }
     }
 
     /// Runs `path args...` in the guest with output captured and polls `guest-exec-status`
     /// until it exits or `wait` has passed ([`Error::Timeout`]; the process keeps running).
-    pub async fn exec_wait(
+    fn exec_wait(
         &mut self,
         path: &str,
         args: &[&str],
         wait: Duration,
-    ) -> Result<ExecStatus> {
-        // A wait too long to represent means "no deadline" in practice: 30 years.
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(wait)
-            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
-        let pid = self.exec(path, args, true).await?;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            let status = self.exec_status(pid).await?;
-            if status.exited {
-                return Ok(status);
-            }
+    ) -> impl Future<Output = Result<ExecStatus>> + Send {
+        async move {
+            // A wait too long to represent means "no deadline" in practice: 30 years.
             let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout {
-                    what: format!(
-                        "{} (pid {pid}) to exit in the guest ({wait:?})",
-                        truncate(path, 200)
-                    ),
-                });
+            let deadline = now
+                .checked_add(wait)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+            let pid = self.exec(path, args, true).await?;
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let status = self.exec_status(pid).await?;
+                if status.exited {
+                    return Ok(status);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "{} (pid {pid}) to exit in the guest ({wait:?})",
+                            truncate(path, 200)
+                        ),
+                    });
+                }
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+}
+
+/// The `guest-file-read` loop of [`AgentCommands::file_read_all`].
+async fn read_handle<A: AgentCommands + ?Sized>(
+    agent: &mut A,
+    handle: i64,
+    path: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>> {
+    // One reply must fit in a line: base64 takes 4 bytes per 3, plus a little JSON.
+    let chunk = (agent.max_reply_bytes().saturating_sub(128) / 4 * 3).clamp(1, MAX_FILE_READ_CHUNK);
+    let mut out = Vec::new();
+    loop {
+        // One byte more than allowed, to tell "exactly max_bytes" from "longer".
+        let want = chunk.min((max_bytes - out.len()).saturating_add(1));
+        let read: GuestFileRead = agent
+            .execute(
+                "guest-file-read",
+                Some(json!({"handle": handle, "count": want})),
+            )
+            .await?;
+        let data = base64::decode(&read.buf_b64)
+            .ok_or_else(|| Error::Protocol("guest-file-read returned invalid base64".into()))?;
+        if data.len() > want || read.count != data.len() as i64 {
+            return Err(Error::Protocol(format!(
+                "guest-file-read returned {} bytes with count {} for a request of {want}",
+                data.len(),
+                read.count
+            )));
+        }
+        if data.len() > max_bytes - out.len() {
+            return Err(Error::TooLarge {
+                what: format!("guest file {}", truncate(path, 200)),
+                limit: max_bytes,
+            });
+        }
+        let done = read.eof || data.is_empty();
+        out.extend_from_slice(&data);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentCommands for GuestAgent<S> {
+    fn execute_value(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<Value>> + Send {
+        GuestAgent::execute_value(self, command, arguments)
+    }
+
+    fn max_reply_bytes(&self) -> usize {
+        self.limits.max_line_bytes
     }
 }
 

@@ -9,6 +9,7 @@
 //! callers that share a connection put it behind a mutex.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -118,16 +119,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     /// The limits this connection was opened with.
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Runs a command and decodes its `return` value.
-    pub async fn execute<T: DeserializeOwned>(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-    ) -> Result<T> {
-        let value = self.execute_value(command, arguments).await?;
-        decode_return(command, value)
     }
 
     /// Runs a command and returns its `return` value as JSON.
@@ -260,55 +251,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
             }),
         }
     }
+}
+
+/// The QMP commands kvmio uses, written once over any way of running a command: a monitor
+/// socket ([`Qmp`]) or a passthrough such as libvirt's `virDomainQemuMonitorCommand`, which
+/// hands a command to the monitor libvirtd holds and returns QEMU's reply. An implementation
+/// gives [`QmpCommands::execute_value`]; the typed commands follow from it.
+#[allow(async_fn_in_trait)]
+pub trait QmpCommands: Send {
+    /// Runs a command and returns its `return` value as JSON (QEMU's `error` as
+    /// [`Error::Command`]).
+    fn execute_value(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<Value>> + Send;
+
+    /// Runs a command and decodes its `return` value.
+    fn execute<T: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<T>> + Send {
+        async move {
+            let value = self.execute_value(command, arguments).await?;
+            decode_return(command, value)
+        }
+    }
 
     /// `query-name`: the VM's `-name`, if any.
-    pub async fn query_name(&mut self) -> Result<Option<String>> {
-        let info: NameInfo = self.execute("query-name", None).await?;
-        Ok(info.name)
+    fn query_name(&mut self) -> impl Future<Output = Result<Option<String>>> + Send {
+        async move {
+            let info: NameInfo = self.execute("query-name", None).await?;
+            Ok(info.name)
+        }
     }
 
     /// `query-version`.
-    pub async fn query_version(&mut self) -> Result<VersionInfo> {
-        self.execute("query-version", None).await
+    fn query_version(&mut self) -> impl Future<Output = Result<VersionInfo>> + Send {
+        async move { self.execute("query-version", None).await }
     }
 
     /// `query-status`: whether the VM runs, and its run state.
-    pub async fn query_status(&mut self) -> Result<StatusInfo> {
-        self.execute("query-status", None).await
+    fn query_status(&mut self) -> impl Future<Output = Result<StatusInfo>> + Send {
+        async move { self.execute("query-status", None).await }
     }
 
     /// `query-block`: every block backend with its medium and cache flags.
-    pub async fn query_block(&mut self) -> Result<Vec<BlockInfo>> {
-        self.execute("query-block", None).await
+    fn query_block(&mut self) -> impl Future<Output = Result<Vec<BlockInfo>>> + Send {
+        async move { self.execute("query-block", None).await }
     }
 
     /// `query-blockstats` for the backends (`query-nodes: false`): each entry is a backend's top
     /// node with the nodes below in `parent`/`backing`.
-    pub async fn query_blockstats(&mut self) -> Result<Vec<BlockStats>> {
-        self.query_blockstats_with(false).await
+    fn query_blockstats(&mut self) -> impl Future<Output = Result<Vec<BlockStats>>> + Send {
+        async move { self.query_blockstats_with(false).await }
     }
 
     /// `query-blockstats` with an explicit `query-nodes`: `true` lists every named node
     /// (`-blockdev` setups) instead of every backend.
-    pub async fn query_blockstats_with(&mut self, query_nodes: bool) -> Result<Vec<BlockStats>> {
-        self.execute(
-            "query-blockstats",
-            Some(json!({ "query-nodes": query_nodes })),
-        )
-        .await
+    fn query_blockstats_with(
+        &mut self,
+        query_nodes: bool,
+    ) -> impl Future<Output = Result<Vec<BlockStats>>> + Send {
+        async move {
+            self.execute(
+                "query-blockstats",
+                Some(json!({ "query-nodes": query_nodes })),
+            )
+            .await
+        }
     }
 
     /// `query-pci`: the PCI tree (see [`crate::types::flatten_pci`]). Machines without PCI
     /// (`-M none`) answer with an error.
-    pub async fn query_pci(&mut self) -> Result<Vec<PciInfo>> {
-        self.execute("query-pci", None).await
+    fn query_pci(&mut self) -> impl Future<Output = Result<Vec<PciInfo>>> + Send {
+        async move { self.execute("query-pci", None).await }
     }
 
     /// `query-named-block-nodes` with `flat: true`: every node once, without nested backing
     /// image details.
-    pub async fn query_named_block_nodes(&mut self) -> Result<Vec<BlockDeviceInfo>> {
-        self.execute("query-named-block-nodes", Some(json!({ "flat": true })))
-            .await
+    fn query_named_block_nodes(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<BlockDeviceInfo>>> + Send {
+        async move {
+            self.execute("query-named-block-nodes", Some(json!({ "flat": true })))
+                .await
+        }
     }
 
     /// `block-latency-histogram-set` with the same boundaries (ns, ascending) for reads,
@@ -316,48 +345,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     /// the `qdev` that `query-block` reports (for `virtio-blk-pci,id=vd0` that is
     /// `/machine/peripheral/vd0/virtio-backend`, not `vd0`); QEMU 7.2 does not accept a
     /// `-drive id=` here. An empty slice removes the histograms.
-    pub async fn block_latency_histogram_set(
+    fn block_latency_histogram_set(
         &mut self,
         id_or_device: &str,
         boundaries_ns: &[u64],
-    ) -> Result<()> {
-        let arguments = if boundaries_ns.is_empty() {
-            json!({ "id": id_or_device })
-        } else {
-            json!({ "id": id_or_device, "boundaries": boundaries_ns })
-        };
-        self.execute_value("block-latency-histogram-set", Some(arguments))
-            .await
-            .map(drop)
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let arguments = if boundaries_ns.is_empty() {
+                json!({ "id": id_or_device })
+            } else {
+                json!({ "id": id_or_device, "boundaries": boundaries_ns })
+            };
+            self.execute_value("block-latency-histogram-set", Some(arguments))
+                .await
+                .map(drop)
+        }
     }
 
     /// `human-monitor-command`: runs an HMP command line (e.g. `qemu-io d0 "write 0 1M"`) and
     /// returns its output.
-    pub async fn human_monitor_command(&mut self, command_line: &str) -> Result<String> {
-        self.execute(
-            "human-monitor-command",
-            Some(json!({ "command-line": command_line })),
-        )
-        .await
+    fn human_monitor_command(
+        &mut self,
+        command_line: &str,
+    ) -> impl Future<Output = Result<String>> + Send {
+        async move {
+            self.execute(
+                "human-monitor-command",
+                Some(json!({ "command-line": command_line })),
+            )
+            .await
+        }
     }
 
     /// `stop`: pauses the vCPUs (QEMU emits a `STOP` event).
-    pub async fn stop(&mut self) -> Result<()> {
-        self.execute_value("stop", None).await.map(drop)
+    fn stop(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.execute_value("stop", None).await.map(drop) }
     }
 
     /// `cont`: resumes the vCPUs (QEMU emits a `RESUME` event).
-    pub async fn cont(&mut self) -> Result<()> {
-        self.execute_value("cont", None).await.map(drop)
+    fn cont(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.execute_value("cont", None).await.map(drop) }
     }
 
     /// `quit`: QEMU exits after answering. A connection closed before the answer arrived also
     /// counts as success.
-    pub async fn quit(&mut self) -> Result<()> {
-        match self.execute_value("quit", None).await {
-            Ok(_) | Err(Error::Closed) => Ok(()),
-            Err(e) => Err(e),
+    fn quit(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            match self.execute_value("quit", None).await {
+                Ok(_) | Err(Error::Closed) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> QmpCommands for Qmp<S> {
+    fn execute_value(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<Value>> + Send {
+        Qmp::execute_value(self, command, arguments)
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{binaries, connect_agent, spawn_qemu_ga};
-use kvmio_qemu::{Error, GuestAgent, Limits};
+use kvmio_qemu::{AgentCommands, Error, GuestAgent, Limits};
 use tokio::io::AsyncWriteExt;
 
 fn limits() -> Limits {

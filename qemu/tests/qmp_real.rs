@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{binaries, connect_qmp, spawn_qemu_none, spawn_qemu_q35, ChildGuard};
 use kvmio_qemu::types::flatten_pci;
-use kvmio_qemu::{CacheMode, Error, Limits, Qmp};
+use kvmio_qemu::{CacheMode, Error, Limits, Qmp, QmpCommands};
 
 fn limits() -> Limits {
     Limits::default().with_call_timeout(Duration::from_secs(10))

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kvmio_qemu::types::{GuestDiskInfo, GuestDiskStatsInfo};
-use kvmio_qemu::{Error as QemuError, GuestAgent, Limits};
+use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent, Limits};
 use tokio::time::{timeout_at, Instant};
 
 use super::join::guest_disk_name;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvmio_qemu::types::{flatten_pci, BlockInfo, BlockStats, PciFunction};
-use kvmio_qemu::{Error as QemuError, Limits, Qmp};
+use kvmio_qemu::{Error as QemuError, Limits, Qmp, QmpCommands};
 use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
