@@ -17,6 +17,8 @@ use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::paths;
 
+pub mod libvirtd;
+
 /// Generous: a TCG boot takes seconds alone, but CI machines are shared.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
