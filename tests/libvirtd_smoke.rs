@@ -10,6 +10,8 @@ use kvmio_e2e::{processes_mentioning, vm_slot, READY_TIMEOUT};
 
 #[test]
 fn private_libvirtd_runs_a_lab_domain_and_survives_a_crash() {
+    // Missing libvirt or QEMU: fail here with the install command.
+    kvmio_e2e::libvirtd::require_libvirt();
     let _slot = vm_slot();
     // Build (or find) the guest image before the clock starts.
     let _ = kvmio_e2e::guest_image();
