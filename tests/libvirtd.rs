@@ -88,15 +88,17 @@ pub const INSTALL: &str = "apt-get install --no-install-recommends libvirt-daemo
                            libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils";
 
 /// Runs in the new mount namespace: `$1` is the harness directory, the rest the daemon's argv.
+/// `mount -n`: without it libmount creates `/run/mount` (its utab) on the host's `/run` before
+/// the first bind replaces it.
 const NAMESPACE_SCRIPT: &str = r#"set -e
 d="$1"; shift
-mount --bind "$d/run" /run
-if [ "$(readlink -f /var/run)" != /run ]; then mount --bind "$d/run" /var/run; fi
-mount --bind "$d/lib" /var/lib/libvirt
-mount --bind "$d/cache" /var/cache/libvirt
-mount --bind "$d/log" /var/log/libvirt
-mount --bind "$d/etc" /etc/libvirt
-if [ -e /dev/kvm ]; then mount --bind "$d/nokvm" /dev/kvm; fi
+mount -n --bind "$d/run" /run
+if [ "$(readlink -f /var/run)" != /run ]; then mount -n --bind "$d/run" /var/run; fi
+mount -n --bind "$d/lib" /var/lib/libvirt
+mount -n --bind "$d/cache" /var/cache/libvirt
+mount -n --bind "$d/log" /var/log/libvirt
+mount -n --bind "$d/etc" /etc/libvirt
+if [ -e /dev/kvm ]; then mount -n --bind "$d/nokvm" /dev/kvm; fi
 exec "$@"
 "#;
 
