@@ -60,6 +60,15 @@ pub enum Error {
     /// The peer closed the connection.
     #[error("peer closed the connection")]
     Closed,
+
+    /// The command went through another program that failed to pass it on (libvirt's monitor
+    /// or agent passthrough): the command may not have reached QEMU.
+    #[error("{via} failed")]
+    Passthrough {
+        via: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -418,6 +418,22 @@ pub(crate) fn decode_return<T: DeserializeOwned>(command: &str, value: Value) ->
     })
 }
 
+/// The `return` value of one whole reply given as text (what a passthrough such as libvirt's
+/// `virDomainQemuMonitorCommand` returns), or its error. A reply longer than `max_bytes` is
+/// refused before it is parsed.
+pub fn reply_from_text(text: &str, max_bytes: usize) -> Result<Value> {
+    if text.len() > max_bytes {
+        return Err(Error::LineTooLong { limit: max_bytes });
+    }
+    match serde_json::from_str(text).map_err(Error::Json)? {
+        Value::Object(obj) => reply_value(obj),
+        other => Err(Error::Protocol(format!(
+            "expected a reply object, got {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
 /// The `return` value of a reply, or its error.
 fn reply_value(mut obj: Map<String, Value>) -> Result<Value> {
     if let Some(value) = obj.remove("return") {
@@ -472,6 +488,37 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod reply_text_tests {
+    use super::*;
+
+    #[test]
+    fn replies_as_text() {
+        assert_eq!(
+            reply_from_text(r#"{"return": {"a": 1}, "id": "libvirt-12"}"#, 100).unwrap(),
+            json!({"a": 1})
+        );
+        let e = reply_from_text(
+            r#"{"id":"libvirt-3","error":{"class":"CommandNotFound","desc":"no"}}"#,
+            100,
+        )
+        .unwrap_err();
+        assert_eq!(e.command_class(), Some("CommandNotFound"));
+        assert!(matches!(
+            reply_from_text(&"x".repeat(101), 100),
+            Err(Error::LineTooLong { limit: 100 })
+        ));
+        assert!(matches!(
+            reply_from_text("[1]", 100),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            reply_from_text("{}", 100),
+            Err(Error::Protocol(_))
+        ));
     }
 }
 
