@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    parse_duration, Config, ConfigFile, HostDevices, LatencyBuckets, Layout, DEFAULT_LISTEN_ADDRESS,
+    parse_duration, Config, ConfigFile, HostDevices, LatencyBuckets, Layout, LibvirtConfig,
+    DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS, DEFAULT_LISTEN_ADDRESS,
 };
 
 /// kvmio-exporter: Prometheus metrics for every layer of KVM/QEMU VM storage IO (guest disk,
@@ -76,6 +77,29 @@ pub struct Cli {
     /// (DIR/crashtest.prom or DIR/*/crashtest.prom) is re-served (kvmio_crashtest_* only).
     #[arg(long = "crashtest.results-dir", value_name = "DIR")]
     pub crashtest_results_dir: Option<PathBuf>,
+
+    /// Scrape the domains of this libvirt (e.g. qemu:///system) through libvirt's own
+    /// connection: block statistics, domain XML and guest disk info, without tainting domains.
+    #[arg(long = "libvirt.uri", value_name = "URI")]
+    pub libvirt_uri: Option<String>,
+
+    /// With --libvirt.uri: run kvmio's QMP queries through libvirt's monitor passthrough
+    /// (per-node stats, live cache flags, failed/invalid operations, latency histograms).
+    /// libvirt marks each domain tainted (custom-monitor).
+    #[arg(long = "libvirt.qmp-passthrough", requires = "libvirt_uri")]
+    pub libvirt_qmp_passthrough: bool,
+
+    /// With --libvirt.uri: read guest diskstats and queue settings through libvirt's agent
+    /// passthrough. libvirt marks each domain tainted (custom-ga-command).
+    #[arg(long = "libvirt.agent-passthrough", requires = "libvirt_uri")]
+    pub libvirt_agent_passthrough: bool,
+
+    /// With --libvirt.uri: at most this many libvirt calls at once (each blocks a thread until
+    /// libvirtd answers).
+    #[arg(long = "libvirt.max-concurrent-calls", value_name = "N",
+          default_value_t = DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub libvirt_max_concurrent_calls: u16,
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` (all IPv4 interfaces).
@@ -113,6 +137,13 @@ impl Cli {
                 return Err("empty socket glob".to_owned());
             }
         }
+        if self
+            .libvirt_uri
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return Err("empty --libvirt.uri (e.g. qemu:///system)".to_owned());
+        }
         if self.layout == Some(Layout::Proxmox) && self.qmp_persistent {
             // A monitor or agent socket serves one client: holding Proxmox's own would lock
             // qemu-server (and its backups' fsfreeze) out.
@@ -137,6 +168,12 @@ impl Cli {
             qga_max_disks: usize::from(self.qga_max_disks),
             qmp_persistent: self.qmp_persistent,
             crashtest_results_dir: self.crashtest_results_dir,
+            libvirt: self.libvirt_uri.map(|uri| LibvirtConfig {
+                uri,
+                qmp_passthrough: self.libvirt_qmp_passthrough,
+                agent_passthrough: self.libvirt_agent_passthrough,
+                max_concurrent_calls: usize::from(self.libvirt_max_concurrent_calls),
+            }),
         })
     }
 }

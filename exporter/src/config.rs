@@ -62,6 +62,25 @@ impl Layout {
     }
 }
 
+/// The libvirt source (`--libvirt.uri` and its options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtConfig {
+    /// The libvirt URI (`qemu:///system`).
+    pub uri: String,
+    /// Run kvmio's QMP queries through libvirt (`virDomainQemuMonitorCommand`; taints the
+    /// domain `custom-monitor`).
+    pub qmp_passthrough: bool,
+    /// Run kvmio's guest-agent queries through libvirt (`virDomainQemuAgentCommand`; taints the
+    /// domain `custom-ga-command`).
+    pub agent_passthrough: bool,
+    /// At most this many libvirt calls block a thread at once.
+    pub max_concurrent_calls: usize,
+}
+
+/// Default `--libvirt.max-concurrent-calls`: libvirtd serves 5 client calls at once by default
+/// (`max_client_requests`); a few more keep one slow domain from holding up the rest.
+pub const DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS: usize = 8;
+
 /// One explicitly configured VM (from `[[target]]` in the `--config` file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +169,8 @@ pub struct Config {
     pub qmp_persistent: bool,
     /// `--crashtest.results-dir`: where `kvmio-crashtest run --out` writes `crashtest.prom`.
     pub crashtest_results_dir: Option<PathBuf>,
+    /// The libvirt source, if any.
+    pub libvirt: Option<LibvirtConfig>,
 }
 
 impl Default for Config {
@@ -170,16 +191,18 @@ impl Default for Config {
             qga_max_disks: DEFAULT_QGA_MAX_DISKS,
             qmp_persistent: false,
             crashtest_results_dir: None,
+            libvirt: None,
         }
     }
 }
 
 impl Config {
-    /// Whether any VM source is configured (socket globs, a layout, targets).
+    /// Whether any VM source is configured (socket globs, a layout, targets, libvirt).
     pub fn has_vm_sources(&self) -> bool {
         !self.qmp_socket_globs.is_empty()
             || !self.qga_socket_globs.is_empty()
             || !self.targets.is_empty()
+            || self.libvirt.is_some()
     }
 
     /// The latency bucket bounds in nanoseconds, as QMP `block-latency-histogram-set` wants them.

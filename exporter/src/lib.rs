@@ -6,13 +6,16 @@
 //!   ([`collector::Exporter`]), the per-scrape [`collector::ScrapeContext`], and one collector per
 //!   file (`host_diskstats`, `host_image`, `qmp`, `qga`, `crashtest`);
 //! - [`discovery`] and [`glob`]: which VMs' sockets to scrape, found at each scrape;
+//! - [`libvirt`]: the libvirt source: a libvirtd's domains through libvirt's own connection,
+//!   turned into the same snapshots as socket VMs;
 //! - [`vm`]: each VM's QMP monitor and guest agent, queried concurrently under one deadline,
 //!   with pooled connections and per-process caches; the guest disk <-> device join;
 //! - [`textformat`]: a strict text-format parser for the crash-test results file;
 //! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution
 //!   through sysfs, page-cache residency (cachestat/mincore);
 //! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
-//! - [`http`]: the hyper server.
+//! - [`http`]: the hyper server;
+//! - [`permissions`]: which families the process's privileges cost, said once at start-up.
 
 pub mod cli;
 pub mod collector;
@@ -21,7 +24,9 @@ pub mod discovery;
 pub mod glob;
 pub mod host;
 pub mod http;
+pub mod libvirt;
 pub mod metrics;
+pub mod permissions;
 pub mod textformat;
 pub mod vm;
 

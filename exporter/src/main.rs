@@ -58,6 +58,23 @@ async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_address))?;
     let exporter = Arc::new(Exporter::with_default_collectors(config.clone()));
+    if config.has_vm_sources() {
+        kvmio_exporter::permissions::report(&config.procfs);
+    }
+    if let Some(lc) = &config.libvirt {
+        // A separate short-lived connection: say at start-up what the connection allows.
+        let check = kvmio_exporter::libvirt::Libvirt::new(lc.clone());
+        let deadline = tokio::time::Instant::now() + config.scrape_timeout;
+        match check.check(deadline).await {
+            Ok(true) => tracing::info!(uri = %lc.uri, "libvirt: read-write connection"),
+            // The source has said what read-only costs.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "libvirt {}: {e}; kvmio_libvirt_up stays 0 until it answers",
+                lc.uri
+            ),
+        }
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         collectors = ?exporter.collector_names(),

@@ -349,7 +349,7 @@ pub fn default_collectors(config: &Config) -> Vec<Arc<dyn Collector>> {
     }
     list.push(Arc::new(host_image::HostImage));
     if config.has_vm_sources() {
-        let fleet = Arc::new(crate::vm::Fleet::new());
+        let fleet = Arc::new(crate::vm::Fleet::for_config(config));
         list.push(Arc::new(qmp::Qmp::new(fleet.clone())));
         list.push(Arc::new(qga::Qga::new(fleet)));
     }

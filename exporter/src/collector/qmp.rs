@@ -35,8 +35,10 @@ use kvmio_qemu::CacheMode;
 use super::{CollectFuture, Collector, ImageRef, ScrapeContext};
 use crate::host::blockdev::ImageDevice;
 use crate::host::diskstats::{DiskMetric, Field, DISK_METRICS};
+use crate::libvirt::Libvirt;
 use crate::metrics::Metrics;
 use crate::vm::qmp::device_label;
+use crate::vm::qmp::QemuOrigin;
 use crate::vm::{resolve_deadline, Fleet, QmpSnapshot, VmOutcome};
 
 /// The collector; shares its [`Fleet`] with the guest-agent collector.
@@ -245,6 +247,9 @@ impl Collector for Qmp {
             for o in sorted {
                 emit_vm(out, o, &resolved, buckets.as_deref());
             }
+            if let Some(libvirt) = self.fleet.libvirt() {
+                emit_libvirt(out, libvirt);
+            }
             Ok(())
         })
     }
@@ -257,8 +262,14 @@ pub fn emit_vm(
     resolved: &HashMap<PathBuf, ImageDevice>,
     buckets_ns: Option<&[u64]>,
 ) {
-    let Some(result) = &o.qmp else { return };
     let vm = o.vm.as_str();
+    out.info(
+        "kvmio_vm_info",
+        "A VM kvmio scrapes: where it was found (source: socket, proxmox, libvirt) and its UUID \
+         where known (libvirt; else QEMU's -uuid or SMBIOS UUID).",
+        &[("vm", vm), ("source", o.source), ("uuid", &o.uuid)],
+    );
+    let Some(result) = &o.qmp else { return };
     out.gauge(
         "kvmio_qmp_up",
         "1 if the VM's QMP monitor answered this scrape, else 0.",
@@ -278,7 +289,7 @@ pub fn emit_vm(
             continue;
         }
         stats_by_label.insert(device, s);
-        emit_block_stats(out, vm, device, &s.stats);
+        emit_block_stats(out, vm, device, &s.stats, snap.origin);
         if let (Some(bounds), Some(base)) = (buckets_ns, snap.histograms.get(device)) {
             for (op, hist, total, base_total) in [
                 (
@@ -337,22 +348,30 @@ pub fn emit_vm(
         }
         let qdev = b.qdev.as_deref().filter(|q| !q.is_empty());
         let facts = qdev.and_then(|q| snap.devices.get(q));
-        let drive = snap.cmdline.as_ref().map(|c| {
-            c.drive_config(
-                &b.device,
-                inserted.node_name.as_deref(),
-                qdev.and_then(crate::vm::join::qdev_id),
-            )
-        });
-        let drive = drive.unwrap_or_default();
+        let configured = snap.configured.get(device);
+        let drive = match configured {
+            Some(c) => c.drive.clone(),
+            None => snap
+                .cmdline
+                .as_ref()
+                .map(|c| {
+                    c.drive_config(
+                        &b.device,
+                        inserted.node_name.as_deref(),
+                        qdev.and_then(crate::vm::join::qdev_id),
+                    )
+                })
+                .unwrap_or_default(),
+        };
         let iothread = facts
             .and_then(|f| f.iothread.clone())
             .or(drive.iothread.clone())
             .unwrap_or_default();
-        let bus = match facts {
-            Some(f) => f.bus(),
-            None if qdev.is_none() => "none".to_owned(),
-            None => String::new(),
+        let bus = match (facts, configured) {
+            (Some(f), _) => f.bus(),
+            (None, Some(c)) => c.bus.clone(),
+            (None, None) if qdev.is_none() => "none".to_owned(),
+            (None, None) => String::new(),
         };
         let format = inserted
             .image
@@ -360,8 +379,21 @@ pub fn emit_vm(
             .map(|i| i.format.as_str())
             .filter(|f| !f.is_empty())
             .unwrap_or(inserted.drv.as_str());
-        let driver = protocol_driver(stats_by_label.get(device).copied(), snap, &inserted.drv);
-        let cache_mode = cache_mode_label(inserted);
+        let driver = match configured.filter(|_| snap.origin == QemuOrigin::LibvirtStats) {
+            Some(c) => c.protocol_driver.clone(),
+            None => protocol_driver(stats_by_label.get(device).copied(), snap, &inserted.drv),
+        };
+        // Without the monitor (libvirt's statistics) the live flags are unknown: the mode is
+        // the configured one, and so are direct and no_flush; the guest's write cache is
+        // unknown (empty).
+        let flags = match (inserted.cache, drive.cache_mode) {
+            (Some(flags), _) => Some((cache_mode_label(inserted), flags, true)),
+            (None, Some(mode)) if snap.origin == QemuOrigin::LibvirtStats => {
+                Some((mode.as_str(), mode.flags(), false))
+            }
+            _ => None,
+        };
+        let cache_mode = flags.map_or("", |(mode, _, _)| mode);
         out.info(
             "kvmio_qemu_block_info",
             "A QEMU block backend's configuration: top node, protocol driver (file, host_device, \
@@ -382,7 +414,7 @@ pub fn emit_vm(
                 ("bus", &bus),
             ],
         );
-        if let Some(flags) = inserted.cache {
+        if let Some((mode, flags, live)) = flags {
             out.info(
                 "kvmio_qemu_block_cache_info",
                 "A backend's cache flags as QEMU reports them now, the mode they name, and the \
@@ -394,12 +426,15 @@ pub fn emit_vm(
                 &[
                     ("vm", vm),
                     ("device", device),
-                    ("cache_mode", cache_mode),
+                    ("cache_mode", mode),
                     (
                         "configured_cache_mode",
                         drive.cache_mode.map_or("", CacheMode::as_str),
                     ),
-                    ("guest_write_cache", on_off(flags.writeback)),
+                    (
+                        "guest_write_cache",
+                        if live { on_off(flags.writeback) } else { "" },
+                    ),
                     ("direct", on_off(flags.direct)),
                     ("no_flush", on_off(flags.no_flush)),
                 ],
@@ -476,9 +511,64 @@ pub fn emit_vm(
     }
 }
 
-fn emit_block_stats(out: &mut Metrics, vm: &str, device: &str, s: &BlockDeviceStats) {
+/// The device statistics libvirt's bulk statistics carry (`rd.*`, `wr.*`, `fl.*`).
+fn in_libvirt_stats(field: Field) -> bool {
+    matches!(
+        field,
+        Field::ReadsCompleted
+            | Field::SectorsRead
+            | Field::ReadTimeMs
+            | Field::WritesCompleted
+            | Field::SectorsWritten
+            | Field::WriteTimeMs
+            | Field::FlushesCompleted
+            | Field::FlushTimeMs
+    )
+}
+
+/// The libvirt connection's health and mode.
+fn emit_libvirt(out: &mut Metrics, libvirt: &Libvirt) {
+    let Some(status) = libvirt.status() else {
+        return;
+    };
+    let labels = [("uri", status.uri.as_str())];
+    out.gauge(
+        "kvmio_libvirt_up",
+        "1 if libvirtd answered this scrape's domain listing, else 0 (its domains are then \
+         absent; kvmio reconnects at the next scrape).",
+        &labels,
+        if status.result.is_ok() { 1.0 } else { 0.0 },
+    );
+    if let Some(access) = libvirt.access() {
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        out.info(
+            "kvmio_libvirt_info",
+            "The libvirt source's mode: access (read-write, or read-only: no guest layer), and \
+             whether QMP and guest-agent queries go through libvirt's passthrough (which \
+             taints domains).",
+            &[
+                ("uri", status.uri.as_str()),
+                ("access", access),
+                ("qmp_passthrough", on_off(libvirt.qmp_passthrough())),
+                ("agent_passthrough", on_off(libvirt.agent_passthrough())),
+            ],
+        );
+    }
+}
+
+fn emit_block_stats(
+    out: &mut Metrics,
+    vm: &str,
+    device: &str,
+    s: &BlockDeviceStats,
+    origin: QemuOrigin,
+) {
     let labels = [("vm", vm), ("device", device)];
+    let libvirt = origin == QemuOrigin::LibvirtStats;
     for m in block_metrics() {
+        if libvirt && !in_libvirt_stats(m.metric.field) {
+            continue;
+        }
         let Some(v) = qemu_block_value(s, m.metric.field) else {
             continue;
         };
@@ -487,6 +577,10 @@ fn emit_block_stats(out: &mut Metrics, vm: &str, device: &str, s: &BlockDeviceSt
         } else {
             out.gauge(&m.name, &m.help, &labels, v);
         }
+    }
+    if libvirt {
+        // Failed and invalid operations, idle time and the highest offset need the monitor.
+        return;
     }
     for (op, failed, invalid) in [
         ("read", s.failed_rd_operations, s.invalid_rd_operations),

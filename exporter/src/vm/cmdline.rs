@@ -31,6 +31,8 @@ type Opts = BTreeMap<String, String>;
 /// The block-related options of one QEMU command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QemuCmdline {
+    /// The VM's UUID: `-uuid`, else `-smbios type=1,uuid=` (Proxmox).
+    pub uuid: Option<String>,
     drives: Vec<Opts>,
     blockdevs: Vec<Opts>,
     devices: Vec<Opts>,
@@ -175,6 +177,19 @@ impl QemuCmdline {
             let opt = arg.strip_prefix('-').unwrap_or(arg);
             let opt = opt.strip_prefix('-').unwrap_or(opt);
             let list = match opt {
+                "uuid" => {
+                    out.uuid = it.next().cloned().or(out.uuid.take());
+                    continue;
+                }
+                "smbios" => {
+                    if let Some(value) = it.next() {
+                        let o = parse_keyval(value, None);
+                        if o.get("type").map(String::as_str) == Some("1") && out.uuid.is_none() {
+                            out.uuid = o.get("uuid").cloned();
+                        }
+                    }
+                    continue;
+                }
                 "drive" => &mut out.drives,
                 "blockdev" => &mut out.blockdevs,
                 "device" => &mut out.devices,

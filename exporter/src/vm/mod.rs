@@ -26,30 +26,95 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
 use crate::collector::ScrapeContext;
-use crate::config::Config;
+use crate::config::{Config, Layout};
 use crate::discovery::{discover, Target};
+use crate::libvirt::{DomainState, DomainTarget, Libvirt};
 pub use qga::QgaSnapshot;
 pub use qmp::QmpSnapshot;
+
+/// A VM to scrape: monitor and agent sockets, or a libvirt domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmTarget {
+    Socket(Target),
+    Libvirt(DomainTarget),
+}
+
+/// Per-VM state is kept under this key between scrapes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StateKey {
+    Socket(PathBuf),
+    Libvirt { uuid: String, id: u32 },
+}
+
+impl VmTarget {
+    fn key(&self) -> StateKey {
+        match self {
+            VmTarget::Socket(t) => StateKey::Socket(t.key.clone()),
+            VmTarget::Libvirt(d) => StateKey::Libvirt {
+                uuid: d.uuid.clone(),
+                id: d.id,
+            },
+        }
+    }
+
+    /// What tells two VMs of the same name apart: the socket's stem, the domain's UUID.
+    fn stem(&self) -> &str {
+        match self {
+            VmTarget::Socket(t) => &t.stem,
+            VmTarget::Libvirt(d) => &d.uuid,
+        }
+    }
+
+    /// Where the VM came from (the `source` label of `kvmio_vm_info`).
+    fn source(&self, config: &Config) -> &'static str {
+        match self {
+            VmTarget::Libvirt(_) => "libvirt",
+            VmTarget::Socket(t)
+                if config.layout == Some(Layout::Proxmox)
+                    && t.key.to_string_lossy().contains("/qemu-server/") =>
+            {
+                "proxmox"
+            }
+            VmTarget::Socket(_) => "socket",
+        }
+    }
+
+    /// The path or URI named in logs.
+    fn describe(&self) -> String {
+        match self {
+            VmTarget::Socket(t) => t.key.display().to_string(),
+            VmTarget::Libvirt(d) => format!("libvirt domain {} ({})", d.name, d.uuid),
+        }
+    }
+}
 
 /// One VM's result in a scrape.
 #[derive(Debug)]
 pub struct VmOutcome {
     /// The target.
-    pub target: Target,
-    /// The `vm` label: the configured name, else `query-name`, else the socket stem.
+    pub target: VmTarget,
+    /// The `vm` label: the configured name or libvirt domain name, else `query-name`, else the
+    /// socket stem.
     pub vm: String,
+    /// `socket`, `proxmox` or `libvirt`.
+    pub source: &'static str,
+    /// The VM's UUID, where known (libvirt; `-uuid` or Proxmox's SMBIOS UUID on the command line).
+    pub uuid: String,
     /// The monitor's answer (`None`: the VM has no QMP socket).
     pub qmp: Option<Result<QmpSnapshot, String>>,
     /// The agent's answer (`None`: the VM has no agent socket).
     pub qga: Option<Result<QgaSnapshot, String>>,
     /// The join: QEMU `device` label -> guest disk name (`vdb`), for the devices matched.
     pub disks: BTreeMap<String, String>,
+    /// The QEMU process, where known.
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Default)]
 struct VmState {
     qmp: qmp::QmpState,
     qga: qga::QgaState,
+    libvirt: DomainState,
     /// Last scrape's QMP/QGA health, to log changes once rather than every scrape.
     qmp_up: Option<bool>,
     qga_up: Option<bool>,
@@ -66,8 +131,11 @@ struct CurrentRun {
 /// The VMs' state between scrapes and the current scrape's run.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    vms: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<VmState>>>>,
+    vms: Mutex<HashMap<StateKey, Arc<tokio::sync::Mutex<VmState>>>>,
     current: Mutex<Option<CurrentRun>>,
+    libvirt: Option<Arc<Libvirt>>,
+    /// VMs already reported as found by two sources.
+    reported_twice: Mutex<std::collections::HashSet<String>>,
 }
 
 fn reserves(ctx: &ScrapeContext) -> (Duration, Duration) {
@@ -96,9 +164,22 @@ pub fn vm_deadline(ctx: &ScrapeContext) -> Instant {
 }
 
 impl Fleet {
-    /// An empty fleet.
+    /// An empty fleet without a libvirt source.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty fleet with the sources `config` names.
+    pub fn for_config(config: &Config) -> Self {
+        Fleet {
+            libvirt: config.libvirt.clone().map(|c| Arc::new(Libvirt::new(c))),
+            ..Self::default()
+        }
+    }
+
+    /// The libvirt source, if configured.
+    pub fn libvirt(&self) -> Option<&Arc<Libvirt>> {
+        self.libvirt.as_ref()
     }
 
     /// Number of VMs with state (discovered in the last scrape).
@@ -114,7 +195,7 @@ impl Fleet {
     /// This scrape's outcomes: the first caller of a scrape starts the run, later callers wait
     /// for the same result. Returns by the scrape deadline at the latest (empty if the run did
     /// not finish, which the VM deadline should prevent).
-    pub async fn outcomes(&self, ctx: &ScrapeContext) -> Outcomes {
+    pub async fn outcomes(self: &Arc<Self>, ctx: &ScrapeContext) -> Outcomes {
         let mut rx = {
             let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
             match current.as_ref() {
@@ -136,42 +217,99 @@ impl Fleet {
         result
     }
 
-    fn start(&self, ctx: &ScrapeContext) -> watch::Receiver<Option<Outcomes>> {
+    fn start(self: &Arc<Self>, ctx: &ScrapeContext) -> watch::Receiver<Option<Outcomes>> {
         let config = Arc::new(ctx.config().clone());
-        let targets = discover(&config);
-        let states: Vec<(Target, Arc<tokio::sync::Mutex<VmState>>)> = {
-            let mut vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
-            // VMs that vanished: drop their connections and caches.
-            vms.retain(|key, _| targets.iter().any(|t| &t.key == key));
-            targets
-                .into_iter()
-                .map(|t| {
-                    let st = vms.entry(t.key.clone()).or_default().clone();
-                    (t, st)
-                })
-                .collect()
-        };
         let deadline = vm_deadline(ctx);
         let (tx, rx) = watch::channel(None);
+        let fleet = self.clone();
         tokio::spawn(async move {
-            let outcomes = run(states, config, deadline).await;
+            let mut targets: Vec<VmTarget> = discover(&config)
+                .into_iter()
+                .map(VmTarget::Socket)
+                .collect();
+            if let Some(libvirt) = &fleet.libvirt {
+                // A failed listing keeps the libvirt VMs' state (their next scrape reuses it)
+                // and shows as kvmio_libvirt_up 0.
+                match libvirt.discover(deadline).await {
+                    Ok(domains) => targets.extend(domains.into_iter().map(VmTarget::Libvirt)),
+                    Err(e) => tracing::debug!(uri = libvirt.uri(), "libvirt: {e}"),
+                }
+            }
+            let libvirt_up = fleet
+                .libvirt
+                .as_ref()
+                .is_some_and(|l| l.status().is_some_and(|s| s.result.is_ok()));
+            let states: Vec<(VmTarget, Arc<tokio::sync::Mutex<VmState>>)> = {
+                let mut vms = fleet.vms.lock().unwrap_or_else(|e| e.into_inner());
+                let keys: std::collections::HashSet<StateKey> =
+                    targets.iter().map(VmTarget::key).collect();
+                // VMs that vanished: drop their connections and caches.
+                vms.retain(|key, _| {
+                    keys.contains(key) || (matches!(key, StateKey::Libvirt { .. }) && !libvirt_up)
+                });
+                targets
+                    .into_iter()
+                    .map(|t| {
+                        let st = vms.entry(t.key()).or_default().clone();
+                        (t, st)
+                    })
+                    .collect()
+            };
+            let mut outcomes = run(states, config, deadline, fleet.libvirt.clone()).await;
+            fleet.drop_duplicates(&mut outcomes);
+            disambiguate(&mut outcomes);
             let _ = tx.send(Some(Arc::new(outcomes)));
         });
         rx
     }
+
+    /// The same QEMU found by two sources (a libvirt domain whose QEMU also has a monitor
+    /// socket kvmio globs): kept once, from libvirt, and said once.
+    fn drop_duplicates(&self, outcomes: &mut Vec<VmOutcome>) {
+        let libvirt_pids: HashMap<u32, String> = outcomes
+            .iter()
+            .filter(|o| matches!(o.target, VmTarget::Libvirt(_)))
+            .filter_map(|o| o.pid.map(|p| (p, o.vm.clone())))
+            .collect();
+        if libvirt_pids.is_empty() {
+            return;
+        }
+        outcomes.retain(|o| {
+            let VmTarget::Socket(t) = &o.target else {
+                return true;
+            };
+            let Some(domain) = o.pid.and_then(|p| libvirt_pids.get(&p)) else {
+                return true;
+            };
+            let mut reported = self
+                .reported_twice
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if reported.insert(t.key.display().to_string()) {
+                tracing::warn!(
+                    socket = %t.key.display(),
+                    domain = %domain,
+                    "this QEMU is also libvirt domain {domain}: exported once, from libvirt"
+                );
+            }
+            false
+        });
+    }
 }
 
 async fn run(
-    states: Vec<(Target, Arc<tokio::sync::Mutex<VmState>>)>,
+    states: Vec<(VmTarget, Arc<tokio::sync::Mutex<VmState>>)>,
     config: Arc<Config>,
     deadline: Instant,
+    libvirt: Option<Arc<Libvirt>>,
 ) -> Vec<VmOutcome> {
     let mut set = JoinSet::new();
     let count = states.len();
     for (index, (target, state)) in states.into_iter().enumerate() {
         let config = config.clone();
+        let libvirt = libvirt.clone();
         set.spawn(async move {
-            let outcome = scrape_vm(&target, &state, &config, deadline).await;
+            let outcome = scrape_vm(target, &state, &config, deadline, libvirt.as_deref()).await;
             (index, outcome)
         });
     }
@@ -182,13 +320,12 @@ async fn run(
             Err(e) => tracing::error!("a VM scrape task failed: {e}"),
         }
     }
-    let mut outcomes: Vec<VmOutcome> = slots.into_iter().flatten().collect();
-    disambiguate(&mut outcomes);
-    outcomes
+    slots.into_iter().flatten().collect()
 }
 
 /// Two VMs with the same label (two QEMUs started with the same `-name`) would make duplicate
-/// series: each of them is labelled `NAME@STEM` instead (the socket's stem).
+/// series: each of them is labelled `NAME@STEM` instead (the socket's stem, or the libvirt
+/// domain's UUID).
 fn disambiguate(outcomes: &mut [VmOutcome]) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for o in outcomes.iter() {
@@ -196,29 +333,106 @@ fn disambiguate(outcomes: &mut [VmOutcome]) {
     }
     for o in outcomes.iter_mut() {
         if seen.get(&o.vm).is_some_and(|&n| n > 1) {
-            tracing::debug!(vm = %o.vm, socket = %o.target.key.display(), "VM name used twice");
-            o.vm = format!("{}@{}", o.vm, o.target.stem);
+            tracing::debug!(vm = %o.vm, target = %o.target.describe(), "VM name used twice");
+            o.vm = format!("{}@{}", o.vm, o.target.stem());
         }
     }
 }
 
+/// A label value taken from a command line: bounded.
+fn uuid_label(uuid: Option<&str>) -> String {
+    uuid.filter(|u| u.len() <= 64)
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 async fn scrape_vm(
-    target: &Target,
+    target: VmTarget,
     state: &tokio::sync::Mutex<VmState>,
     config: &Config,
     deadline: Instant,
+    libvirt: Option<&Libvirt>,
 ) -> VmOutcome {
+    let source = target.source(config);
     let Ok(mut guard) = timeout_at(deadline, state.lock()).await else {
         // The previous scrape's work on this VM is still being torn down.
+        let (vm, uuid, qmp, qga) = match &target {
+            VmTarget::Socket(t) => (
+                t.name.clone().unwrap_or_else(|| t.stem.clone()),
+                String::new(),
+                t.qmp.as_ref().map(|_| Err("busy".to_owned())),
+                t.qga.as_ref().map(|_| Err("busy".to_owned())),
+            ),
+            VmTarget::Libvirt(d) => (
+                d.name.clone(),
+                d.uuid.clone(),
+                Some(Err("busy".to_owned())),
+                None,
+            ),
+        };
         return VmOutcome {
-            target: target.clone(),
-            vm: target.name.clone().unwrap_or_else(|| target.stem.clone()),
-            qmp: target.qmp.as_ref().map(|_| Err("busy".to_owned())),
-            qga: target.qga.as_ref().map(|_| Err("busy".to_owned())),
+            target,
+            vm,
+            source,
+            uuid,
+            qmp,
+            qga,
             disks: BTreeMap::new(),
+            pid: None,
         };
     };
     let st = &mut *guard;
+    match &target {
+        VmTarget::Socket(t) => {
+            let t = t.clone();
+            scrape_socket_vm(target, &t, st, config, deadline, source).await
+        }
+        VmTarget::Libvirt(d) => {
+            let d = d.clone();
+            let Some(libvirt) = libvirt else {
+                unreachable!("libvirt targets come from the libvirt source");
+            };
+            let s = libvirt
+                .scrape_domain(&d, &mut st.libvirt, config, deadline)
+                .await;
+            let describe = target.describe();
+            let qmp = Some(s.qmp);
+            log_change(
+                &d.name,
+                "libvirt block statistics",
+                &describe,
+                qmp.as_ref(),
+                &mut st.qmp_up,
+            );
+            log_change(
+                &d.name,
+                "guest info",
+                &describe,
+                s.qga.as_ref(),
+                &mut st.qga_up,
+            );
+            VmOutcome {
+                target,
+                vm: d.name.clone(),
+                source,
+                uuid: d.uuid.clone(),
+                qmp,
+                qga: s.qga,
+                disks: s.disks,
+                pid: s.pid,
+            }
+        }
+    }
+}
+
+async fn scrape_socket_vm(
+    vm_target: VmTarget,
+    target: &Target,
+    st: &mut VmState,
+    config: &Config,
+    deadline: Instant,
+    source: &'static str,
+) -> VmOutcome {
     let has_agent = target.qga.is_some();
     let (qmp, qga) = tokio::join!(
         async {
@@ -241,14 +455,14 @@ async fn scrape_vm(
         .clone()
         .or_else(|| st.qmp.name().map(str::to_owned))
         .unwrap_or_else(|| target.stem.clone());
-    log_change(&vm, "QMP", target.qmp.as_ref(), &qmp, &mut st.qmp_up);
-    log_change(
-        &vm,
-        "guest agent",
-        target.qga.as_ref(),
-        &qga,
-        &mut st.qga_up,
-    );
+    if let Some(path) = &target.qmp {
+        let p = path.display().to_string();
+        log_change(&vm, "QMP", &p, qmp.as_ref(), &mut st.qmp_up);
+    }
+    if let Some(path) = &target.qga {
+        let p = path.display().to_string();
+        log_change(&vm, "guest agent", &p, qga.as_ref(), &mut st.qga_up);
+    }
     let disks = match (&qmp, &qga) {
         (Some(Ok(q)), Some(Ok(g))) => {
             let (disks, unmatched) = join_vm(q, g);
@@ -259,12 +473,22 @@ async fn scrape_vm(
         }
         _ => BTreeMap::new(),
     };
+    let (pid, uuid) = match &qmp {
+        Some(Ok(q)) => (
+            q.pid,
+            uuid_label(q.cmdline.as_ref().and_then(|c| c.uuid.as_deref())),
+        ),
+        _ => (None, String::new()),
+    };
     VmOutcome {
-        target: target.clone(),
+        target: vm_target,
         vm,
+        source,
+        uuid,
         qmp,
         qga,
         disks,
+        pid,
     }
 }
 
@@ -304,22 +528,22 @@ fn join_vm(q: &QmpSnapshot, g: &QgaSnapshot) -> (BTreeMap<String, String>, bool)
 fn log_change<T>(
     vm: &str,
     what: &str,
-    socket: Option<&PathBuf>,
-    result: &Option<Result<T, String>>,
+    target: &str,
+    result: Option<&Result<T, String>>,
     last: &mut Option<bool>,
 ) {
-    let (Some(socket), Some(result)) = (socket, result) else {
+    let Some(result) = result else {
         return;
     };
     let up = result.is_ok();
     match (result, *last) {
         (Err(e), Some(true) | None) => {
-            tracing::warn!(vm, socket = %socket.display(), "{what} down: {e}")
+            tracing::warn!(vm, target, "{what} down: {e}")
         }
         (Err(e), Some(false)) => {
-            tracing::debug!(vm, socket = %socket.display(), "{what} still down: {e}")
+            tracing::debug!(vm, target, "{what} still down: {e}")
         }
-        (Ok(_), Some(false)) => tracing::info!(vm, socket = %socket.display(), "{what} up again"),
+        (Ok(_), Some(false)) => tracing::info!(vm, target, "{what} up again"),
         (Ok(_), _) => {}
     }
     *last = Some(up);
@@ -332,17 +556,20 @@ mod tests {
     #[test]
     fn duplicate_names_get_the_socket_stem() {
         let vm = |name: &str, stem: &str| VmOutcome {
-            target: Target {
+            target: VmTarget::Socket(Target {
                 key: format!("/run/{stem}.qmp").into(),
                 qmp: None,
                 qga: None,
                 name: None,
                 stem: stem.to_owned(),
-            },
+            }),
             vm: name.to_owned(),
+            source: "socket",
+            uuid: String::new(),
             qmp: None,
             qga: None,
             disks: BTreeMap::new(),
+            pid: None,
         };
         let mut o = vec![vm("db", "100"), vm("db", "101"), vm("web", "102")];
         disambiguate(&mut o);

@@ -76,6 +76,19 @@ pub struct QgaState {
     disks: Option<(Instant, BTreeSet<String>, Vec<GuestDiskInfo>)>,
 }
 
+impl QgaState {
+    /// Keeps the state if it belongs to this agent process (QEMU's PID: the agent's chardev is
+    /// QEMU's), else starts afresh.
+    pub(crate) fn adopt(&mut self, pid: Option<u32>) {
+        if self.pid != pid {
+            self.pid = pid;
+            self.queue.clear();
+            self.files_forbidden_until = None;
+            self.disks = None;
+        }
+    }
+}
+
 /// A guest disk name acceptable as a label value and a sysfs path component: 1-64 bytes of
 /// `[A-Za-z0-9._:!+@-]`, not `.` or `..`.
 pub fn valid_disk_name(name: &str) -> bool {
@@ -136,74 +149,87 @@ pub(crate) async fn scrape(
                 }
             }
         };
-        if st.pid != pid {
-            st.pid = pid;
-            st.queue.clear();
-            st.files_forbidden_until = None;
-            st.disks = None;
-        }
-        let cached_disks = &mut st.disks;
-        let stats = timeout_at(deadline, async {
-            let diskstats = match agent.get_diskstats().await {
-                Ok(d) => d,
-                // Agents before 7.1, non-Linux guests.
-                Err(e) if e.is_command() => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            let names: BTreeSet<String> = diskstats.iter().map(|d| d.name.clone()).collect();
-            let fresh = cached_disks
-                .as_ref()
-                .is_some_and(|(at, known, _)| *known == names && at.elapsed() < DISKS_TTL);
-            if !fresh {
-                let disks = match agent.get_disks().await {
-                    Ok(d) => d,
-                    Err(e) if e.is_command() => Vec::new(),
-                    Err(e) => return Err(e),
-                };
-                *cached_disks = Some((Instant::now(), names, disks));
+        st.adopt(pid);
+        match query(&mut agent, st, config, deadline).await {
+            Ok((snapshot, keep)) => {
+                if keep && config.qmp_persistent {
+                    st.conn = Some((agent, pid));
+                }
+                return Ok(snapshot);
             }
-            let disks = cached_disks
-                .as_ref()
-                .map(|(_, _, d)| d.clone())
-                .unwrap_or_default();
-            Ok((diskstats, disks))
-        })
-        .await;
-        let (diskstats, disks) = match stats {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) if reused && attempt == 0 && connection_broken(&e) => {
+            Err(Some(e)) if reused && attempt == 0 && connection_broken(&e) => {
                 tracing::debug!(socket = %path.display(), "pooled agent connection broken ({}); reconnecting", chain(&e));
                 continue;
             }
-            Ok(Err(e)) => return Err(chain(&e)),
-            Err(_) => return Err("guest agent calls timed out".to_owned()),
-        };
-        let mut snapshot = select(diskstats, disks, config.qga_max_disks);
-
-        // Queue settings: best effort; a failure here drops the connection, not the stats.
-        let refreshed = timeout_at(deadline, refresh_queue(&mut agent, st, &snapshot)).await;
-        let keep = match refreshed {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::debug!(socket = %path.display(), "guest queue settings: {}", chain(&e));
-                false
-            }
-            Err(_) => {
-                tracing::debug!(socket = %path.display(), "guest queue settings: timed out");
-                false
-            }
-        };
-        if keep && config.qmp_persistent {
-            st.conn = Some((agent, pid));
+            Err(Some(e)) => return Err(chain(&e)),
+            Err(None) => return Err("guest agent calls timed out".to_owned()),
         }
-        for d in &snapshot.diskstats {
-            if let Some((_, Some(q))) = st.queue.get(&d.name) {
-                snapshot.queue.insert(d.name.clone(), q.clone());
-            }
-        }
-        return Ok(snapshot);
     }
     Err("guest agent connection failed twice".to_owned())
+}
+
+/// The agent's part of a scrape over any [`AgentCommands`] (a socket or libvirt's passthrough):
+/// diskstats, the cached `guest-get-disks` answer, queue settings. Returns the snapshot and
+/// whether the connection is still in a known state; `Err(None)` is the deadline.
+pub(crate) async fn query(
+    agent: &mut impl AgentCommands,
+    st: &mut QgaState,
+    config: &Config,
+    deadline: Instant,
+) -> Result<(QgaSnapshot, bool), Option<QemuError>> {
+    let cached_disks = &mut st.disks;
+    let stats = timeout_at(deadline, async {
+        let diskstats = match agent.get_diskstats().await {
+            Ok(d) => d,
+            // Agents before 7.1, non-Linux guests.
+            Err(e) if e.is_command() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let names: BTreeSet<String> = diskstats.iter().map(|d| d.name.clone()).collect();
+        let fresh = cached_disks
+            .as_ref()
+            .is_some_and(|(at, known, _)| *known == names && at.elapsed() < DISKS_TTL);
+        if !fresh {
+            let disks = match agent.get_disks().await {
+                Ok(d) => d,
+                Err(e) if e.is_command() => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            *cached_disks = Some((Instant::now(), names, disks));
+        }
+        let disks = cached_disks
+            .as_ref()
+            .map(|(_, _, d)| d.clone())
+            .unwrap_or_default();
+        Ok((diskstats, disks))
+    })
+    .await;
+    let (diskstats, disks) = match stats {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(Some(e)),
+        Err(_) => return Err(None),
+    };
+    let mut snapshot = select(diskstats, disks, config.qga_max_disks);
+
+    // Queue settings: best effort; a failure here drops the connection, not the stats.
+    let refreshed = timeout_at(deadline, refresh_queue(agent, st, &snapshot)).await;
+    let keep = match refreshed {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!("guest queue settings: {}", chain(&e));
+            false
+        }
+        Err(_) => {
+            tracing::debug!("guest queue settings: timed out");
+            false
+        }
+    };
+    for d in &snapshot.diskstats {
+        if let Some((_, Some(q))) = st.queue.get(&d.name) {
+            snapshot.queue.insert(d.name.clone(), q.clone());
+        }
+    }
+    Ok((snapshot, keep))
 }
 
 /// Validates, deduplicates and bounds what the guest reported.
@@ -255,7 +281,7 @@ pub(crate) fn select(
 }
 
 async fn refresh_queue(
-    agent: &mut GuestAgent,
+    agent: &mut impl AgentCommands,
     st: &mut QgaState,
     snapshot: &QgaSnapshot,
 ) -> Result<(), QemuError> {

@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
-use super::cmdline::{self, QemuCmdline};
+use super::cmdline::{self, DriveConfig, QemuCmdline};
 use crate::config::Config;
 
 /// `query-pci` is asked again at most this often when a guest disk has no PCI match.
@@ -33,7 +33,7 @@ const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 const HISTOGRAM_RETRY: Duration = Duration::from_secs(300);
 
 /// QMP replies are QEMU's (trusted more than a guest), but still bounded.
-const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Facts about one guest device model, from `qom-get` (static for the device's life).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,9 +94,35 @@ pub struct ProcessIo {
     pub write_bytes: u64,
 }
 
-/// What one scrape learned from a VM's monitor.
+/// Where a VM's QEMU layer came from, which says what it can hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QemuOrigin {
+    /// QEMU's monitor (a socket, or libvirt's monitor passthrough): everything QMP has.
+    #[default]
+    Monitor,
+    /// libvirt's bulk block statistics and domain XML ([`crate::libvirt::block`]): per device
+    /// only requests, bytes and time of reads, writes and flushes; no nodes, no live cache flags.
+    LibvirtStats,
+}
+
+/// A disk's configuration as the VM manager set it (libvirt's domain XML), where it is known
+/// better than from QEMU's command line (libvirt passes `-blockdev` JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfiguredDisk {
+    pub drive: DriveConfig,
+    /// The `bus` label.
+    pub bus: String,
+    /// The protocol driver (`file`, `host_device`, `nbd`, `rbd`...).
+    pub protocol_driver: String,
+}
+
+/// What one scrape learned from a VM's monitor (or, for libvirt domains, from libvirt).
 #[derive(Debug, Clone, Default)]
 pub struct QmpSnapshot {
+    /// What the snapshot can hold.
+    pub origin: QemuOrigin,
+    /// Per `device` label: configuration from the VM manager (empty for socket VMs).
+    pub configured: HashMap<String, Arc<ConfiguredDisk>>,
     /// The QEMU process (monitor socket peer), if known.
     pub pid: Option<u32>,
     pub blockstats: Vec<BlockStats>,
@@ -115,7 +141,7 @@ pub struct QmpSnapshot {
 
 /// Per-QEMU-process cache.
 #[derive(Debug, Default)]
-struct Cache {
+pub(crate) struct Cache {
     pid: Option<u32>,
     /// `Some(None)`: QEMU has no `-name`.
     name: Option<Option<String>>,
@@ -132,7 +158,7 @@ struct Cache {
 pub struct QmpState {
     /// The pooled monitor (`--qmp.persistent`) and its peer PID.
     conn: Option<(Qmp, Option<u32>)>,
-    cache: Cache,
+    pub(crate) cache: Cache,
     /// Set by the join when a guest disk found no PCI match: refresh `query-pci`.
     pub(crate) pci_stale: bool,
 }
@@ -218,7 +244,7 @@ fn connection_broken(e: &QemuError) -> bool {
     matches!(e, QemuError::Closed | QemuError::Io(_))
 }
 
-fn read_process_io(procfs: &Path, pid: u32) -> Option<ProcessIo> {
+pub(crate) fn read_process_io(procfs: &Path, pid: u32) -> Option<ProcessIo> {
     let text = std::fs::read_to_string(procfs.join(pid.to_string()).join("io")).ok()?;
     let mut io = ProcessIo::default();
     let mut found = 0;
@@ -309,7 +335,7 @@ pub(crate) async fn scrape(
 }
 
 /// Keeps the cache if it belongs to this process, else starts a new one.
-fn adopt(cache: &mut Cache, pid: Option<u32>) {
+pub(crate) fn adopt(cache: &mut Cache, pid: Option<u32>) {
     if cache.pid != pid {
         *cache = Cache {
             pid,
@@ -318,8 +344,10 @@ fn adopt(cache: &mut Cache, pid: Option<u32>) {
     }
 }
 
-async fn queries(
-    qmp: &mut Qmp,
+/// The monitor's part of a scrape, over any [`QmpCommands`] (a socket or libvirt's
+/// passthrough), with the per-process `cache`.
+pub(crate) async fn queries(
+    qmp: &mut impl QmpCommands,
     pid: Option<u32>,
     has_agent: bool,
     pci_stale: bool,
@@ -479,6 +507,8 @@ async fn queries(
         HashMap::new()
     };
     Ok(QmpSnapshot {
+        origin: QemuOrigin::Monitor,
+        configured: HashMap::new(),
         pid,
         blockstats,
         block,
@@ -526,7 +556,7 @@ fn collect_unnamed_nodes(
 
 /// `qom-get` of a string property; `None` if the object or property does not exist.
 async fn qom_string(
-    qmp: &mut Qmp,
+    qmp: &mut impl QmpCommands,
     path: &str,
     property: &str,
 ) -> Result<Option<String>, QemuError> {

@@ -1,0 +1,213 @@
+//! The disks of a live domain XML (`virDomainGetXMLDesc`): what libvirt configured for each one
+//! (cache, io, discard, detect_zeroes, iothread, bus, source) and the `alias` it gave the device,
+//! which is QEMU's device id and so kvmio's `device` label, the same one QMP gives
+//! (`/machine/peripheral/<alias>/...`).
+//!
+//! The XML is libvirtd's; it is still bounded: at most [`MAX_XML_BYTES`] are parsed, at most
+//! [`MAX_DISKS`] disks are kept, and attribute values become labels only through the metric
+//! builder's sanitising.
+
+use roxmltree::{Document, Node};
+
+/// Longest domain XML parsed.
+pub const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
+
+/// At most this many disks per domain.
+pub const MAX_DISKS: usize = 256;
+
+/// One `<disk>` of a running domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskXml {
+    /// `<target dev=...>`: libvirt's name (`vda`), the key of its block statistics.
+    pub target: String,
+    /// `<target bus=...>`: virtio, scsi, sata, ide, usb, fdc...
+    pub bus: String,
+    /// `<alias name=...>`: the QEMU device id (`virtio-disk0`, `ua-...`).
+    pub alias: String,
+    /// `device=`: disk, cdrom, floppy, lun.
+    pub device: String,
+    /// `type=`: file, block, network, volume, nvme, vhostuser...
+    pub source_type: String,
+    /// The source: a path (`file`, `dev`), or `protocol://host/name` for network disks.
+    pub source: String,
+    /// `<driver type=...>`: the image format (qcow2, raw).
+    pub format: String,
+    /// `<driver cache=...>`, empty when libvirt leaves QEMU's default.
+    pub cache: String,
+    /// `<driver io=...>`: threads, native, io_uring.
+    pub io: String,
+    /// `<driver discard=...>`: ignore, unmap.
+    pub discard: String,
+    /// `<driver detect_zeroes=...>`.
+    pub detect_zeroes: String,
+    /// `<driver iothread=...>`: the iothread number, as libvirt names it in QEMU (`iothread1`).
+    pub iothread: String,
+    /// `<readonly/>`.
+    pub readonly: bool,
+}
+
+impl DiskXml {
+    /// QEMU's protocol driver for the source type (what `query-blockstats` names the node that
+    /// does host IO).
+    pub fn protocol_driver(&self) -> String {
+        match self.source_type.as_str() {
+            "file" => "file".to_owned(),
+            "block" => "host_device".to_owned(),
+            "nvme" => "nvme".to_owned(),
+            "vhostuser" => "vhost-user-blk".to_owned(),
+            "network" => self
+                .source
+                .split_once("://")
+                .map(|(p, _)| p.to_owned())
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Why a domain XML was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum DomXmlError {
+    #[error("domain XML is {len} bytes, over the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("domain XML does not parse")]
+    Parse(#[source] roxmltree::Error),
+}
+
+/// The disks of a domain XML, in document order, and how many were over [`MAX_DISKS`].
+pub fn disks(xml: &str) -> Result<(Vec<DiskXml>, usize), DomXmlError> {
+    if xml.len() > MAX_XML_BYTES {
+        return Err(DomXmlError::TooLarge {
+            len: xml.len(),
+            limit: MAX_XML_BYTES,
+        });
+    }
+    let doc = Document::parse(xml).map_err(DomXmlError::Parse)?;
+    let Some(devices) = child(doc.root_element(), "devices") else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut out = Vec::new();
+    let mut over = 0;
+    for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
+        if out.len() >= MAX_DISKS {
+            over += 1;
+            continue;
+        }
+        out.push(disk_of(disk));
+    }
+    Ok((out, over))
+}
+
+fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+    node.children().find(|n| n.has_tag_name(name))
+}
+
+fn attr(node: Option<Node<'_, '_>>, name: &str) -> String {
+    node.and_then(|n| n.attribute(name))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn disk_of(disk: Node<'_, '_>) -> DiskXml {
+    let driver = child(disk, "driver");
+    let target = child(disk, "target");
+    let source = child(disk, "source");
+    let source_type = disk.attribute("type").unwrap_or("").to_owned();
+    let source_text = match source_type.as_str() {
+        "network" => {
+            let protocol = attr(source, "protocol");
+            let name = attr(source, "name");
+            let host = source
+                .and_then(|s| child(s, "host"))
+                .and_then(|h| h.attribute("name").or_else(|| h.attribute("socket")))
+                .unwrap_or("");
+            format!("{protocol}://{host}/{name}")
+        }
+        "volume" => {
+            // The live XML of a volume disk names the pool and volume; some pools add a path.
+            let pool = attr(source, "pool");
+            let volume = attr(source, "volume");
+            format!("{pool}/{volume}")
+        }
+        "nvme" => {
+            let addr = source
+                .and_then(|s| child(s, "address"))
+                .map(|a| {
+                    format!(
+                        "{}:{}:{}.{}",
+                        a.attribute("domain").unwrap_or(""),
+                        a.attribute("bus").unwrap_or(""),
+                        a.attribute("slot").unwrap_or(""),
+                        a.attribute("function").unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            format!("nvme://{addr}/{}", attr(source, "namespace"))
+        }
+        "vhostuser" => attr(source, "path"),
+        _ => {
+            let file = attr(source, "file");
+            if file.is_empty() {
+                attr(source, "dev")
+            } else {
+                file
+            }
+        }
+    };
+    let iothread = attr(driver, "iothread");
+    DiskXml {
+        target: attr(target, "dev"),
+        bus: attr(target, "bus"),
+        alias: attr(child(disk, "alias"), "name"),
+        device: disk.attribute("device").unwrap_or("disk").to_owned(),
+        source_type,
+        source: source_text,
+        format: attr(driver, "type"),
+        cache: attr(driver, "cache"),
+        io: attr(driver, "io"),
+        discard: attr(driver, "discard"),
+        detect_zeroes: attr(driver, "detect_zeroes"),
+        // libvirt names iothread N `iothreadN` in QEMU (`-object iothread,id=iothreadN`).
+        iothread: if iothread.is_empty() {
+            iothread
+        } else {
+            format!("iothread{iothread}")
+        },
+        readonly: child(disk, "readonly").is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_of_a_live_domain() {
+        let xml = include_str!("../../tests/fixtures/libvirt/domain-live.xml");
+        let (disks, over) = disks(xml).unwrap();
+        assert_eq!(over, 0);
+        assert!(disks.len() >= 2, "{disks:?}");
+        let vda = disks.iter().find(|d| d.target == "vda").unwrap();
+        assert_eq!(vda.bus, "virtio");
+        assert_eq!(vda.format, "qcow2");
+        assert_eq!(vda.cache, "none");
+        assert_eq!(vda.source_type, "file");
+        assert!(vda.source.ends_with(".qcow2"), "{}", vda.source);
+        assert_eq!(vda.protocol_driver(), "file");
+        assert!(!vda.alias.is_empty());
+    }
+
+    #[test]
+    fn bounds() {
+        let big = "x".repeat(MAX_XML_BYTES + 1);
+        assert!(matches!(disks(&big), Err(DomXmlError::TooLarge { .. })));
+        assert!(matches!(disks("<domain"), Err(DomXmlError::Parse(_))));
+        let mut many = String::from("<domain><devices>");
+        for i in 0..MAX_DISKS + 3 {
+            many.push_str(&format!("<disk type='file'><target dev='vd{i}'/></disk>"));
+        }
+        many.push_str("</devices></domain>");
+        let (d, over) = disks(&many).unwrap();
+        assert_eq!((d.len(), over), (MAX_DISKS, 3));
+    }
+}
