@@ -18,6 +18,7 @@ use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::paths;
 
 pub mod libvirtd;
+pub mod metrics;
 
 /// Generous: a TCG boot takes seconds alone, but CI machines are shared.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);

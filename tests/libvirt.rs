@@ -1,0 +1,326 @@
+//! `kvmio-exporter --libvirt.uri` against a real libvirtd of the test's own (system mode, QEMU as
+//! libvirt-qemu, its own sockets and directories: `kvmio_e2e::libvirtd`), with TCG domains of
+//! kvmio's lab guest (real qemu-ga inside, libvirt's own agent channel, a qcow2 disk under
+//! cache=none and a raw disk under cache=writeback, steady IO).
+//!
+//! Default mode (no domain tainted):
+//! - every layer: QEMU device counters that rise under the workload, configuration from the
+//!   domain XML (cache, format, bus, driver), image sizes, the join guest disk <-> device <->
+//!   image <-> host device with the guest's disk names, host page cache and QEMU process IO;
+//!   what libvirt's statistics lack (node stats, failed operations, guest diskstats) is absent,
+//!   not zero; libvirt's log shows no taint, and libvirt's own agent use keeps working;
+//! - lifecycle: a domain started between scrapes appears, a destroyed one disappears, a
+//!   suspended one stays with its QEMU layer; libvirtd killed -> `kvmio_libvirt_up 0` with a
+//!   prompt 200 answer, and everything back after libvirtd restarts.
+//!
+//! Passthrough mode (`--libvirt.qmp-passthrough --libvirt.agent-passthrough`): guest diskstats
+//! that rise, per-node stats and the live cache flags, and libvirt's log says the domain is now
+//! tainted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvmio_e2e::libvirtd::{DomainSpec, Libvirtd};
+use kvmio_e2e::metrics::{find, host_device_of, http_get, parse, start_exporter, value, Series};
+use kvmio_e2e::{processes_mentioning, vm_slot, READY_TIMEOUT};
+
+fn scrape(addr: &str) -> Vec<Series> {
+    parse(&http_get(addr))
+}
+
+fn vm_series<'a>(all: &'a [Series], vm: &str) -> Vec<&'a Series> {
+    all.iter()
+        .filter(|s| s.labels.get("vm").map(String::as_str) == Some(vm))
+        .collect()
+}
+
+fn has_family(all: &[Series], vm: &str, prefix: &str) -> bool {
+    vm_series(all, vm)
+        .iter()
+        .any(|s| s.name.starts_with(prefix))
+}
+
+/// `kvmio_qemu_block_writes_completed_total` of a device.
+fn writes(all: &[Series], vm: &str, device: &str) -> f64 {
+    value(
+        all,
+        "kvmio_qemu_block_writes_completed_total",
+        &[("vm", vm), ("device", device)],
+    )
+}
+
+fn taints(lv: &Libvirtd, domain: &str) -> String {
+    std::fs::read_to_string(lv.qemu_log_path(domain))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("tainted"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes what libvirt returned for `dom` into `$KVMIO_CAPTURE_LIBVIRT` (fixtures for the
+/// exporter's unit tests; see exporter/tests/fixtures/README.md).
+fn capture(lv: &Libvirtd, dom: &str) {
+    let Some(dir) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let xml = lv.virsh_ok(&["dumpxml", dom]);
+    std::fs::write(dir.join("domain-live.xml"), xml).unwrap();
+    let stats = lv.virsh_ok(&["domstats", "--block", "--backing", "--state", dom]);
+    std::fs::write(dir.join("domstats-block-backing.txt"), stats).unwrap();
+    let guest = lv.virsh_ok(&["guestinfo", "--disk", dom]);
+    std::fs::write(dir.join("guestinfo-disk.txt"), guest).unwrap();
+}
+
+#[test]
+fn exporter_reads_every_layer_through_libvirt() {
+    let _slot = vm_slot();
+    let _ = kvmio_e2e::guest_image();
+    let mut lv = Libvirtd::start();
+    let a = lv.define_and_start(&DomainSpec::lab("lv-a"));
+    a.wait_ready(READY_TIMEOUT);
+    capture(&lv, "lv-a");
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let (mut exporter, addr) = start_exporter(
+        &[format!("--libvirt.uri={}", lv.uri())],
+        &work.path().join("exporter.log"),
+    );
+
+    // --- every layer, untainted ---------------------------------------------------------
+    let first = scrape(&addr);
+    assert_eq!(
+        value(&first, "kvmio_libvirt_up", &[("uri", &lv.uri())]),
+        1.0
+    );
+    assert!(find(
+        &first,
+        "kvmio_libvirt_info",
+        &[("access", "read-write"), ("qmp_passthrough", "off")]
+    )
+    .is_some());
+    assert!(find(
+        &first,
+        "kvmio_vm_info",
+        &[("vm", "lv-a"), ("source", "libvirt"), ("uuid", a.uuid())]
+    )
+    .is_some());
+    assert_eq!(value(&first, "kvmio_qmp_up", &[("vm", "lv-a")]), 1.0);
+    assert_eq!(value(&first, "kvmio_qga_up", &[("vm", "lv-a")]), 1.0);
+    // libvirt's aliases are QEMU's device ids: the same labels the monitor gives.
+    for (device, target, cache, format) in [
+        ("virtio-disk0", "vda", "none", "qcow2"),
+        ("virtio-disk1", "vdb", "writeback", "raw"),
+    ] {
+        let disk = a.disks.iter().find(|d| d.target == target).unwrap();
+        let path = disk.path.to_string_lossy().into_owned();
+        let info = find(
+            &first,
+            "kvmio_qemu_block_info",
+            &[("vm", "lv-a"), ("device", device)],
+        )
+        .unwrap_or_else(|| panic!("kvmio_qemu_block_info for {device}"));
+        assert_eq!(info.labels["cache_mode"], cache, "{info:?}");
+        assert_eq!(info.labels["format"], format);
+        assert_eq!(info.labels["driver"], "file");
+        assert_eq!(info.labels["bus"], "virtio");
+        assert_eq!(info.labels["file"], path);
+        let cache_info = find(
+            &first,
+            "kvmio_qemu_block_cache_info",
+            &[("vm", "lv-a"), ("device", device)],
+        )
+        .unwrap();
+        assert_eq!(cache_info.labels["configured_cache_mode"], cache);
+        assert_eq!(
+            cache_info.labels["direct"],
+            if cache == "none" { "on" } else { "off" }
+        );
+        // The join, with the guest's own disk name.
+        let layer = find(
+            &first,
+            "kvmio_disk_layer_info",
+            &[("vm", "lv-a"), ("device", device)],
+        )
+        .unwrap();
+        assert_eq!(layer.labels["disk"], target, "{layer:?}");
+        assert_eq!(layer.labels["image"], path);
+        assert_eq!(
+            layer.labels["host_device"],
+            host_device_of(&disk.path).unwrap_or_default()
+        );
+        assert!(
+            value(
+                &first,
+                "kvmio_qemu_image_virtual_size_bytes",
+                &[("vm", "lv-a"), ("device", device), ("image", &path)]
+            ) >= 64.0 * 1024.0 * 1024.0
+        );
+        assert!(find(
+            &first,
+            "kvmio_qemu_image_allocated_bytes",
+            &[("vm", "lv-a"), ("device", device)]
+        )
+        .is_some());
+        assert!(find(
+            &first,
+            "kvmio_host_image_cached_bytes",
+            &[("vm", "lv-a"), ("device", device)]
+        )
+        .is_some());
+    }
+    assert!(find(
+        &first,
+        "kvmio_qemu_process_written_bytes_total",
+        &[("vm", "lv-a")]
+    )
+    .is_some());
+    // What libvirt's statistics do not have is absent, never zero.
+    for absent in [
+        "kvmio_qemu_node_",
+        "kvmio_qemu_block_failed_operations_total",
+        "kvmio_qemu_block_reads_merged_total",
+        "kvmio_guest_disk_",
+    ] {
+        assert!(
+            !has_family(&first, "lv-a", absent),
+            "{absent} in default mode"
+        );
+    }
+    // The workload's writes show at the QEMU layer.
+    let w0 = writes(&first, "lv-a", "virtio-disk1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut later = scrape(&addr);
+    while writes(&later, "lv-a", "virtio-disk1") <= w0 {
+        assert!(Instant::now() < deadline, "QEMU layer writes never rose");
+        std::thread::sleep(Duration::from_secs(1));
+        later = scrape(&addr);
+    }
+    // libvirt's own agent use is untouched (its guest info calls share the agent with kvmio),
+    // and nothing tainted the domain.
+    let (status, out, err) = lv.virsh(["guestinfo", "lv-a", "--os", "--disk"]);
+    assert!(
+        status.success() && out.contains("disk.0.name"),
+        "libvirt's agent use broke: {out} {err}"
+    );
+    assert_eq!(taints(&lv, "lv-a"), "", "default mode tainted the domain");
+
+    // --- lifecycle --------------------------------------------------------------------------
+    let p = lv.define_and_start(&DomainSpec::paused("lv-p"));
+    let all = scrape(&addr);
+    assert!(find(&all, "kvmio_vm_info", &[("vm", "lv-p"), ("uuid", p.uuid())]).is_some());
+    assert_eq!(value(&all, "kvmio_qmp_up", &[("vm", "lv-p")]), 1.0);
+    assert!(find(
+        &all,
+        "kvmio_qemu_block_info",
+        &[("vm", "lv-p"), ("device", "virtio-disk0")]
+    )
+    .is_some());
+    lv.virsh_ok(&["destroy", "lv-p"]);
+    let all = scrape(&addr);
+    assert!(
+        vm_series(&all, "lv-p").is_empty(),
+        "destroyed domain still exported"
+    );
+    lv.virsh_ok(&["suspend", "lv-a"]);
+    let all = scrape(&addr);
+    assert_eq!(
+        value(&all, "kvmio_qmp_up", &[("vm", "lv-a")]),
+        1.0,
+        "suspended domain"
+    );
+    lv.virsh_ok(&["resume", "lv-a"]);
+
+    // libvirtd gone: up 0, promptly; back: everything again.
+    lv.kill();
+    let t = Instant::now();
+    let all = scrape(&addr);
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "scrape took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(value(&all, "kvmio_libvirt_up", &[("uri", &lv.uri())]), 0.0);
+    assert!(vm_series(&all, "lv-a").is_empty());
+    lv.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = scrape(&addr);
+        if find(&all, "kvmio_libvirt_up", &[("uri", &lv.uri())]).is_some_and(|s| s.value == 1.0)
+            && find(&all, "kvmio_qmp_up", &[("vm", "lv-a")]).is_some_and(|s| s.value == 1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after libvirtd restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(taints(&lv, "lv-a"), "", "default mode tainted the domain");
+
+    // --- passthrough: the monitor's and the agent's full view, tainting -------------------
+    let (mut exporter, addr) = start_exporter(
+        &[
+            format!("--libvirt.uri={}", lv.uri()),
+            "--libvirt.qmp-passthrough".to_owned(),
+            "--libvirt.agent-passthrough".to_owned(),
+        ],
+        &work.path().join("exporter-passthrough.log"),
+    );
+    let first = scrape(&addr);
+    assert_eq!(value(&first, "kvmio_qga_up", &[("vm", "lv-a")]), 1.0);
+    assert!(has_family(&first, "lv-a", "kvmio_qemu_node_"));
+    assert!(find(
+        &first,
+        "kvmio_qemu_block_failed_operations_total",
+        &[("vm", "lv-a"), ("device", "virtio-disk0")]
+    )
+    .is_some());
+    let live = find(
+        &first,
+        "kvmio_qemu_block_cache_info",
+        &[("vm", "lv-a"), ("device", "virtio-disk0")],
+    )
+    .unwrap();
+    assert_eq!(live.labels["guest_write_cache"], "on", "{live:?}");
+    assert_eq!(live.labels["cache_mode"], "none");
+    let guest_w = |all: &[Series]| {
+        value(
+            all,
+            "kvmio_guest_disk_writes_completed_total",
+            &[("vm", "lv-a"), ("disk", "vdb")],
+        )
+    };
+    let g0 = guest_w(&first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = scrape(&addr);
+        if guest_w(&all) > g0 {
+            let layer = find(
+                &all,
+                "kvmio_disk_layer_info",
+                &[("vm", "lv-a"), ("device", "virtio-disk1")],
+            )
+            .unwrap();
+            assert_eq!(layer.labels["disk"], "vdb");
+            break;
+        }
+        assert!(Instant::now() < deadline, "guest writes never rose");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let t = taints(&lv, "lv-a");
+    assert!(t.contains("custom-monitor"), "{t}");
+    assert!(t.contains("custom-ga-command"), "{t}");
+    exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+
+    let dir = lv.dir().to_string_lossy().into_owned();
+    drop(lv);
+    let left = processes_mentioning(&dir);
+    assert!(left.is_empty(), "left running: {left:?}");
+}
