@@ -324,3 +324,99 @@ fn exporter_reads_every_layer_through_libvirt() {
     let left = processes_mentioning(&dir);
     assert!(left.is_empty(), "left running: {left:?}");
 }
+
+/// One domain whose QEMU is stopped (SIGSTOP) is `up 0` on its own while the others stay
+/// complete and the scrape stays within its timeout; and a QEMU that a socket glob finds too
+/// (libvirt's own monitor socket) is exported once, from libvirt.
+#[test]
+fn a_hung_domain_is_down_alone_and_no_vm_is_exported_twice() {
+    let _slot = vm_slot();
+    let lv = Libvirtd::start();
+    let p1 = lv.define_and_start(&DomainSpec::paused("lv-p1"));
+    let p2 = lv.define_and_start(&DomainSpec::paused("lv-p2"));
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let (mut exporter, addr) = start_exporter(
+        &[
+            format!("--libvirt.uri={}", lv.uri()),
+            // libvirtd's own monitor sockets: held by libvirtd, never answering kvmio.
+            format!(
+                "--qmp.socket-glob={}/lib/qemu/domain-*/monitor.sock",
+                lv.dir().display()
+            ),
+            "--scrape.timeout=3s".to_owned(),
+        ],
+        &work.path().join("exporter.log"),
+    );
+    let count_info = |all: &[Series], vm: &str| {
+        all.iter()
+            .filter(|s| s.name == "kvmio_vm_info")
+            .filter(|s| s.labels["vm"].starts_with(vm))
+            .count()
+    };
+    let all = scrape(&addr);
+    for d in [&p1, &p2] {
+        assert_eq!(count_info(&all, d.name()), 1, "{} exported twice", d.name());
+        assert!(find(
+            &all,
+            "kvmio_vm_info",
+            &[("vm", d.name()), ("source", "libvirt")]
+        )
+        .is_some());
+        assert_eq!(value(&all, "kvmio_qmp_up", &[("vm", d.name())]), 1.0);
+    }
+    assert!(
+        find(&all, "kvmio_vm_info", &[("source", "socket")]).is_none(),
+        "libvirt's monitor socket exported as another VM"
+    );
+
+    let qemu = lv.qemu_pids()["lv-p1"];
+    let pid = nix::unistd::Pid::from_raw(qemu as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let all = scrape(&addr);
+        assert!(
+            t.elapsed() < Duration::from_millis(4500),
+            "scrape took {:?}",
+            t.elapsed()
+        );
+        let log = || std::fs::read_to_string(work.path().join("exporter.log")).unwrap();
+        assert_eq!(
+            value(&all, "kvmio_qmp_up", &[("vm", "lv-p1")]),
+            0.0,
+            "{}",
+            log()
+        );
+        assert_eq!(
+            value(&all, "kvmio_qmp_up", &[("vm", "lv-p2")]),
+            1.0,
+            "{}",
+            log()
+        );
+        assert!(find(
+            &all,
+            "kvmio_qemu_block_reads_completed_total",
+            &[("vm", "lv-p2"), ("device", "virtio-disk0")]
+        )
+        .is_some());
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while value(&scrape(&addr), "kvmio_qmp_up", &[("vm", "lv-p1")]) != 1.0 {
+        assert!(Instant::now() < deadline, "lv-p1 never came back");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    let log = std::fs::read_to_string(work.path().join("exporter.log")).unwrap();
+    assert!(
+        log.contains("exported once, from libvirt"),
+        "the duplicate was not reported:\n{log}"
+    );
+    let dir = lv.dir().to_string_lossy().into_owned();
+    drop(lv);
+    let left = processes_mentioning(&dir);
+    assert!(left.is_empty(), "left running: {left:?}");
+}

@@ -276,10 +276,11 @@ mod tests {
         let stats = from_virsh(include_str!(
             "../../tests/fixtures/libvirt/domstats-block-backing.txt"
         ));
-        let (disks, _) = super::super::domxml::disks(include_str!(
+        let disks = super::super::domxml::parse(include_str!(
             "../../tests/fixtures/libvirt/domain-live.xml"
         ))
-        .unwrap();
+        .unwrap()
+        .disks;
         let per_disk = disk_stats(&stats);
         assert_eq!(per_disk.len(), 2);
         let snap = snapshot(&disks, &per_disk);

@@ -74,8 +74,20 @@ pub enum DomXmlError {
     Parse(#[source] roxmltree::Error),
 }
 
-/// The disks of a domain XML, in document order, and how many were over [`MAX_DISKS`].
-pub fn disks(xml: &str) -> Result<(Vec<DiskXml>, usize), DomXmlError> {
+/// What kvmio reads from a domain XML.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainXml {
+    /// The disks, in document order.
+    pub disks: Vec<DiskXml>,
+    /// Disks over [`MAX_DISKS`], not kept.
+    pub over: usize,
+    /// Whether the domain has a guest-agent channel (`org.qemu.guest_agent.0`): without one
+    /// there is no guest layer to ask for (not a guest layer that is down).
+    pub agent: bool,
+}
+
+/// Reads a domain XML.
+pub fn parse(xml: &str) -> Result<DomainXml, DomXmlError> {
     if xml.len() > MAX_XML_BYTES {
         return Err(DomXmlError::TooLarge {
             len: xml.len(),
@@ -83,19 +95,23 @@ pub fn disks(xml: &str) -> Result<(Vec<DiskXml>, usize), DomXmlError> {
         });
     }
     let doc = Document::parse(xml).map_err(DomXmlError::Parse)?;
+    let mut out = DomainXml::default();
     let Some(devices) = child(doc.root_element(), "devices") else {
-        return Ok((Vec::new(), 0));
+        return Ok(out);
     };
-    let mut out = Vec::new();
-    let mut over = 0;
     for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
-        if out.len() >= MAX_DISKS {
-            over += 1;
+        if out.disks.len() >= MAX_DISKS {
+            out.over += 1;
             continue;
         }
-        out.push(disk_of(disk));
+        out.disks.push(disk_of(disk));
     }
-    Ok((out, over))
+    out.agent = devices
+        .children()
+        .filter(|n| n.has_tag_name("channel"))
+        .filter_map(|c| child(c, "target"))
+        .any(|t| t.attribute("name") == Some("org.qemu.guest_agent.0"));
+    Ok(out)
 }
 
 fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
@@ -184,8 +200,10 @@ mod tests {
     #[test]
     fn disks_of_a_live_domain() {
         let xml = include_str!("../../tests/fixtures/libvirt/domain-live.xml");
-        let (disks, over) = disks(xml).unwrap();
-        assert_eq!(over, 0);
+        let parsed = parse(xml).unwrap();
+        assert_eq!(parsed.over, 0);
+        assert!(parsed.agent);
+        let disks = parsed.disks;
         assert!(disks.len() >= 2, "{disks:?}");
         let vda = disks.iter().find(|d| d.target == "vda").unwrap();
         assert_eq!(vda.bus, "virtio");
@@ -200,14 +218,14 @@ mod tests {
     #[test]
     fn bounds() {
         let big = "x".repeat(MAX_XML_BYTES + 1);
-        assert!(matches!(disks(&big), Err(DomXmlError::TooLarge { .. })));
-        assert!(matches!(disks("<domain"), Err(DomXmlError::Parse(_))));
+        assert!(matches!(parse(&big), Err(DomXmlError::TooLarge { .. })));
+        assert!(matches!(parse("<domain"), Err(DomXmlError::Parse(_))));
         let mut many = String::from("<domain><devices>");
         for i in 0..MAX_DISKS + 3 {
             many.push_str(&format!("<disk type='file'><target dev='vd{i}'/></disk>"));
         }
         many.push_str("</devices></domain>");
-        let (d, over) = disks(&many).unwrap();
-        assert_eq!((d.len(), over), (MAX_DISKS, 3));
+        let d = parse(&many).unwrap();
+        assert_eq!((d.disks.len(), d.over, d.agent), (MAX_DISKS, 3, false));
     }
 }

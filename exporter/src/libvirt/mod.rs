@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-use self::domxml::DiskXml;
+use self::domxml::DomainXml;
 use self::passthrough::{LibvirtAgent, LibvirtMonitor};
 use self::pool::Pool;
 use crate::config::{Config, LibvirtConfig};
@@ -108,7 +108,7 @@ type GuestDisks = Arc<Vec<(String, String)>>;
 #[derive(Debug, Default)]
 pub struct DomainState {
     id: Option<u32>,
-    xml: Option<(Instant, BTreeSet<String>, Arc<Vec<DiskXml>>)>,
+    xml: Option<(Instant, BTreeSet<String>, Arc<DomainXml>)>,
     /// Guest info: when asked, and the target -> guest disk map or why it failed.
     guest: Option<(Instant, Result<GuestDisks, String>)>,
     pid: Option<Option<u32>>,
@@ -341,7 +341,8 @@ impl Libvirt {
         let pid = st.pid.flatten();
 
         let qmp = self.qemu_layer(t, st, config, deadline, pid).await;
-        let (qga, disks) = if read_only {
+        let agent = st.xml.as_ref().is_some_and(|(_, _, x)| x.agent);
+        let (qga, disks) = if read_only || !agent {
             (None, BTreeMap::new())
         } else {
             self.guest_layer(t, st, config, deadline, pid).await
@@ -390,17 +391,18 @@ impl Libvirt {
                 .await
                 .map_err(|e| format!("domain XML: {e}"))?
                 .map_err(|e| format!("domain XML: {}", virt_error(&e)))?;
-            let (disks, over) = domxml::disks(&xml).map_err(|e| format!("domain XML: {e}"))?;
-            if over > 0 {
-                tracing::warn!(vm = %t.name, over, "domain has more disks than kvmio exports");
+            let parsed = domxml::parse(&xml).map_err(|e| format!("domain XML: {e}"))?;
+            if parsed.over > 0 {
+                tracing::warn!(vm = %t.name, over = parsed.over, "domain has more disks than kvmio exports");
             }
-            st.xml = Some((Instant::now(), names, Arc::new(disks)));
+            st.xml = Some((Instant::now(), names, Arc::new(parsed)));
         }
-        let disks = st
+        let xml = st
             .xml
             .as_ref()
             .map(|(_, _, d)| d.clone())
             .unwrap_or_default();
+        let disks = &xml.disks;
         // libvirt answers with the state alone when QEMU's monitor was busy (NOWAIT) or did
         // not answer: a domain with disks but no statistics for any of them is not up.
         let with_source = disks.iter().filter(|d| !d.source.is_empty()).count();
@@ -422,10 +424,10 @@ impl Libvirt {
             let mut snap = qmp::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
                 .await
                 .map_err(|e| format!("monitor passthrough: {}", chain(&e)))?;
-            snap.configured = block::snapshot(&disks, &per_disk).configured;
+            snap.configured = block::snapshot(disks, &per_disk).configured;
             snap
         } else {
-            let mut snap = block::snapshot(&disks, &per_disk);
+            let mut snap = block::snapshot(disks, &per_disk);
             snap.pid = pid;
             snap
         };
@@ -476,7 +478,7 @@ impl Libvirt {
             .unwrap_or_default();
         if let Some(Ok(pairs)) = &guest {
             for (target, guest_disk) in pairs.iter() {
-                if let Some(d) = xml.iter().find(|d| &d.target == target) {
+                if let Some(d) = xml.disks.iter().find(|d| &d.target == target) {
                     disks.insert(block::device_label(d).to_owned(), guest_disk.clone());
                 }
             }

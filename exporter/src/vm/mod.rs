@@ -473,12 +473,14 @@ async fn scrape_socket_vm(
         }
         _ => BTreeMap::new(),
     };
+    // The monitor's peer, also when it did not answer (a QEMU whose monitor libvirtd holds):
+    // it tells a QEMU that another source exports too.
     let (pid, uuid) = match &qmp {
         Some(Ok(q)) => (
             q.pid,
             uuid_label(q.cmdline.as_ref().and_then(|c| c.uuid.as_deref())),
         ),
-        _ => (None, String::new()),
+        _ => (st.qmp.peer_pid(), String::new()),
     };
     VmOutcome {
         target: vm_target,

@@ -169,6 +169,11 @@ impl QmpState {
         self.cache.name.as_ref().and_then(|n| n.as_deref())
     }
 
+    /// The PID of the last monitor peer connected to, if any.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.cache.pid
+    }
+
     /// Whether a monitor connection is pooled.
     pub fn has_connection(&self) -> bool {
         self.conn.is_some()
