@@ -8,7 +8,8 @@
 //! * every query of every dashboard panel and variable returns data, with the variables
 //!   substituted as Grafana would (All, and single VMs and disks);
 //! * `KvmioUnsafeCacheMode` fires for the cache=unsafe VM's disks and for nothing else, and no
-//!   other alert fires.
+//!   other alert fires; the same for a libvirt domain (`cache='unsafe'` in its XML) that the
+//!   exporter reads through its own libvirtd (`kvmio_e2e::libvirtd`).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -17,9 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kvmio_crashtest::vm::ImageFormat;
+use kvmio_e2e::libvirtd::{DiskSpec, DomainSpec, Libvirtd};
 use kvmio_e2e::{
     guest_image, processes_mentioning, vm_slot, wait_for, which, workspace_bin, ChildProcess,
 };
+use kvmio_qemu::CacheMode;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -285,11 +289,19 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     assert_eq!(manifest["vms"][0]["cache"], "none");
     assert_eq!(manifest["vms"][1]["cache"], "unsafe");
 
+    // A libvirt domain with both disks under cache='unsafe' (paused: it never needs to boot).
+    let libvirtd = Libvirtd::start();
+    libvirtd.define_and_start(&DomainSpec::paused("lv-unsafe").disks(vec![
+        DiskSpec::new(ImageFormat::Qcow2, CacheMode::Unsafe).size_mib(16),
+        DiskSpec::new(ImageFormat::Raw, CacheMode::Unsafe).size_mib(16),
+    ]));
+
     let exporter_port = free_port();
     let mut exporter = ChildProcess::spawn(
         Command::new(workspace_bin("kvmio-exporter"))
             .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
             .arg(format!("--qmp.socket-glob={}/*.qmp", run_dir.display()))
+            .arg(format!("--libvirt.uri={}", libvirtd.uri()))
             .arg(format!("--crashtest.results-dir={}", results.display()))
             .arg("--qmp.latency-buckets=0.0001,0.001,0.01,0.1,1")
             .arg("--scrape.timeout=800ms")
@@ -432,9 +444,10 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
         println!("{q}:\n    {}", show(&prom.query(q)));
     }
 
-    // KvmioUnsafeCacheMode fires for lab-2's disks (cache=unsafe) and nothing else fires.
+    // KvmioUnsafeCacheMode fires for lab-2's disks (cache=unsafe) and the libvirt domain's, and
+    // nothing else fires.
     let firing = wait_for(
-        "KvmioUnsafeCacheMode firing for lab-2's two disks",
+        "KvmioUnsafeCacheMode firing for lab-2's and lv-unsafe's two disks each",
         Duration::from_secs(60),
         || {
             let alerts = prom.api("/api/v1/alerts");
@@ -448,9 +461,9 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
             let unsafe_disks: BTreeSet<String> = firing
                 .iter()
                 .filter(|a| a["labels"]["alertname"] == "KvmioUnsafeCacheMode")
-                .map(|a| a["labels"]["device"].as_str().unwrap().to_string())
+                .map(|a| format!("{} {}", a["labels"]["vm"], a["labels"]["device"]))
                 .collect();
-            (unsafe_disks.len() == 2).then_some(firing)
+            (unsafe_disks.len() == 4).then_some(firing)
         },
     );
     let mut seen = BTreeSet::new();
@@ -461,7 +474,10 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
             l["alertname"], "KvmioUnsafeCacheMode",
             "only KvmioUnsafeCacheMode may fire here: {a}"
         );
-        assert_eq!(l["vm"], "lab-2", "fired for a VM not on cache=unsafe: {a}");
+        assert!(
+            l["vm"] == "lab-2" || l["vm"] == "lv-unsafe",
+            "fired for a VM not on cache=unsafe: {a}"
+        );
         assert_eq!(l["severity"], "critical");
         assert!(a["annotations"]["runbook_url"]
             .as_str()
@@ -483,6 +499,9 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     exporter.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     let status = lab.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
     assert!(status.success(), "lab stops cleanly on Ctrl-C: {status}");
+    let libvirt_dir = libvirtd.dir().to_string_lossy().into_owned();
+    drop(libvirtd);
+    assert!(processes_mentioning(&libvirt_dir).is_empty());
     let left = processes_mentioning(&dir.path().to_string_lossy());
     assert!(left.is_empty(), "left running: {left:?}");
 }
