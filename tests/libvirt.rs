@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kvmio_e2e::libvirtd::{DomainSpec, Libvirtd};
-use kvmio_e2e::metrics::{find, host_device_of, http_get, parse, start_exporter, value, Series};
+use kvmio_e2e::metrics::{
+    find, host_device_of, http_get, parse, start_exporter, start_exporter_as, value, Series,
+};
 use kvmio_e2e::{processes_mentioning, vm_slot, READY_TIMEOUT};
 
 fn scrape(addr: &str) -> Vec<Series> {
@@ -419,4 +421,76 @@ fn a_hung_domain_is_down_alone_and_no_vm_is_exported_twice() {
     drop(lv);
     let left = processes_mentioning(&dir);
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// As an unprivileged user (the packaged unit's situation without the libvirt group or extra
+/// capabilities): the read-write socket is refused, so kvmio connects read-only, keeps the QEMU
+/// layer, and says once at start-up what the missing privileges cost; the families it cannot
+/// fill are absent, never zero.
+#[test]
+fn unprivileged_exporter_falls_back_to_read_only_and_says_what_it_costs() {
+    let _slot = vm_slot();
+    let lv = Libvirtd::start();
+    let p = lv.define_and_start(&DomainSpec::paused("lv-ro"));
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let log_path = work.path().join("exporter.log");
+    let (mut exporter, addr) = start_exporter_as(
+        Some(("nobody", "nogroup")),
+        &[format!("--libvirt.uri={}", lv.uri())],
+        &log_path,
+    );
+    let all = scrape(&addr);
+    assert!(
+        find(
+            &all,
+            "kvmio_libvirt_info",
+            &[("access", "read-only"), ("uri", &lv.uri())]
+        )
+        .is_some(),
+        "{:?}\n{}",
+        all.iter()
+            .filter(|s| s.name.starts_with("kvmio_libvirt"))
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert_eq!(value(&all, "kvmio_qmp_up", &[("vm", "lv-ro")]), 1.0);
+    assert!(find(
+        &all,
+        "kvmio_qemu_block_info",
+        &[
+            ("vm", "lv-ro"),
+            ("device", "virtio-disk0"),
+            ("cache_mode", "none")
+        ]
+    )
+    .is_some());
+    for absent in [
+        "kvmio_qga_up",
+        "kvmio_qemu_process_",
+        "kvmio_host_image_cached_bytes",
+    ] {
+        assert!(
+            !has_family(&all, "lv-ro", absent),
+            "{absent} exported without the privilege"
+        );
+    }
+    let layer = find(&all, "kvmio_disk_layer_info", &[("vm", "lv-ro")]).unwrap();
+    assert_eq!(layer.labels["disk"], "");
+    exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for said in [
+        "connected read-only",
+        "kvmio_qemu_process_read_bytes_total",
+        "kvmio_host_image_cached_bytes",
+    ] {
+        assert_eq!(
+            log.matches(said).count(),
+            1,
+            "{said:?} not said exactly once:\n{log}"
+        );
+    }
+    assert!(p.uuid().len() > 8);
 }

@@ -113,7 +113,28 @@ pub fn http_get(addr: &str) -> String {
 
 /// Starts the exporter binary on a free loopback port; returns it and its address.
 pub fn start_exporter(args: &[String], log: &Path) -> (ChildProcess, String) {
-    let mut cmd = Command::new(workspace_bin("kvmio-exporter"));
+    start_exporter_as(None, args, log)
+}
+
+/// [`start_exporter`] as another user (`setpriv` to `user`'s uid, its primary group only), as
+/// an operator's unprivileged service runs it.
+pub fn start_exporter_as(
+    user: Option<(&str, &str)>,
+    args: &[String],
+    log: &Path,
+) -> (ChildProcess, String) {
+    let bin = workspace_bin("kvmio-exporter");
+    let mut cmd = match user {
+        None => Command::new(bin),
+        Some((user, group)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={user}"))
+                .arg(format!("--regid={group}"))
+                .args(["--clear-groups", "--"])
+                .arg(bin);
+            c
+        }
+    };
     cmd.arg("--web.listen-address=127.0.0.1:0")
         .args(args)
         .env("RUST_LOG", "info")

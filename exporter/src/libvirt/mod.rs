@@ -90,9 +90,11 @@ pub struct Libvirt {
     conn: Mutex<Option<Conn>>,
     /// The last discovery: `Ok(domains)` or why it failed (`kvmio_libvirt_up`).
     status: Mutex<Option<Result<usize, String>>>,
-    /// Whether the read-only fallback has been reported.
-    warned_read_only: Mutex<bool>,
 }
+
+/// Whether the read-only fallback has been reported: once per process, shared by the start-up
+/// check's connection and the source's own (and its reconnections).
+static WARNED_READ_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the libvirt source's last discovery found (for `kvmio_libvirt_up`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +141,6 @@ impl Libvirt {
             config,
             conn: Mutex::new(None),
             status: Mutex::new(None),
-            warned_read_only: Mutex::new(false),
         }
     }
 
@@ -193,7 +194,7 @@ impl Libvirt {
                 connect: Arc::new(c),
                 read_only: false,
             }),
-            Err(rw) => match Connect::open_read_only(Some(uri)) {
+            Err(rw) => match Connect::open_read_only(Some(&read_only_uri(uri))) {
                 Ok(c) => Ok(Conn {
                     connect: Arc::new(c),
                     read_only: true,
@@ -219,22 +220,15 @@ impl Libvirt {
             .run(deadline, move || Self::open(&uri))
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.config.uri))??;
-        if conn.read_only {
-            let mut warned = self
-                .warned_read_only
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !*warned {
-                tracing::warn!(
-                    uri = %self.config.uri,
-                    families = "kvmio_qga_up, kvmio_guest_disk_*, kvmio_disk_layer_info{disk}",
-                    "libvirt refused a read-write connection: connected read-only, so the guest \
-                     layer (guest info, agent passthrough) and the monitor passthrough are \
-                     unavailable; add kvmio's user to the libvirt group (Debian's polkit rule \
-                     lets that group manage libvirt)"
-                );
-                *warned = true;
-            }
+        if conn.read_only && !WARNED_READ_ONLY.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                uri = %self.config.uri,
+                families = "kvmio_qga_up, kvmio_guest_disk_*, kvmio_disk_layer_info{disk}",
+                "libvirt refused a read-write connection: connected read-only, so the guest \
+                 layer (guest info, agent passthrough) and the monitor passthrough are \
+                 unavailable; add kvmio's user to the libvirt group (Debian's polkit rule lets \
+                 that group manage libvirt)"
+            );
         }
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
@@ -518,6 +512,23 @@ impl Libvirt {
     }
 }
 
+/// The URI for the read-only fallback: libvirt picks the daemon's read-only socket itself,
+/// except when the URI names a socket (`?socket=PATH`): then its read-only sibling, which every
+/// libvirt daemon names `PATH-ro` (`libvirt-sock-ro`, `virtqemud-sock-ro`).
+fn read_only_uri(uri: &str) -> String {
+    let Some((base, query)) = uri.split_once('?') else {
+        return uri.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.strip_prefix("socket=") {
+            Some(path) if !path.ends_with("-ro") => format!("socket={path}-ro"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
 /// `disk.<n>.alias` (libvirt's target, for the disks libvirt matched to its own) and
 /// `disk.<n>.name` (the guest's device node) of whole disks, at most `max` of them.
 fn guest_disks(params: &ffi::Params, max: usize) -> Vec<(String, String)> {
@@ -559,6 +570,19 @@ fn guest_disks(params: &ffi::Params, max: usize) -> Vec<(String, String)> {
 mod tests {
     use super::ffi::{Params, Value};
     use super::*;
+
+    #[test]
+    fn read_only_uris() {
+        assert_eq!(read_only_uri("qemu:///system"), "qemu:///system");
+        assert_eq!(
+            read_only_uri("qemu:///system?socket=/run/x/libvirt-sock"),
+            "qemu:///system?socket=/run/x/libvirt-sock-ro"
+        );
+        assert_eq!(
+            read_only_uri("qemu+unix:///system?mode=direct&socket=/s-ro"),
+            "qemu+unix:///system?mode=direct&socket=/s-ro"
+        );
+    }
 
     #[test]
     fn guest_disks_pairs_targets_with_guest_names() {
