@@ -1,5 +1,5 @@
 //! Exporter configuration: what the command line and the `--config` file resolve to. Collectors
-//! read it through [`crate::collector::ScrapeContext::config`].
+//! read it through [`crate::scrape::ScrapeContext::config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,10 +6,11 @@
 //!   ([`collector::Exporter`]), the per-scrape [`collector::ScrapeContext`], and one collector per
 //!   file (`host_diskstats`, `host_image`, `qmp`, `qga`, `crashtest`);
 //! - [`discovery`] and [`glob`]: which VMs' sockets to scrape, found at each scrape;
-//! - [`libvirt`]: the libvirt source: a libvirtd's domains through libvirt's own connection,
-//!   turned into the same snapshots as socket VMs;
-//! - [`vm`]: each VM's QMP monitor and guest agent, queried concurrently under one deadline,
-//!   with pooled connections and per-process caches; the guest disk <-> device join;
+//! - [`vm`]: the VMs of a scrape, from their sources (monitor and agent sockets, or
+//!   [`vm::libvirt`]: a libvirtd's domains through libvirt's own connection) into one snapshot
+//!   model, queried concurrently under one deadline, with pooled connections and per-process
+//!   caches; the guest disk <-> device join;
+//! - [`scrape`]: one scrape's shared context and how its time is split;
 //! - [`textformat`]: a strict text-format parser for the crash-test results file;
 //! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution
 //!   through sysfs, page-cache residency (cachestat/mincore);
@@ -24,9 +25,9 @@ pub mod discovery;
 pub mod glob;
 pub mod host;
 pub mod http;
-pub mod libvirt;
 pub mod metrics;
 pub mod permissions;
+pub mod scrape;
 pub mod textformat;
 pub mod vm;
 

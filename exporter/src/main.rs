@@ -63,7 +63,7 @@ async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
     }
     if let Some(lc) = &config.libvirt {
         // A separate short-lived connection: say at start-up what the connection allows.
-        let check = kvmio_exporter::libvirt::Libvirt::new(lc.clone());
+        let check = kvmio_exporter::vm::libvirt::Libvirt::new(lc.clone());
         let deadline = tokio::time::Instant::now() + config.scrape_timeout;
         match check.check(deadline).await {
             Ok(true) => tracing::info!(uri = %lc.uri, "libvirt: read-write connection"),

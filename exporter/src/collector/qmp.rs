@@ -35,11 +35,11 @@ use kvmio_qemu::CacheMode;
 use super::{CollectFuture, Collector, ImageRef, ScrapeContext};
 use crate::host::blockdev::ImageDevice;
 use crate::host::diskstats::{DiskMetric, Field, DISK_METRICS};
-use crate::libvirt::Libvirt;
 use crate::metrics::Metrics;
+use crate::vm::libvirt::Libvirt;
 use crate::vm::qmp::device_label;
 use crate::vm::qmp::QemuOrigin;
-use crate::vm::{resolve_deadline, Fleet, QmpSnapshot, VmOutcome};
+use crate::vm::{Fleet, QmpSnapshot, VmOutcome};
 
 /// The collector; shares its [`Fleet`] with the guest-agent collector.
 #[derive(Debug)]
@@ -237,7 +237,7 @@ impl Collector for Qmp {
             paths.sort();
             paths.dedup();
             let devices = ctx
-                .resolve_image_paths_until(paths.clone(), resolve_deadline(ctx))
+                .resolve_image_paths_until(paths.clone(), ctx.resolve_deadline())
                 .await;
             let resolved: HashMap<PathBuf, ImageDevice> = paths.into_iter().zip(devices).collect();
             let buckets = ctx.config().qmp_latency_boundaries_ns();

@@ -99,7 +99,7 @@ fn unresolved(reason: String) -> ImageDevice {
 /// Resolves an image file (or block device) path to the host block devices under it.
 ///
 /// Blocking (it calls `stat()`, which can hang on a dead NFS server): call it from
-/// `tokio::task::spawn_blocking`, as [`crate::collector::ScrapeContext::resolved_images`] does.
+/// `tokio::task::spawn_blocking`, as [`crate::scrape::ScrapeContext::resolved_images`] does.
 pub fn resolve_image(image: &Path, procfs: &Path, sysfs: &Path) -> ImageDevice {
     resolve_images(&[image.to_path_buf()], procfs, sysfs)
         .pop()

@@ -1,5 +1,5 @@
 //! The VMs of a scrape: discovery, then every VM's monitor and agent queried at once, each bounded
-//! by the VM deadline ([`vm_deadline`]), with state kept between scrapes (pooled connections with
+//! by the VM deadline ([`ScrapeContext::vm_deadline`]), with state kept between scrapes (pooled connections with
 //! `--qmp.persistent`, per-QEMU-process caches).
 //!
 //! The QMP and guest-agent collectors share one [`Fleet`]: whichever asks first starts the
@@ -13,22 +13,22 @@
 
 pub mod cmdline;
 pub mod join;
+pub mod libvirt;
 pub mod qga;
 pub mod qmp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
-use crate::collector::ScrapeContext;
 use crate::config::{Config, Layout};
 use crate::discovery::{discover, Target};
-use crate::libvirt::{DomainState, DomainTarget, Libvirt};
+use crate::scrape::ScrapeContext;
+use crate::vm::libvirt::{DomainState, DomainTarget, Libvirt};
 pub use qga::QgaSnapshot;
 pub use qmp::QmpSnapshot;
 
@@ -138,31 +138,6 @@ pub struct Fleet {
     reported_twice: Mutex<std::collections::HashSet<String>>,
 }
 
-fn reserves(ctx: &ScrapeContext) -> (Duration, Duration) {
-    let timeout = ctx.config().scrape_timeout;
-    let host_reserve = (timeout / 4).min(Duration::from_millis(500));
-    let emit_reserve = (timeout / 10).min(Duration::from_millis(250));
-    (host_reserve, emit_reserve)
-}
-
-/// By when the QMP collector must have resolved the images to host devices: half-way through
-/// its emit reserve after the VM deadline.
-pub fn resolve_deadline(ctx: &ScrapeContext) -> Instant {
-    let (_, emit_reserve) = reserves(ctx);
-    (vm_deadline(ctx) + emit_reserve / 2).min(ctx.deadline())
-}
-
-/// When each VM's work must be done: the scrape deadline minus the time the host collectors
-/// keep for themselves after the images are published (a quarter of the timeout, at most 0.5 s)
-/// and a margin for emitting (a tenth, at most 0.25 s).
-pub fn vm_deadline(ctx: &ScrapeContext) -> Instant {
-    let (host_reserve, emit_reserve) = reserves(ctx);
-    ctx.deadline()
-        .checked_sub(host_reserve + emit_reserve)
-        .unwrap_or_else(|| ctx.started())
-        .max(ctx.started())
-}
-
 impl Fleet {
     /// An empty fleet without a libvirt source.
     pub fn new() -> Self {
@@ -219,7 +194,7 @@ impl Fleet {
 
     fn start(self: &Arc<Self>, ctx: &ScrapeContext) -> watch::Receiver<Option<Outcomes>> {
         let config = Arc::new(ctx.config().clone());
-        let deadline = vm_deadline(ctx);
+        let deadline = ctx.vm_deadline();
         let (tx, rx) = watch::channel(None);
         let fleet = self.clone();
         tokio::spawn(async move {

@@ -100,7 +100,7 @@ pub enum QemuOrigin {
     /// QEMU's monitor (a socket, or libvirt's monitor passthrough): everything QMP has.
     #[default]
     Monitor,
-    /// libvirt's bulk block statistics and domain XML ([`crate::libvirt::block`]): per device
+    /// libvirt's bulk block statistics and domain XML ([`crate::vm::libvirt::block`]): per device
     /// only requests, bytes and time of reads, writes and flushes; no nodes, no live cache flags.
     LibvirtStats,
 }

@@ -40,14 +40,49 @@ fn pool_error(e: PoolError, command: &str) -> QemuError {
     }
 }
 
-/// A domain's QEMU monitor, through libvirt.
+/// One domain's relay: the libvirt call runs in the pool until the scrape deadline, and its
+/// reply (QEMU's whole reply object, as text) is bounded before it is parsed.
 #[derive(Debug, Clone)]
-pub struct LibvirtMonitor {
+pub struct Relay {
     pub domain: Arc<Domain>,
     pub pool: Pool,
     pub deadline: Instant,
     pub max_reply_bytes: usize,
 }
+
+impl Relay {
+    fn run<'a, F>(
+        &self,
+        command: &'a str,
+        arguments: Option<Value>,
+        via: &'static str,
+        call: F,
+    ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send + 'a
+    where
+        F: FnOnce(&Domain, &str) -> Result<String, virt::error::Error> + Send + 'static,
+    {
+        let text = request(command, arguments);
+        let domain = self.domain.clone();
+        let pool = self.pool.clone();
+        let deadline = self.deadline;
+        let max = self.max_reply_bytes;
+        async move {
+            let reply = pool
+                .run(deadline, move || call(&domain, &text))
+                .await
+                .map_err(|e| pool_error(e, command))?
+                .map_err(|e| QemuError::Passthrough {
+                    via,
+                    source: Box::new(e),
+                })?;
+            reply_from_text(&reply, max)
+        }
+    }
+}
+
+/// A domain's QEMU monitor, through libvirt (`virDomainQemuMonitorCommand`).
+#[derive(Debug, Clone)]
+pub struct LibvirtMonitor(pub Relay);
 
 impl QmpCommands for LibvirtMonitor {
     fn execute_value(
@@ -55,33 +90,18 @@ impl QmpCommands for LibvirtMonitor {
         command: &str,
         arguments: Option<Value>,
     ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send {
-        let text = request(command, arguments);
-        let domain = self.domain.clone();
-        let pool = self.pool.clone();
-        let deadline = self.deadline;
-        let max = self.max_reply_bytes;
-        async move {
-            let reply = pool
-                .run(deadline, move || domain.qemu_monitor_command(&text, 0))
-                .await
-                .map_err(|e| pool_error(e, command))?
-                .map_err(|e| QemuError::Passthrough {
-                    via: "libvirt's monitor passthrough (virDomainQemuMonitorCommand)",
-                    source: Box::new(e),
-                })?;
-            reply_from_text(&reply, max)
-        }
+        self.0.run(
+            command,
+            arguments,
+            "libvirt's monitor passthrough (virDomainQemuMonitorCommand)",
+            |domain, text| domain.qemu_monitor_command(text, 0),
+        )
     }
 }
 
-/// A domain's guest agent, through libvirt.
+/// A domain's guest agent, through libvirt (`virDomainQemuAgentCommand`).
 #[derive(Debug, Clone)]
-pub struct LibvirtAgent {
-    pub domain: Arc<Domain>,
-    pub pool: Pool,
-    pub deadline: Instant,
-    pub max_reply_bytes: usize,
-}
+pub struct LibvirtAgent(pub Relay);
 
 impl AgentCommands for LibvirtAgent {
     fn execute_value(
@@ -89,32 +109,24 @@ impl AgentCommands for LibvirtAgent {
         command: &str,
         arguments: Option<Value>,
     ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send {
-        let text = request(command, arguments);
-        let domain = self.domain.clone();
-        let pool = self.pool.clone();
-        let deadline = self.deadline;
-        let max = self.max_reply_bytes;
         // libvirt's own wait for the agent, in whole seconds (at least 1): it gives up by the
         // scrape deadline too, instead of holding a pool slot after it.
-        let wait = deadline
+        let wait = self
+            .0
+            .deadline
             .saturating_duration_since(Instant::now())
             .as_secs()
             .clamp(1, i32::MAX as u64) as i32;
-        async move {
-            let reply = pool
-                .run(deadline, move || domain.qemu_agent_command(&text, wait, 0))
-                .await
-                .map_err(|e| pool_error(e, command))?
-                .map_err(|e| QemuError::Passthrough {
-                    via: "libvirt's agent passthrough (virDomainQemuAgentCommand)",
-                    source: Box::new(e),
-                })?;
-            reply_from_text(&reply, max)
-        }
+        self.0.run(
+            command,
+            arguments,
+            "libvirt's agent passthrough (virDomainQemuAgentCommand)",
+            move |domain, text| domain.qemu_agent_command(text, wait, 0),
+        )
     }
 
     fn max_reply_bytes(&self) -> usize {
-        self.max_reply_bytes
+        self.0.max_reply_bytes
     }
 }
 

@@ -35,7 +35,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 use self::domxml::DomainXml;
-use self::passthrough::{LibvirtAgent, LibvirtMonitor};
+use self::passthrough::{LibvirtAgent, LibvirtMonitor, Relay};
 use self::pool::Pool;
 use crate::config::{Config, LibvirtConfig};
 use crate::vm::join::guest_disk_name;
@@ -349,6 +349,15 @@ impl Libvirt {
         }
     }
 
+    fn relay(&self, t: &DomainTarget, deadline: Instant, max_reply_bytes: usize) -> Relay {
+        Relay {
+            domain: t.domain.clone(),
+            pool: self.pool.clone(),
+            deadline,
+            max_reply_bytes,
+        }
+    }
+
     async fn qemu_layer(
         &self,
         t: &DomainTarget,
@@ -408,12 +417,7 @@ impl Libvirt {
         }
 
         let mut snapshot = if self.config.qmp_passthrough {
-            let mut monitor = LibvirtMonitor {
-                domain: t.domain.clone(),
-                pool: self.pool.clone(),
-                deadline,
-                max_reply_bytes: QMP_MAX_LINE_BYTES,
-            };
+            let mut monitor = LibvirtMonitor(self.relay(t, deadline, QMP_MAX_LINE_BYTES));
             qmp::adopt(&mut st.qmp.cache, pid);
             let mut snap = qmp::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
                 .await
@@ -478,12 +482,7 @@ impl Libvirt {
             }
         }
         let qga = if self.config.agent_passthrough {
-            let mut agent = LibvirtAgent {
-                domain: t.domain.clone(),
-                pool: self.pool.clone(),
-                deadline,
-                max_reply_bytes: QGA_MAX_LINE_BYTES,
-            };
+            let mut agent = LibvirtAgent(self.relay(t, deadline, QGA_MAX_LINE_BYTES));
             st.qga.adopt(pid);
             Some(
                 match qga::query(&mut agent, &mut st.qga, config, deadline).await {

@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn disks_of_a_live_domain() {
-        let xml = include_str!("../../tests/fixtures/libvirt/domain-live.xml");
+        let xml = include_str!("../../../tests/fixtures/libvirt/domain-live.xml");
         let parsed = parse(xml).unwrap();
         assert_eq!(parsed.over, 0);
         assert!(parsed.agent);

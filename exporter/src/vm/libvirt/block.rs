@@ -274,10 +274,10 @@ mod tests {
     #[test]
     fn captured_libvirt_domain() {
         let stats = from_virsh(include_str!(
-            "../../tests/fixtures/libvirt/domstats-block-backing.txt"
+            "../../../tests/fixtures/libvirt/domstats-block-backing.txt"
         ));
         let disks = super::super::domxml::parse(include_str!(
-            "../../tests/fixtures/libvirt/domain-live.xml"
+            "../../../tests/fixtures/libvirt/domain-live.xml"
         ))
         .unwrap()
         .disks;
