@@ -236,6 +236,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if secs > 3600.0 {
         return Err(format!("{s:?} is longer than an hour"));
     }
+    // Durations are kept in whole milliseconds: anything shorter would round to a zero timeout.
+    if secs < 1e-3 {
+        return Err(format!("{s:?} is shorter than a millisecond"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -268,9 +272,14 @@ pub fn parse_latency_buckets(s: &str) -> Result<Vec<f64>, String> {
         if v < 1e-9 {
             return Err(format!("bucket {part:?} is below QEMU's 1 ns resolution"));
         }
-        if out.last().is_some_and(|&prev| v <= prev) {
+        // QEMU takes the bounds in whole nanoseconds: bounds that round to the same
+        // nanosecond would be equal there, which QEMU refuses.
+        if out
+            .last()
+            .is_some_and(|&prev| (v * 1e9).round() <= (prev * 1e9).round())
+        {
             return Err(format!(
-                "buckets must increase strictly ({part} after {})",
+                "buckets must increase strictly, by at least a nanosecond ({part} after {})",
                 out[out.len() - 1]
             ));
         }
@@ -296,6 +305,15 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn below_resolution() {
+        assert!(parse_duration("1e-10").is_err());
+        assert!(parse_duration("0.0001s").is_err());
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        assert!(parse_latency_buckets("0.0000000011,0.0000000012").is_err());
+        assert!(parse_latency_buckets("0.000000001,0.000000002").is_ok());
     }
 
     #[test]

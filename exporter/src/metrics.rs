@@ -640,6 +640,15 @@ fn escape_into(out: &mut String, s: &str, quote: bool) {
 /// Appends `v` as Rust's `Display` (which the prometheus crate uses) writes it, with a fast
 /// path for whole numbers, most samples.
 fn push_f64(out: &mut String, v: f64) {
+    // The text format spells the special values +Inf, -Inf and NaN (Rust writes inf and NaN).
+    if v.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+        return;
+    }
     if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
         let mut n = v as i64;
         if n < 0 {
@@ -843,7 +852,13 @@ mod tests {
         TextEncoder::new()
             .encode(&m.to_families(), &mut reference)
             .unwrap();
-        assert_eq!(m.encode_text(), String::from_utf8(reference).unwrap());
+        // Except for infinities: the prometheus crate writes Rust's `inf`, which the text
+        // format does not allow (it wants `+Inf`, `-Inf`); kvmio writes the format's spelling.
+        let reference = String::from_utf8(reference)
+            .unwrap()
+            .replace(" inf\n", " +Inf\n")
+            .replace(" -inf\n", " -Inf\n");
+        assert_eq!(m.encode_text(), reference);
     }
 
     #[test]

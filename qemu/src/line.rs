@@ -83,9 +83,10 @@ impl LineReader {
             if let Some(line) = self.take_buffered_line()? {
                 return Ok(line);
             }
+            // A line of max_line_bytes, a '\r' (not counted) and the '\n'.
             let room = self
                 .max_line_bytes
-                .saturating_add(1)
+                .saturating_add(2)
                 .saturating_sub(self.buf.len())
                 .clamp(1, CHUNK);
             let mut chunk = [0u8; CHUNK];
@@ -145,7 +146,12 @@ impl LineReader {
             }));
         }
         self.scanned = self.buf.len();
-        if self.buf.len() > self.max_line_bytes {
+        // Without a newline yet, the buffer may hold a whole line plus the '\r' of its CRLF,
+        // which does not count toward the limit.
+        let over = self.buf.len() > self.max_line_bytes.saturating_add(1)
+            || (self.buf.len() == self.max_line_bytes.saturating_add(1)
+                && self.buf.last() != Some(&b'\r'));
+        if over {
             self.buf.clear();
             self.scanned = 0;
             self.discarding = true;
@@ -199,6 +205,16 @@ mod tests {
         assert!(matches!(out[0], Err(Error::LineTooLong { limit: 100 })));
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(text(&out[1]), "ok");
+    }
+
+    #[tokio::test]
+    async fn the_cr_of_crlf_does_not_count_toward_the_limit() {
+        let out = lines_of(b"abc\r\nabcd\r\nab\r\r\n", 3, false).await;
+        assert_eq!(text(&out[0]), "abc");
+        assert!(matches!(out[1], Err(Error::LineTooLong { limit: 3 })));
+        // Only the last '\r' is the CRLF's: one before it is content.
+        assert_eq!(text(&out[2]), "ab\r");
+        assert_eq!(out.len(), 3);
     }
 
     #[tokio::test]

@@ -312,7 +312,15 @@ pub fn emit_vm(
                 ),
             ] {
                 if let Some(h) = hist {
-                    emit_histogram(out, vm, device, op, h, bounds, total - base_total);
+                    emit_histogram(
+                        out,
+                        vm,
+                        device,
+                        op,
+                        h,
+                        bounds,
+                        total.saturating_sub(base_total),
+                    );
                 }
             }
         }
