@@ -15,6 +15,7 @@
 //! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution
 //!   through sysfs, page-cache residency (cachestat/mincore);
 //! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
+//! - [`errors`]: errors printed as one line with their sources;
 //! - [`http`]: the hyper server;
 //! - [`permissions`]: which families the process's privileges cost, said once at start-up.
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod discovery;
+pub mod errors;
 pub mod glob;
 pub mod host;
 pub mod http;

@@ -49,7 +49,9 @@ impl Collector for HostImage {
                         &image.image.to_string_lossy(),
                         u,
                     ),
-                    Err(e) => tracing::debug!(vm = %image.vm, "no page-cache figure: {e}"),
+                    Err(e) => {
+                        tracing::debug!(vm = %image.vm, "no page-cache figure: {}", crate::errors::chain(&e))
+                    }
                 }
             }
             Ok(())

@@ -77,7 +77,7 @@ pub trait Collector: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     /// Reading a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -282,7 +282,11 @@ impl Exporter {
                 )
             });
             if let Err(e) = &result {
-                tracing::warn!(collector = name, "collector failed: {e}");
+                tracing::warn!(
+                    collector = name,
+                    "collector failed: {}",
+                    crate::errors::chain(&e)
+                );
             }
             for why in out.rejected() {
                 tracing::warn!(collector = name, "sample rejected: {why}");

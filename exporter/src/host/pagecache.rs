@@ -37,7 +37,7 @@ pub struct PageCacheUsage {
 #[derive(Debug, thiserror::Error)]
 pub enum PageCacheError {
     /// Opening or measuring the file failed.
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         /// The file.
         path: String,

@@ -19,8 +19,9 @@ use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent, Limits};
 use tokio::time::{timeout_at, Instant};
 
 use super::join::guest_disk_name;
-use super::qmp::{chain, connect_unix, until};
+use super::qmp::{connect_unix, until};
 use crate::config::Config;
+use crate::errors::chain;
 use crate::host::blockdev::parse_scheduler;
 use crate::metrics::sanitize_label_value;
 

@@ -25,6 +25,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{self, DriveConfig, QemuCmdline};
 use crate::config::Config;
+use crate::errors::chain;
 
 /// `query-pci` is asked again at most this often when a guest disk has no PCI match.
 const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -230,18 +231,6 @@ pub(crate) fn until(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-/// Renders an error with its sources, in one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s.replace('\n', " ")
 }
 
 /// Whether an error means the connection is unusable (and a pooled one should be replaced).

@@ -38,9 +38,10 @@ use self::domxml::DomainXml;
 use self::passthrough::{LibvirtAgent, LibvirtMonitor, Relay};
 use self::pool::Pool;
 use crate::config::{Config, LibvirtConfig};
+use crate::errors::chain;
 use crate::vm::join::guest_disk_name;
 use crate::vm::qga::{self, QgaSnapshot, QgaState, QGA_MAX_LINE_BYTES};
-use crate::vm::qmp::{self, chain, QmpSnapshot, QmpState, QMP_MAX_LINE_BYTES};
+use crate::vm::qmp::{self, QmpSnapshot, QmpState, QMP_MAX_LINE_BYTES};
 
 /// At most this many domains are scraped from one libvirtd.
 pub const MAX_DOMAINS: usize = 4096;
@@ -394,7 +395,7 @@ impl Libvirt {
                 .await
                 .map_err(|e| format!("domain XML: {e}"))?
                 .map_err(|e| format!("domain XML: {}", virt_error(&e)))?;
-            let parsed = domxml::parse(&xml).map_err(|e| format!("domain XML: {e}"))?;
+            let parsed = domxml::parse(&xml).map_err(|e| format!("domain XML: {}", chain(&e)))?;
             if parsed.over > 0 {
                 tracing::warn!(vm = %t.name, over = parsed.over, "domain has more disks than kvmio exports");
             }
