@@ -215,15 +215,7 @@ impl Collector for Qmp {
             let mut images: Vec<ImageRef> = Vec::new();
             for o in outcomes.iter() {
                 if let Some(Ok(snap)) = &o.qmp {
-                    for b in &snap.block {
-                        let Some(inserted) = &b.inserted else {
-                            continue;
-                        };
-                        let device = device_label(
-                            Some(b.device.as_str()),
-                            b.qdev.as_deref(),
-                            inserted.node_name.as_deref(),
-                        );
+                    for (device, _, inserted) in snap.backends() {
                         images.push(ImageRef {
                             vm: o.vm.clone(),
                             device: device.to_owned(),
@@ -325,32 +317,14 @@ pub fn emit_vm(
             }
         }
         let top_driver = snap
-            .block
-            .iter()
-            .find(|b| {
-                b.inserted.as_ref().is_some_and(|i| {
-                    device_label(
-                        Some(b.device.as_str()),
-                        b.qdev.as_deref(),
-                        i.node_name.as_deref(),
-                    ) == device
-                })
-            })
-            .and_then(|b| b.inserted.as_ref())
-            .map(|i| i.drv.clone())
+            .backends()
+            .find(|(label, _, _)| *label == device)
+            .map(|(_, _, i)| i.drv.clone())
             .unwrap_or_default();
         emit_nodes(out, vm, device, s, &top_driver, snap, 0);
     }
 
-    for b in &snap.block {
-        let Some(inserted) = &b.inserted else {
-            continue;
-        };
-        let device = device_label(
-            Some(b.device.as_str()),
-            b.qdev.as_deref(),
-            inserted.node_name.as_deref(),
-        );
+    for (device, b, inserted) in snap.backends() {
         if device.is_empty() {
             continue;
         }

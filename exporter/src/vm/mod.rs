@@ -473,22 +473,16 @@ async fn scrape_socket_vm(
 /// found no device.
 fn join_vm(q: &QmpSnapshot, g: &QgaSnapshot) -> (BTreeMap<String, String>, bool) {
     let keys: Vec<join::DeviceKey<'_>> = q
-        .block
-        .iter()
-        .filter_map(|b| {
-            let inserted = b.inserted.as_ref()?;
+        .backends()
+        .map(|(device, b, _)| {
             let qdev = b.qdev.as_deref().filter(|s| !s.is_empty());
-            Some(join::DeviceKey {
-                device: qmp::device_label(
-                    Some(b.device.as_str()),
-                    qdev,
-                    inserted.node_name.as_deref(),
-                ),
+            join::DeviceKey {
+                device,
                 qdev,
                 serial: qdev
                     .and_then(|p| q.devices.get(p))
                     .and_then(|f| f.serial.as_deref()),
-            })
+            }
         })
         .collect();
     let disks = join::match_disks(&keys, &q.pci, &g.disks);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvmio_qemu::types::{flatten_pci, BlockInfo, BlockStats, PciFunction};
+use kvmio_qemu::types::{flatten_pci, BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
 use kvmio_qemu::{Error as QemuError, Limits, Qmp, QmpCommands};
 use serde_json::json;
 use tokio::net::UnixStream;
@@ -138,6 +138,21 @@ pub struct QmpSnapshot {
     pub process_io: Option<ProcessIo>,
     /// Devices (by `device` label) whose latency histograms this exporter set in an earlier scrape.
     pub histograms: HashMap<String, HistogramBase>,
+}
+
+impl QmpSnapshot {
+    /// The backends with a medium, each with its `device` label ([`device_label`]).
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &BlockInfo, &BlockDeviceInfo)> {
+        self.block.iter().filter_map(|b| {
+            let inserted = b.inserted.as_ref()?;
+            let label = device_label(
+                Some(b.device.as_str()),
+                b.qdev.as_deref(),
+                inserted.node_name.as_deref(),
+            );
+            Some((label, b, inserted))
+        })
+    }
 }
 
 /// Per-QEMU-process cache.
