@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::guest_image::GuestImage;
+use crate::qemu_img::{self, QemuImgError};
 use crate::vm::{Accel, Disk, DiskSource, ImageFormat, Vm, VmConfig, VmError};
 
 /// What to start.
@@ -38,10 +39,18 @@ pub struct LabOptions {
 pub enum LabError {
     #[error("--vms must be at least 1")]
     NoVms,
-    #[error("cannot create disk image {path}: {detail}")]
-    CreateDisk { path: PathBuf, detail: String },
-    #[error("{qemu_img} not found: run deploy/setup.sh (installs qemu-utils)")]
-    QemuImgNotFound { qemu_img: PathBuf },
+    #[error("cannot create disk image {path}")]
+    CreateDisk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create disk image {path}")]
+    QemuImg {
+        path: PathBuf,
+        #[source]
+        source: QemuImgError,
+    },
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error("cannot write {path}")]
@@ -257,7 +266,8 @@ fn manifest_vm(vm: &Vm) -> ManifestVm {
     }
 }
 
-/// Creates a sparse image of `size_mib`: raw by truncation, qcow2 with `qemu-img create`.
+/// Creates a sparse image of `size_mib`: raw by truncation, qcow2 with `qemu-img create`. The
+/// file is created here first, so an unwritable run dir is reported as such for both formats.
 pub fn create_disk(
     qemu_img: &Path,
     path: &Path,
@@ -265,52 +275,25 @@ pub fn create_disk(
     size_mib: u64,
     run_dir: &Path,
 ) -> Result<(), LabError> {
-    std::fs::create_dir_all(run_dir).map_err(|source| {
+    let run_dir_err = |source| {
         LabError::Vm(VmError::RunDir {
             dir: run_dir.to_path_buf(),
             source,
         })
-    })?;
-    let fail = |detail: String| LabError::CreateDisk {
-        path: path.to_path_buf(),
-        detail,
     };
+    std::fs::create_dir_all(run_dir).map_err(run_dir_err)?;
+    let file = std::fs::File::create(path).map_err(run_dir_err)?;
     match format {
-        ImageFormat::Raw => {
-            let f = std::fs::File::create(path).map_err(|source| {
-                LabError::Vm(VmError::RunDir {
-                    dir: run_dir.to_path_buf(),
-                    source,
-                })
-            })?;
-            f.set_len(size_mib << 20).map_err(|e| fail(e.to_string()))?;
-        }
-        ImageFormat::Qcow2 => {
-            let out = std::process::Command::new(qemu_img)
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(path)
-                .arg(format!("{size_mib}M"))
-                .output()
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        LabError::QemuImgNotFound {
-                            qemu_img: qemu_img.to_path_buf(),
-                        }
-                    } else {
-                        fail(e.to_string())
-                    }
-                })?;
-            if !out.status.success() {
-                let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                if msg.contains("Permission denied") || msg.contains("Read-only") {
-                    return Err(LabError::Vm(VmError::RunDir {
-                        dir: run_dir.to_path_buf(),
-                        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg),
-                    }));
-                }
-                return Err(fail(msg));
-            }
-        }
+        ImageFormat::Raw => file
+            .set_len(size_mib << 20)
+            .map_err(|source| LabError::CreateDisk {
+                path: path.to_path_buf(),
+                source,
+            }),
+        ImageFormat::Qcow2 => qemu_img::create(qemu_img, "qcow2", path, &format!("{size_mib}M"))
+            .map_err(|source| LabError::QemuImg {
+                path: path.to_path_buf(),
+                source,
+            }),
     }
-    Ok(())
 }

@@ -9,10 +9,10 @@ use kvmio_crashtest::accel::{self, AccelChoice};
 use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::lab::{Lab, LabOptions};
-use kvmio_crashtest::matrix::{self, RunError, RunOptions};
 use kvmio_crashtest::oracle::{Cell, Fault, Verdict};
 use kvmio_crashtest::paths;
 use kvmio_crashtest::report::{Report, RunInfo};
+use kvmio_crashtest::run::{self, Guest, RunError, RunOptions};
 use kvmio_crashtest::verify::{self, AckLog};
 use kvmio_crashtest::vm::ImageFormat;
 use kvmio_guest::writer::SyncPolicy;
@@ -455,6 +455,42 @@ fn default_image_dir() -> PathBuf {
     }
 }
 
+/// `run`'s options from its command line: checked, with the defaults filled in (`out` is the
+/// checked output directory). The guest and the accelerator come later: they take time.
+fn run_options(args: &RunArgs, out: &Path) -> Result<RunOptions, String> {
+    let cells = cells(args)?;
+    kvmio_guest::record::RecordSpec::new(0, 0, args.record_size)
+        .map_err(|e| format!("--record-size: {e}"))?;
+    if (args.disk_size << 20) < args.record_size as u64 {
+        return Err("--disk-size is smaller than one record".into());
+    }
+    let image_dir = match &args.image_dir {
+        Some(d) => d.clone(),
+        None if args.keep_images => out.join("images"),
+        None => default_image_dir(),
+    };
+    Ok(RunOptions {
+        cells,
+        iterations: args.iterations,
+        seed: args.seed.unwrap_or_else(rand::random),
+        parallel: args.parallel as usize,
+        image_dir,
+        keep_images: args.keep_images,
+        disk_size_mib: args.disk_size,
+        record_size: args.record_size,
+        window: (
+            Duration::from_millis(args.window_ms.0),
+            Duration::from_millis(args.window_ms.1),
+        ),
+        qemu: args.qemu.qemu.clone(),
+        qemu_img: args.qemu.qemu_img.clone(),
+        memory_mib: args.qemu.memory,
+        ready_timeout: Duration::from_secs(args.qemu.ready_timeout),
+        lie_about_flush: args.lie_about_flush,
+        ack_early: args.ack_early,
+    })
+}
+
 /// The cells of the matrix, in a stable order, without duplicates.
 fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
     let mut faults: Vec<Fault> = Vec::new();
@@ -497,47 +533,28 @@ fn unix_now() -> f64 {
 }
 
 async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let cells = cells(&args)?;
-    kvmio_guest::record::RecordSpec::new(0, 0, args.record_size)
-        .map_err(|e| format!("--record-size: {e}"))?;
-    if (args.disk_size << 20) < args.record_size as u64 {
-        return Err("--disk-size is smaller than one record".into());
-    }
     check_out_dir(&args.out)?;
     let out = std::fs::canonicalize(&args.out)?;
-    let image_dir = match &args.image_dir {
-        Some(d) => d.clone(),
-        None if args.keep_images => out.join("images"),
-        None => default_image_dir(),
-    };
+    let opts = run_options(&args, &out)?;
     // The image dir before the (slower) guest build, so a typo or a full disk fails at once.
-    drop(matrix::preflight(
-        &image_dir,
-        &matrix::SpacePlan {
-            cells: &cells,
-            iterations: args.iterations,
-            parallel: args.parallel as usize,
-            keep_images: args.keep_images,
-            disk_size_mib: args.disk_size,
-        },
-    )?);
-    require_program(&args.qemu.qemu, "--qemu", "qemu-system-x86")?;
-    require_program(&args.qemu.qemu_img, "--qemu-img", "qemu-utils")?;
+    drop(run::preflight(&opts)?);
+    require_program(&opts.qemu, "--qemu", "qemu-system-x86")?;
+    require_program(&opts.qemu_img, "--qemu-img", "qemu-utils")?;
     let image = build_guest(&args.guest)?;
     let cache_dir = args
         .guest
         .cache_dir
         .clone()
         .unwrap_or_else(paths::cache_dir);
-    let (accel, why) = accel::resolve(args.qemu.accel, &args.qemu.qemu, &image, &cache_dir).await?;
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let total = cells.len() as u64 * u64::from(args.iterations);
+    let (accel, why) = accel::resolve(args.qemu.accel, &opts.qemu, &image, &cache_dir).await?;
+    let total = opts.cells.len() as u64 * u64::from(opts.iterations);
     eprintln!(
-        "kvmio-crashtest: {} cell(s) x {} iteration(s) under {} ({why}), {} at a time, seed {seed}",
-        cells.len(),
-        args.iterations,
+        "kvmio-crashtest: {} cell(s) x {} iteration(s) under {} ({why}), {} at a time, seed {}",
+        opts.cells.len(),
+        opts.iterations,
         accel.as_str(),
-        args.parallel
+        opts.parallel,
+        opts.seed
     );
 
     // Ctrl-C / SIGTERM: stop every iteration in order (QEMU reaped, NBD servers shut down).
@@ -564,30 +581,9 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let started = unix_now();
-    let options = RunOptions {
-        cells: cells.clone(),
-        iterations: args.iterations,
-        seed,
-        parallel: args.parallel as usize,
-        image_dir: image_dir.clone(),
-        keep_images: args.keep_images,
-        disk_size_mib: args.disk_size,
-        record_size: args.record_size,
-        window: (
-            Duration::from_millis(args.window_ms.0),
-            Duration::from_millis(args.window_ms.1),
-        ),
-        qemu: args.qemu.qemu.clone(),
-        qemu_img: args.qemu.qemu_img.clone(),
-        accel,
-        image,
-        memory_mib: args.qemu.memory,
-        ready_timeout: Duration::from_secs(args.qemu.ready_timeout),
-        lie_about_flush: args.lie_about_flush,
-        ack_early: args.ack_early,
-    };
+    let guest = Guest { accel, image };
     let mut violations_seen = 0u64;
-    let outcome = matrix::run(options, cancel_rx, |r| {
+    let outcome = run::run(opts.clone(), guest, cancel_rx, |r| {
         bar.inc(1);
         bar.set_message(format!("{} #{}: {}", r.cell.id(), r.iteration, r.verdict));
         if r.verdict == Verdict::Violation {
@@ -611,23 +607,8 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
     };
     let interrupted = matches!(outcome.error, Some(RunError::Interrupted));
     let error_text = outcome.error.as_ref().map(|e| chain(e));
-    let info = RunInfo {
-        seed,
-        iterations: args.iterations,
-        parallel: args.parallel as usize,
-        accel: accel.as_str().to_string(),
-        qemu_binary: args.qemu.qemu.clone(),
-        disk_size_mib: args.disk_size,
-        record_size: args.record_size,
-        window_ms: [args.window_ms.0, args.window_ms.1],
-        image_dir,
-        keep_images: args.keep_images,
-        started_unix: started,
-        finished_unix: unix_now(),
-        lie_about_flush: args.lie_about_flush,
-        ack_early: args.ack_early,
-    };
-    let kept = args.keep_images.then(|| outcome.images_dir.clone());
+    let info = RunInfo::new(&opts, accel, started, unix_now());
+    let kept = opts.keep_images.then(|| outcome.images_dir.clone());
     let report = Report::build(info, &outcome.results, error_text.clone(), kept.clone());
     report.write(&out).map_err(|e| {
         format!(
@@ -654,7 +635,7 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
         eprintln!(
             "kvmio-crashtest: interrupted after {} of {total} iterations; every VM was stopped{}",
             outcome.results.len(),
-            if args.keep_images {
+            if opts.keep_images {
                 ""
             } else {
                 " and the temporary files removed"

@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use kvmio_qemu::{CacheFlags, CacheMode};
 use serde::Serialize;
 
-use crate::matrix::{IterationResult, Timings};
 use crate::oracle::{Cell, Verdict};
+use crate::run::{IterationResult, RunOptions, Timings};
+use crate::vm::Accel;
 
 /// Run-wide facts for the report.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +46,28 @@ pub struct RunInfo {
     /// Self-test switches (false in real runs).
     pub lie_about_flush: bool,
     pub ack_early: bool,
+}
+
+impl RunInfo {
+    /// The run's facts, from its options and the accelerator it ran under.
+    pub fn new(opts: &RunOptions, accel: Accel, started_unix: f64, finished_unix: f64) -> Self {
+        RunInfo {
+            seed: opts.seed,
+            iterations: opts.iterations,
+            parallel: opts.parallel,
+            accel: accel.as_str().to_string(),
+            qemu_binary: opts.qemu.clone(),
+            disk_size_mib: opts.disk_size_mib,
+            record_size: opts.record_size,
+            window_ms: [opts.window.0, opts.window.1].map(|d| d.as_millis() as u64),
+            image_dir: opts.image_dir.clone(),
+            keep_images: opts.keep_images,
+            started_unix,
+            finished_unix,
+            lie_about_flush: opts.lie_about_flush,
+            ack_early: opts.ack_early,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,7 +141,7 @@ pub struct IterationSummary {
     pub writer_done: bool,
     pub fault_delay_ms: u64,
     pub timings: Timings,
-    pub power_fail: Option<crate::matrix::PowerFailSummary>,
+    pub power_fail: Option<crate::run::PowerFailSummary>,
     /// The simulated host ignored FLUSH/FUA (power faults under cache=unsafe).
     pub host_ignores_flush: bool,
     pub image_check: Option<String>,
@@ -434,7 +457,7 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
         sync: cell.sync,
         format: cell.format,
         seed: run_seed,
-        derived_seed: crate::matrix::cell_seed(run_seed, &cell),
+        derived_seed: crate::run::cell_seed(run_seed, &cell),
         iterations: rs.len() as u32,
         acked: sum(|r| r.verification.acked),
         survived: sum(|r| r.verification.survived),
@@ -505,8 +528,8 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matrix::IterationResult;
     use crate::oracle::Fault;
+    use crate::run::IterationResult;
     use crate::verify::Verification;
     use crate::vm::ImageFormat;
     use kvmio_guest::writer::SyncPolicy;

@@ -34,6 +34,7 @@ use kvmio_guest::record::{self, Digest, RecordSpec, SECTOR};
 use serde::{Deserialize, Serialize};
 
 use crate::oracle::{Cell, Verdict};
+use crate::qemu_img::{self, QemuImgError};
 use crate::vm::ImageFormat;
 
 /// Marks the header line of an ack log and its version.
@@ -87,9 +88,11 @@ pub struct AckLog {
     pub done: Option<u64>,
 }
 
+/// Why an image could not be verified. One variant per failing step; an inner error is only
+/// the `source`, never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -97,13 +100,19 @@ pub enum VerifyError {
     },
     #[error("{path} is not a kvmio ack log: {detail}")]
     BadAckLog { path: PathBuf, detail: String },
-    #[error(
-        "{qemu_img} not found: run deploy/setup.sh (installs qemu-utils) or pass --qemu-img PATH"
-    )]
-    QemuImgNotFound { qemu_img: PathBuf },
+    #[error("cannot read the qcow2 image {path}")]
+    QemuImg {
+        path: PathBuf,
+        #[source]
+        source: QemuImgError,
+    },
     #[error("no space left in {dir} for the raw copy of a qcow2 image: free space or use another --image-dir")]
-    NoSpace { dir: PathBuf },
-    #[error("cannot create a scratch file in {dir}: {source}")]
+    NoSpace {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create a scratch file in {dir}")]
     Scratch {
         dir: PathBuf,
         #[source]
@@ -607,28 +616,6 @@ impl Scratch {
     }
 }
 
-fn run_qemu_img(
-    qemu_img: &Path,
-    args: &[&std::ffi::OsStr],
-) -> Result<std::process::Output, VerifyError> {
-    std::process::Command::new(qemu_img)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                VerifyError::QemuImgNotFound {
-                    qemu_img: qemu_img.to_path_buf(),
-                }
-            } else {
-                VerifyError::Read {
-                    path: qemu_img.to_path_buf(),
-                    source: e,
-                }
-            }
-        })
-}
-
 /// `qemu-img convert -O raw` into a new sparse scratch file. The inner `Err` is qemu-img's
 /// complaint about the image (which then counts as unreadable).
 fn convert_to_raw(
@@ -636,24 +623,26 @@ fn convert_to_raw(
     image: &Path,
     dir: &Path,
 ) -> Result<Result<Scratch, String>, VerifyError> {
+    let scratch_err = |source: io::Error| {
+        if crate::out_of_space(&source) {
+            VerifyError::NoSpace {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        } else {
+            VerifyError::Scratch {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        }
+    };
     let scratch = tempfile::Builder::new()
         .prefix(".kvmio-verify-")
         .suffix(".raw")
         .tempfile_in(dir)
-        .map_err(|source| {
-            if source.raw_os_error() == Some(libc::ENOSPC) {
-                VerifyError::NoSpace {
-                    dir: dir.to_path_buf(),
-                }
-            } else {
-                VerifyError::Scratch {
-                    dir: dir.to_path_buf(),
-                    source,
-                }
-            }
-        })?
+        .map_err(scratch_err)?
         .into_temp_path();
-    let out = run_qemu_img(
+    let converted = qemu_img::run(
         qemu_img,
         &[
             "convert".as_ref(),
@@ -665,22 +654,23 @@ fn convert_to_raw(
             image.as_os_str(),
             scratch.as_os_str(),
         ],
-    )?;
-    if out.status.success() {
-        return Ok(Ok(Scratch(scratch)));
+    );
+    match converted {
+        Ok(_) => Ok(Ok(Scratch(scratch))),
+        Err(QemuImgError::Failed { source, .. }) if crate::out_of_space(&source) => {
+            Err(scratch_err(source))
+        }
+        Err(QemuImgError::Failed { source, .. }) => Ok(Err(format!("qemu-img convert: {source}"))),
+        Err(source) => Err(VerifyError::QemuImg {
+            path: image.to_path_buf(),
+            source,
+        }),
     }
-    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if msg.contains("No space left") {
-        return Err(VerifyError::NoSpace {
-            dir: dir.to_path_buf(),
-        });
-    }
-    Ok(Err(format!("qemu-img convert: {msg}")))
 }
 
 /// `qemu-img check` in one line: leaks are normal after a crash, corruptions are not.
 fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> {
-    let out = run_qemu_img(
+    let out = qemu_img::output(
         qemu_img,
         &[
             "check".as_ref(),
@@ -689,7 +679,11 @@ fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> 
             "--output=json".as_ref(),
             image.as_os_str(),
         ],
-    )?;
+    )
+    .map_err(|source| VerifyError::QemuImg {
+        path: image.to_path_buf(),
+        source,
+    })?;
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
     Ok(match parsed {
         Some(j) => {

@@ -1,0 +1,223 @@
+//! One iteration of one cell: the steps of [`super`] in a row.
+//!
+//! Every step returns this crate's [`RunError`]; an error whose cause is ENOSPC becomes
+//! [`RunError::NoSpace`] here, once, whichever step hit it (the image, the ack log, the NBD
+//! server's power failure, the verification's scratch copy, or QEMU pausing the VM).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmio_qemu::CacheFlags;
+use tokio::sync::watch;
+
+use super::ack::Acks;
+use super::boot::{self, Booted};
+use super::fault::{self, Host};
+use super::image::{self, IterFiles};
+use super::plan::RunDirs;
+use super::{Guest, IterationResult, IterationSeeds, RunError, RunOptions, Timings};
+use crate::oracle::Cell;
+use crate::out_of_space;
+use crate::verify::{self, AckLog, AckLogHeader};
+use crate::vm::VmConfig;
+
+/// What every iteration of a run shares.
+pub(super) struct Ctx {
+    pub opts: RunOptions,
+    pub guest: Guest,
+    pub dirs: RunDirs,
+}
+
+/// Iteration `iteration` (from 0) of `cell`, the `index`th job of the run; `stop` turning true
+/// ends it early, with QEMU reaped and its files removed.
+pub(super) async fn run(
+    ctx: Arc<Ctx>,
+    index: usize,
+    cell: Cell,
+    iteration: u32,
+    stop: watch::Receiver<bool>,
+) -> Result<IterationResult, RunError> {
+    let label = format!("{} iteration {}", cell.id(), iteration + 1);
+    steps(&ctx, index, cell, iteration, stop, &label)
+        .await
+        .map_err(|e| match e {
+            // A VM that cannot start is not the image directory's fault.
+            RunError::Boot { .. } => e,
+            e if out_of_space(&e) => RunError::NoSpace {
+                dir: ctx.opts.image_dir.clone(),
+                cell: label.clone(),
+            },
+            e => e,
+        })
+}
+
+async fn steps(
+    ctx: &Ctx,
+    index: usize,
+    cell: Cell,
+    iteration: u32,
+    mut stop: watch::Receiver<bool>,
+    label: &str,
+) -> Result<IterationResult, RunError> {
+    let total = Instant::now();
+    let opts = &ctx.opts;
+    let seeds = IterationSeeds::derive(opts.seed, &cell, iteration);
+    let name = format!("{}-i{}", cell.id(), iteration + 1);
+    let files = IterFiles::new(ctx.dirs.images(), &name, cell.format, opts.keep_images);
+    let disk_bytes = opts.disk_size_mib << 20;
+
+    // A fresh image, its ack log, and the host it lives on.
+    let t = Instant::now();
+    let power = cell.fault.is_power();
+    image::create(
+        &opts.qemu_img,
+        &files.image,
+        cell.format,
+        disk_bytes,
+        power,
+        label,
+    )?;
+    let header = ack_log_header(opts, cell, iteration, &seeds, &files.image);
+    let acks = Acks::create(&files.acks, &header, label)?;
+    let socket = ctx.dirs.sockets().join(format!("n{index}.sock"));
+    let host = Host::start(cell, &files.image, socket, opts.lie_about_flush, label)?;
+    let create = t.elapsed();
+
+    // Boot, acks, fault; then the power failure, and the NBD server gone on every path.
+    let config = boot::config(
+        opts,
+        &ctx.guest,
+        index,
+        ctx.dirs.sockets(),
+        &cell,
+        &seeds,
+        host.disk_source(),
+    );
+    let console_log = config.console_log();
+    let delay = seeds.delay_in(opts.window);
+    let phase = tokio::select! {
+        r = guest_phase(config, acks, delay, opts.ready_timeout, label) => r,
+        _ = stop.wait_for(|s| *s) => Err(RunError::Interrupted),
+    };
+    let (power_fail, power_time) = host.power_fail(phase.is_ok(), seeds.power, label).await;
+    files.take_console(&console_log);
+    let phase = phase?;
+    let power_fail = power_fail?;
+    if *stop.borrow() {
+        return Err(RunError::Interrupted);
+    }
+
+    // Verify, from the ack log as written (what `verify --acks` reads too).
+    let t = Instant::now();
+    let verify_err = |source| RunError::Verify {
+        cell: label.to_string(),
+        source,
+    };
+    let log = AckLog::read(&files.acks).map_err(verify_err)?;
+    let verification =
+        verify::verify_image(&files.image, &log, None, &opts.qemu_img, ctx.dirs.images())
+            .map_err(verify_err)?;
+    let verify_time = t.elapsed();
+    let (kept_image, kept_acks) = files.kept();
+    drop(files);
+    Ok(IterationResult {
+        cell,
+        iteration: iteration + 1,
+        seed: seeds.iteration,
+        run_id: seeds.run_id,
+        verdict: verification.verdict(cell.promise().survives),
+        verification,
+        timings: Timings {
+            create: create.as_secs_f64(),
+            boot: phase.boot.as_secs_f64(),
+            first_ack: phase.first_ack.as_secs_f64(),
+            window: phase.window.as_secs_f64(),
+            fault: (phase.fault + power_time).as_secs_f64(),
+            verify: verify_time.as_secs_f64(),
+            total: total.elapsed().as_secs_f64(),
+        },
+        fault_delay_ms: delay.as_millis() as u64,
+        power_fail,
+        host_ignores_flush: fault::host_ignores_flush(&cell),
+        qmp_cache: phase.qmp_cache,
+        qemu_version: phase.qemu_version,
+        guest_kernel: phase.guest_kernel,
+        kept_image,
+        kept_acks,
+    })
+}
+
+/// The ack log's first line: everything verification needs to rebuild the expected records.
+fn ack_log_header(
+    opts: &RunOptions,
+    cell: Cell,
+    iteration: u32,
+    seeds: &IterationSeeds,
+    image: &Path,
+) -> AckLogHeader {
+    AckLogHeader {
+        kvmio_ack_log: verify::ACK_LOG_VERSION,
+        cell,
+        iteration: iteration + 1,
+        seed: seeds.iteration,
+        run_id: seeds.run_id,
+        payload_seed: seeds.payload,
+        record_size: opts.record_size,
+        disk_size: opts.disk_size_mib << 20,
+        image: image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ack_early: opts.ack_early,
+        lie_about_flush: opts.lie_about_flush && cell.fault.is_power(),
+    }
+}
+
+/// What the guest phase measured and learnt.
+struct Phase {
+    boot: Duration,
+    first_ack: Duration,
+    window: Duration,
+    fault: Duration,
+    qmp_cache: Option<CacheFlags>,
+    qemu_version: String,
+    guest_kernel: String,
+}
+
+/// Boot, the first ack, the write window, the SIGKILL; the ack log is complete after it.
+async fn guest_phase(
+    config: VmConfig,
+    mut acks: Acks<'_>,
+    delay: Duration,
+    ready_timeout: Duration,
+    label: &str,
+) -> Result<Phase, RunError> {
+    let Booted {
+        mut vm,
+        boot,
+        ready,
+        guest_kernel,
+        qemu_version,
+        qmp_cache,
+    } = boot::boot(config, ready_timeout, label).await?;
+    acks.first(&mut vm).await?;
+    let first_ack = ready.elapsed();
+    let t = Instant::now();
+    acks.window(&mut vm, delay).await?;
+    let window = t.elapsed();
+    let t = Instant::now();
+    fault::kill(&mut vm, &mut acks).await?;
+    let fault = t.elapsed();
+    drop(vm);
+    acks.finish()?;
+    Ok(Phase {
+        boot,
+        first_ack,
+        window,
+        fault,
+        qmp_cache,
+        qemu_version,
+        guest_kernel,
+    })
+}
