@@ -12,6 +12,7 @@
 //! host collectors (which wait for the published images) time to run, before the scrape deadline.
 
 pub mod cmdline;
+pub mod connection;
 pub mod join;
 pub mod libvirt;
 pub mod qga;

@@ -15,11 +15,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use kvmio_qemu::types::{GuestDiskInfo, GuestDiskStatsInfo};
-use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent, Limits};
+use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent};
 use tokio::time::{timeout_at, Instant};
 
+use super::connection::{acquire, failed_twice, release, Pooled, Step};
 use super::join::guest_disk_name;
-use super::qmp::{connect_unix, until};
 use crate::config::Config;
 use crate::errors::chain;
 use crate::host::blockdev::parse_scheduler;
@@ -69,7 +69,7 @@ pub struct QgaSnapshot {
 /// A VM's agent state kept between scrapes.
 #[derive(Debug, Default)]
 pub struct QgaState {
-    conn: Option<(GuestAgent, Option<u32>)>,
+    conn: Pooled<GuestAgent>,
     pid: Option<u32>,
     queue: HashMap<String, (Instant, Option<QueueInfo>)>,
     files_forbidden_until: Option<Instant>,
@@ -102,10 +102,6 @@ pub fn valid_disk_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:!+@-".contains(&b))
 }
 
-fn connection_broken(e: &QemuError) -> bool {
-    matches!(e, QemuError::Closed | QemuError::Io(_))
-}
-
 /// The agent refuses `guest-file-*` (blocked with `qemu-ga -b` / `--allow-rpcs`, or frozen).
 fn files_forbidden(e: &QemuError) -> bool {
     match e {
@@ -123,50 +119,16 @@ pub(crate) async fn scrape(
     config: &Config,
     deadline: Instant,
 ) -> Result<QgaSnapshot, String> {
-    let mut pooled = if config.qmp_persistent {
-        st.conn.take()
-    } else {
-        st.conn = None;
-        None
-    };
-    for attempt in 0..2 {
-        let reused = pooled.is_some();
-        let (mut agent, pid) = match pooled.take() {
-            Some(c) => c,
-            None => {
-                let call_timeout = if config.qmp_persistent {
-                    config.scrape_timeout
-                } else {
-                    until(deadline)
-                };
-                let limits = Limits::DEFAULT
-                    .with_call_timeout(call_timeout)
-                    .with_max_line_bytes(QGA_MAX_LINE_BYTES);
-                let (stream, pid) = connect_unix(path, deadline).await.map_err(|e| chain(&e))?;
-                match timeout_at(deadline, GuestAgent::with_stream(stream, limits)).await {
-                    Ok(Ok(a)) => (a, pid),
-                    Ok(Err(e)) => return Err(format!("guest-sync-delimited: {}", chain(&e))),
-                    Err(_) => return Err("guest-sync-delimited timed out".to_owned()),
-                }
-            }
-        };
-        st.adopt(pid);
-        match query(&mut agent, st, config, deadline).await {
-            Ok((snapshot, keep)) => {
-                if keep && config.qmp_persistent {
-                    st.conn = Some((agent, pid));
-                }
-                return Ok(snapshot);
-            }
-            Err(Some(e)) if reused && attempt == 0 && connection_broken(&e) => {
-                tracing::debug!(socket = %path.display(), "pooled agent connection broken ({}); reconnecting", chain(&e));
-                continue;
-            }
-            Err(Some(e)) => return Err(chain(&e)),
-            Err(None) => return Err("guest agent calls timed out".to_owned()),
+    for _ in 0..2 {
+        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
+        st.adopt(c.pid);
+        let result = query(&mut c.client, st, config, deadline).await;
+        match release(path, &mut st.conn, config, c, result) {
+            Step::Done(r) => return r,
+            Step::Retry => continue,
         }
     }
-    Err("guest agent connection failed twice".to_owned())
+    failed_twice::<GuestAgent, _>()
 }
 
 /// The agent's part of a scrape over any [`AgentCommands`] (a socket or libvirt's passthrough):

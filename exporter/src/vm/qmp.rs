@@ -18,14 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvmio_qemu::types::{flatten_pci, BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
-use kvmio_qemu::{Error as QemuError, Limits, Qmp, QmpCommands};
+use kvmio_qemu::{Error as QemuError, Qmp, QmpCommands};
 use serde_json::json;
-use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{self, DriveConfig, QemuCmdline};
+use super::connection::{acquire, failed_twice, release, Pooled, Step};
 use crate::config::Config;
-use crate::errors::chain;
 
 /// `query-pci` is asked again at most this often when a guest disk has no PCI match.
 const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -172,8 +171,8 @@ pub(crate) struct Cache {
 /// A VM's QMP state kept between scrapes.
 #[derive(Debug, Default)]
 pub struct QmpState {
-    /// The pooled monitor (`--qmp.persistent`) and its peer PID.
-    conn: Option<(Qmp, Option<u32>)>,
+    /// The pooled monitor (`--qmp.persistent`) and the last peer's PID.
+    conn: Pooled<Qmp>,
     pub(crate) cache: Cache,
     /// Set by the join when a guest disk found no PCI match: refresh `query-pci`.
     pub(crate) pci_stale: bool,
@@ -187,7 +186,7 @@ impl QmpState {
 
     /// The PID of the last monitor peer connected to, if any.
     pub fn peer_pid(&self) -> Option<u32> {
-        self.cache.pid
+        self.conn.peer()
     }
 
     /// Whether a monitor connection is pooled.
@@ -210,47 +209,6 @@ pub fn device_label<'a>(
         return super::join::qdev_id(q).unwrap_or(q);
     }
     node.unwrap_or("")
-}
-
-fn peer_pid(stream: &UnixStream) -> Option<u32> {
-    stream
-        .peer_cred()
-        .ok()
-        .and_then(|c| c.pid())
-        .and_then(|p| u32::try_from(p).ok())
-        .filter(|&p| p > 0)
-}
-
-/// Connects a Unix socket within `deadline` and returns it with its peer's PID.
-pub(crate) async fn connect_unix(
-    path: &Path,
-    deadline: Instant,
-) -> Result<(UnixStream, Option<u32>), QemuError> {
-    match timeout_at(deadline, UnixStream::connect(path)).await {
-        Ok(Ok(s)) => {
-            let pid = peer_pid(&s);
-            Ok((s, pid))
-        }
-        Ok(Err(source)) => Err(QemuError::Connect {
-            path: path.to_owned(),
-            source,
-        }),
-        Err(_) => Err(QemuError::Timeout {
-            what: format!("a connection to {}", path.display()),
-        }),
-    }
-}
-
-/// Time left until `deadline`, at least 1 ms (a zero timeout would fail at once, confusingly).
-pub(crate) fn until(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
-}
-
-/// Whether an error means the connection is unusable (and a pooled one should be replaced).
-fn connection_broken(e: &QemuError) -> bool {
-    matches!(e, QemuError::Closed | QemuError::Io(_))
 }
 
 pub(crate) fn read_process_io(procfs: &Path, pid: u32) -> Option<ProcessIo> {
@@ -287,60 +245,33 @@ pub(crate) async fn scrape(
     config: &Config,
     deadline: Instant,
 ) -> Result<QmpSnapshot, String> {
-    let mut pooled = if config.qmp_persistent {
-        st.conn.take()
-    } else {
-        st.conn = None;
-        None
-    };
-    for attempt in 0..2 {
-        let reused = pooled.is_some();
-        let (mut qmp, pid) = match pooled.take() {
-            Some(c) => c,
-            None => {
-                // A pooled connection lives on across scrapes: its per-call bound is the scrape
-                // timeout; every call is bounded by this scrape's deadline as well.
-                let call_timeout = if config.qmp_persistent {
-                    config.scrape_timeout
-                } else {
-                    until(deadline)
-                };
-                let limits = Limits::DEFAULT
-                    .with_call_timeout(call_timeout)
-                    .with_max_line_bytes(QMP_MAX_LINE_BYTES);
-                let (stream, pid) = connect_unix(path, deadline).await.map_err(|e| chain(&e))?;
-                adopt(&mut st.cache, pid);
-                match timeout_at(deadline, Qmp::handshake(stream, limits)).await {
-                    Ok(Ok(q)) => (q, pid),
-                    Ok(Err(e)) => return Err(format!("QMP handshake: {}", chain(&e))),
-                    Err(_) => return Err("QMP handshake timed out".to_owned()),
-                }
-            }
+    for _ in 0..2 {
+        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
+        adopt(&mut st.cache, c.pid);
+        let stale = std::mem::take(&mut st.pci_stale);
+        let calls = queries(
+            &mut c.client,
+            c.pid,
+            has_agent,
+            stale,
+            &mut st.cache,
+            config,
+        );
+        let result = match timeout_at(deadline, calls).await {
+            Ok(Ok(snapshot)) => Ok((snapshot, true)),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
         };
-        adopt(&mut st.cache, pid);
-        let pci_stale = std::mem::take(&mut st.pci_stale);
-        let result = timeout_at(
-            deadline,
-            queries(&mut qmp, pid, has_agent, pci_stale, &mut st.cache, config),
-        )
-        .await;
-        match result {
-            Ok(Ok(snapshot)) => {
-                if config.qmp_persistent {
-                    st.conn = Some((qmp, pid));
-                }
-                return Ok(snapshot);
-            }
-            Ok(Err(e)) if reused && attempt == 0 && connection_broken(&e) => {
-                tracing::debug!(socket = %path.display(), "pooled QMP connection broken ({}); reconnecting", chain(&e));
-                st.pci_stale |= pci_stale;
-                continue;
-            }
-            Ok(Err(e)) => return Err(chain(&e)),
-            Err(_) => return Err("QMP queries timed out".to_owned()),
+        if result.is_err() {
+            // Not refreshed: ask again next time.
+            st.pci_stale |= stale;
+        }
+        match release(path, &mut st.conn, config, c, result) {
+            Step::Done(r) => return r,
+            Step::Retry => continue,
         }
     }
-    Err("QMP connection failed twice".to_owned())
+    failed_twice::<Qmp, _>()
 }
 
 /// Keeps the cache if it belongs to this process, else starts a new one.
