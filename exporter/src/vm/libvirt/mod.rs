@@ -18,44 +18,31 @@
 //! the next scrape; one domain whose QEMU does not answer is `up 0` on its own.
 
 pub mod block;
+mod connection;
 pub mod domxml;
 mod ffi;
+mod guest;
 pub mod passthrough;
 pub mod pid;
 pub mod pool;
+mod qemu;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::raw::c_uint;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use kvmio_qemu::types::GuestDiskInfo;
 use tokio::time::Instant;
-use virt::connect::Connect;
 use virt::domain::Domain;
 
+use self::connection::Conn;
 use self::domxml::DomainXml;
-use self::passthrough::{LibvirtAgent, LibvirtMonitor, Relay};
+use self::passthrough::Relay;
 use self::pool::Pool;
 use crate::config::{Config, LibvirtConfig};
-use crate::errors::chain;
-use crate::vm::join::guest_disk_name;
-use crate::vm::qga::{self, QgaSnapshot, QgaState, QGA_MAX_LINE_BYTES};
-use crate::vm::qmp::{self, QmpSnapshot, QmpState, QMP_MAX_LINE_BYTES};
+use crate::vm::qga::{QgaSnapshot, QgaState};
+use crate::vm::qmp::{QmpSnapshot, QmpState};
 
 /// At most this many domains are scraped from one libvirtd.
 pub const MAX_DOMAINS: usize = 4096;
-
-/// A domain's XML is read again after this long (and whenever its disk set changes).
-const XML_TTL: Duration = Duration::from_secs(60);
-
-/// A successful guest-info answer (the join) is used this long, as `guest-get-disks` is for
-/// socket VMs: the agent walks sysfs for it.
-const GUEST_INFO_TTL: Duration = qga::DISKS_TTL;
-
-/// A failed guest-info call is retried after this long (an agent that does not answer would
-/// otherwise hold a pool slot at every scrape).
-const GUEST_INFO_RETRY: Duration = Duration::from_secs(60);
 
 /// A running or paused domain found at this scrape.
 #[derive(Debug, Clone)]
@@ -75,13 +62,6 @@ impl PartialEq for DomainTarget {
 
 impl Eq for DomainTarget {}
 
-/// The libvirt connection and whether it is read-only.
-#[derive(Debug, Clone)]
-struct Conn {
-    connect: Arc<Connect>,
-    read_only: bool,
-}
-
 /// The libvirt source: one connection (re-opened after a failure), its call pool, and the state
 /// of the last discovery.
 #[derive(Debug)]
@@ -92,10 +72,6 @@ pub struct Libvirt {
     /// The last discovery: `Ok(domains)` or why it failed (`kvmio_libvirt_up`).
     status: Mutex<Option<Result<usize, String>>>,
 }
-
-/// Whether the read-only fallback has been reported: once per process, shared by the start-up
-/// check's connection and the source's own (and its reconnections).
-static WARNED_READ_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the libvirt source's last discovery found (for `kvmio_libvirt_up`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +104,7 @@ pub struct DomainScrape {
     pub pid: Option<u32>,
 }
 
-fn virt_error(e: &virt::error::Error) -> String {
+pub(super) fn virt_error(e: &virt::error::Error) -> String {
     e.message().replace('\n', " ")
 }
 
@@ -185,73 +161,6 @@ impl Libvirt {
                 uri: self.config.uri.clone(),
                 result,
             })
-    }
-
-    /// Opens the connection: read-write (guest info and passthrough need it), else read-only.
-    /// Blocking: runs in the pool.
-    fn open(uri: &str) -> Result<Conn, String> {
-        match Connect::open(Some(uri)) {
-            Ok(c) => Ok(Conn {
-                connect: Arc::new(c),
-                read_only: false,
-            }),
-            Err(rw) => match Connect::open_read_only(Some(&read_only_uri(uri))) {
-                Ok(c) => Ok(Conn {
-                    connect: Arc::new(c),
-                    read_only: true,
-                }),
-                Err(_) => Err(format!("cannot connect to {uri}: {}", virt_error(&rw))),
-            },
-        }
-    }
-
-    /// Connects once (at start-up): whether libvirt allowed a read-write connection. The
-    /// read-only fallback is warned about, once, with what it costs.
-    pub async fn check(&self, deadline: Instant) -> Result<bool, String> {
-        self.connection(deadline).await.map(|c| !c.read_only)
-    }
-
-    async fn connection(&self, deadline: Instant) -> Result<Conn, String> {
-        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Ok(c);
-        }
-        let uri = self.config.uri.clone();
-        let conn = self
-            .pool
-            .run(deadline, move || Self::open(&uri))
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.config.uri))??;
-        if conn.read_only && !WARNED_READ_ONLY.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(
-                uri = %self.config.uri,
-                families = "kvmio_qga_up, kvmio_guest_disk_*, kvmio_disk_layer_info{disk}",
-                "libvirt refused a read-write connection: connected read-only, so the guest \
-                 layer (guest info, agent passthrough) and the monitor passthrough are \
-                 unavailable; add kvmio's user to the libvirt group (Debian's polkit rule lets \
-                 that group manage libvirt)"
-            );
-        }
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Drops the connection if libvirt says it is dead, so that the next scrape reconnects.
-    async fn check_alive(&self, conn: &Conn, deadline: Instant) {
-        let c = conn.connect.clone();
-        let alive = self
-            .pool
-            .run(deadline, move || c.is_alive().unwrap_or(false))
-            .await
-            .unwrap_or(false);
-        if !alive {
-            let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            if slot
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(&s.connect, &conn.connect))
-            {
-                *slot = None;
-            }
-        }
     }
 
     /// The running and paused domains now.
@@ -357,253 +266,5 @@ impl Libvirt {
             deadline,
             max_reply_bytes,
         }
-    }
-
-    async fn qemu_layer(
-        &self,
-        t: &DomainTarget,
-        st: &mut DomainState,
-        config: &Config,
-        deadline: Instant,
-        pid: Option<u32>,
-    ) -> Result<QmpSnapshot, String> {
-        let domain = t.domain.clone();
-        let stats = self
-            .pool
-            .run(deadline, move || {
-                ffi::domain_stats(
-                    &domain,
-                    virt_sys::VIR_DOMAIN_STATS_STATE | virt_sys::VIR_DOMAIN_STATS_BLOCK,
-                    virt_sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
-                        | virt_sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
-                )
-            })
-            .await
-            .map_err(|e| format!("block statistics: {e}"))?
-            .map_err(|e| format!("block statistics: {}", virt_error(&e)))?;
-        let per_disk = block::disk_stats(&stats);
-        let names: BTreeSet<String> = per_disk.keys().cloned().collect();
-        let fresh = st
-            .xml
-            .as_ref()
-            .is_some_and(|(at, known, _)| *known == names && at.elapsed() < XML_TTL);
-        if !fresh {
-            let domain = t.domain.clone();
-            let xml = self
-                .pool
-                .run(deadline, move || domain.xml_desc(0))
-                .await
-                .map_err(|e| format!("domain XML: {e}"))?
-                .map_err(|e| format!("domain XML: {}", virt_error(&e)))?;
-            let parsed = domxml::parse(&xml).map_err(|e| format!("domain XML: {}", chain(&e)))?;
-            if parsed.over > 0 {
-                tracing::warn!(vm = %t.name, over = parsed.over, "domain has more disks than kvmio exports");
-            }
-            st.xml = Some((Instant::now(), names, Arc::new(parsed)));
-        }
-        let xml = st
-            .xml
-            .as_ref()
-            .map(|(_, _, d)| d.clone())
-            .unwrap_or_default();
-        let disks = &xml.disks;
-        // libvirt answers with the state alone when QEMU's monitor was busy (NOWAIT) or did
-        // not answer: a domain with disks but no statistics for any of them is not up.
-        let with_source = disks.iter().filter(|d| !d.source.is_empty()).count();
-        if with_source > 0 && per_disk.values().all(|d| d.rd_reqs.is_none()) {
-            return Err(
-                "libvirt returned no block statistics (QEMU's monitor is busy or not answering)"
-                    .to_owned(),
-            );
-        }
-
-        let mut snapshot = if self.config.qmp_passthrough {
-            let mut monitor = LibvirtMonitor(self.relay(t, deadline, QMP_MAX_LINE_BYTES));
-            qmp::adopt(&mut st.qmp.cache, pid);
-            let mut snap = qmp::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
-                .await
-                .map_err(|e| format!("monitor passthrough: {}", chain(&e)))?;
-            snap.configured = block::snapshot(disks, &per_disk).configured;
-            snap
-        } else {
-            let mut snap = block::snapshot(disks, &per_disk);
-            snap.pid = pid;
-            snap
-        };
-        if snapshot.process_io.is_none() {
-            snapshot.process_io = pid.and_then(|p| qmp::read_process_io(&config.procfs, p));
-        }
-        Ok(snapshot)
-    }
-
-    async fn guest_layer(
-        &self,
-        t: &DomainTarget,
-        st: &mut DomainState,
-        config: &Config,
-        deadline: Instant,
-        pid: Option<u32>,
-    ) -> (
-        Option<Result<QgaSnapshot, String>>,
-        BTreeMap<String, String>,
-    ) {
-        let due = match &st.guest {
-            None => true,
-            Some((at, Ok(_))) => at.elapsed() >= GUEST_INFO_TTL,
-            Some((at, Err(_))) => at.elapsed() >= GUEST_INFO_RETRY,
-        };
-        if due {
-            let domain = t.domain.clone();
-            let answer = self
-                .pool
-                .run(deadline, move || {
-                    ffi::guest_info(&domain, virt_sys::VIR_DOMAIN_GUEST_INFO_DISKS as c_uint)
-                })
-                .await;
-            let result = match answer {
-                Ok(Ok(params)) => Ok(Arc::new(guest_disks(&params, config.qga_max_disks))),
-                Ok(Err(e)) => Err(format!("guest info: {}", virt_error(&e))),
-                Err(e) => Err(format!("guest info: {e}")),
-            };
-            st.guest = Some((Instant::now(), result));
-        }
-        let guest = st.guest.as_ref().map(|(_, r)| r.clone());
-        // target (vda) -> guest disk (vda, sdb...), through the XML's targets to device labels.
-        let mut disks = BTreeMap::new();
-        let xml = st
-            .xml
-            .as_ref()
-            .map(|(_, _, d)| d.clone())
-            .unwrap_or_default();
-        if let Some(Ok(pairs)) = &guest {
-            for (target, guest_disk) in pairs.iter() {
-                if let Some(d) = xml.disks.iter().find(|d| &d.target == target) {
-                    disks.insert(block::device_label(d).to_owned(), guest_disk.clone());
-                }
-            }
-        }
-        let qga = if self.config.agent_passthrough {
-            let mut agent = LibvirtAgent(self.relay(t, deadline, QGA_MAX_LINE_BYTES));
-            st.qga.adopt(pid);
-            Some(
-                match qga::query(&mut agent, &mut st.qga, config, deadline).await {
-                    Ok((snap, _)) => Ok(snap),
-                    Err(Some(e)) => Err(format!("agent passthrough: {}", chain(&e))),
-                    Err(None) => Err("agent passthrough timed out".to_owned()),
-                },
-            )
-        } else {
-            Some(match guest {
-                Some(Ok(pairs)) => Ok(QgaSnapshot {
-                    disks: pairs
-                        .iter()
-                        .map(|(_, g)| GuestDiskInfo {
-                            name: format!("/dev/{g}"),
-                            ..GuestDiskInfo::default()
-                        })
-                        .collect(),
-                    ..QgaSnapshot::default()
-                }),
-                Some(Err(e)) => Err(e),
-                None => Err("guest info not asked yet".to_owned()),
-            })
-        };
-        (qga, disks)
-    }
-}
-
-/// The URI for the read-only fallback: libvirt picks the daemon's read-only socket itself,
-/// except when the URI names a socket (`?socket=PATH`): then its read-only sibling, which every
-/// libvirt daemon names `PATH-ro` (`libvirt-sock-ro`, `virtqemud-sock-ro`).
-fn read_only_uri(uri: &str) -> String {
-    let Some((base, query)) = uri.split_once('?') else {
-        return uri.to_owned();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|p| match p.strip_prefix("socket=") {
-            Some(path) if !path.ends_with("-ro") => format!("socket={path}-ro"),
-            _ => p.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
-}
-
-/// `disk.<n>.alias` (libvirt's target, for the disks libvirt matched to its own) and
-/// `disk.<n>.name` (the guest's device node) of whole disks, at most `max` of them.
-fn guest_disks(params: &ffi::Params, max: usize) -> Vec<(String, String)> {
-    let mut by_index: BTreeMap<usize, (Option<String>, Option<String>, bool)> = BTreeMap::new();
-    for (field, value) in &params.params {
-        let Some(rest) = field.strip_prefix("disk.") else {
-            continue;
-        };
-        let Some((n, key)) = rest.split_once('.') else {
-            continue;
-        };
-        let Ok(n) = n.parse::<usize>() else { continue };
-        let e = by_index.entry(n).or_default();
-        match (key, value) {
-            ("alias", ffi::Value::Str(s)) => e.0 = Some(s.clone()),
-            ("name", ffi::Value::Str(s)) => e.1 = Some(s.clone()),
-            ("partition", ffi::Value::Bool(b)) => e.2 = *b,
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    for (alias, name, partition) in by_index.into_values() {
-        if partition {
-            continue;
-        }
-        let (Some(alias), Some(name)) = (alias, name) else {
-            continue;
-        };
-        let disk = guest_disk_name(&name);
-        if !qga::valid_disk_name(disk) || out.len() >= max {
-            continue;
-        }
-        out.push((alias, disk.to_owned()));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ffi::{Params, Value};
-    use super::*;
-
-    #[test]
-    fn read_only_uris() {
-        assert_eq!(read_only_uri("qemu:///system"), "qemu:///system");
-        assert_eq!(
-            read_only_uri("qemu:///system?socket=/run/x/libvirt-sock"),
-            "qemu:///system?socket=/run/x/libvirt-sock-ro"
-        );
-        assert_eq!(
-            read_only_uri("qemu+unix:///system?mode=direct&socket=/s-ro"),
-            "qemu+unix:///system?mode=direct&socket=/s-ro"
-        );
-    }
-
-    #[test]
-    fn guest_disks_pairs_targets_with_guest_names() {
-        let p = Params {
-            params: vec![
-                ("disk.count".into(), Value::UInt(3)),
-                ("disk.0.name".into(), Value::Str("/dev/vda".into())),
-                ("disk.0.partition".into(), Value::Bool(false)),
-                ("disk.0.alias".into(), Value::Str("vda".into())),
-                ("disk.1.name".into(), Value::Str("/dev/vda1".into())),
-                ("disk.1.partition".into(), Value::Bool(true)),
-                ("disk.1.alias".into(), Value::Str("vda".into())),
-                ("disk.2.name".into(), Value::Str("/dev/../x".into())),
-                ("disk.2.alias".into(), Value::Str("vdb".into())),
-                ("disk.3.name".into(), Value::Str("/dev/sdz".into())),
-            ],
-            dropped: 0,
-        };
-        assert_eq!(
-            guest_disks(&p, 8),
-            vec![("vda".to_owned(), "vda".to_owned())]
-        );
     }
 }
