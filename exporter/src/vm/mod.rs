@@ -17,77 +17,24 @@ pub mod join;
 pub mod libvirt;
 pub mod qga;
 pub mod qmp;
+mod socket;
+mod target;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
-use crate::config::{Config, Layout};
-use crate::discovery::{discover, Target};
+use self::target::StateKey;
+pub use self::target::VmTarget;
+use crate::config::Config;
+use crate::discovery::discover;
 use crate::scrape::ScrapeContext;
-use crate::vm::libvirt::{DomainState, DomainTarget, Libvirt};
+use crate::vm::libvirt::{DomainState, Libvirt};
 pub use qga::QgaSnapshot;
 pub use qmp::QmpSnapshot;
-
-/// A VM to scrape: monitor and agent sockets, or a libvirt domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmTarget {
-    Socket(Target),
-    Libvirt(DomainTarget),
-}
-
-/// Per-VM state is kept under this key between scrapes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum StateKey {
-    Socket(PathBuf),
-    Libvirt { uuid: String, id: u32 },
-}
-
-impl VmTarget {
-    fn key(&self) -> StateKey {
-        match self {
-            VmTarget::Socket(t) => StateKey::Socket(t.key.clone()),
-            VmTarget::Libvirt(d) => StateKey::Libvirt {
-                uuid: d.uuid.clone(),
-                id: d.id,
-            },
-        }
-    }
-
-    /// What tells two VMs of the same name apart: the socket's stem, the domain's UUID.
-    fn stem(&self) -> &str {
-        match self {
-            VmTarget::Socket(t) => &t.stem,
-            VmTarget::Libvirt(d) => &d.uuid,
-        }
-    }
-
-    /// Where the VM came from (the `source` label of `kvmio_vm_info`).
-    fn source(&self, config: &Config) -> &'static str {
-        match self {
-            VmTarget::Libvirt(_) => "libvirt",
-            VmTarget::Socket(t)
-                if config.layout == Some(Layout::Proxmox)
-                    && t.key.to_string_lossy().contains("/qemu-server/") =>
-            {
-                "proxmox"
-            }
-            VmTarget::Socket(_) => "socket",
-        }
-    }
-
-    /// The path or URI named in logs.
-    fn describe(&self) -> String {
-        match self {
-            VmTarget::Socket(t) => t.key.display().to_string(),
-            VmTarget::Libvirt(d) => format!("libvirt domain {} ({})", d.name, d.uuid),
-        }
-    }
-}
 
 /// One VM's result in a scrape.
 #[derive(Debug)]
@@ -112,7 +59,7 @@ pub struct VmOutcome {
 }
 
 #[derive(Debug, Default)]
-struct VmState {
+pub(super) struct VmState {
     qmp: qmp::QmpState,
     qga: qga::QgaState,
     libvirt: DomainState,
@@ -315,13 +262,6 @@ fn disambiguate(outcomes: &mut [VmOutcome]) {
     }
 }
 
-/// A label value taken from a command line: bounded.
-fn uuid_label(uuid: Option<&str>) -> String {
-    uuid.filter(|u| u.len() <= 64)
-        .map(str::to_owned)
-        .unwrap_or_default()
-}
-
 async fn scrape_vm(
     target: VmTarget,
     state: &tokio::sync::Mutex<VmState>,
@@ -361,7 +301,7 @@ async fn scrape_vm(
     match &target {
         VmTarget::Socket(t) => {
             let t = t.clone();
-            scrape_socket_vm(target, &t, st, config, deadline, source).await
+            socket::scrape_socket_vm(target, &t, st, config, deadline, source).await
         }
         VmTarget::Libvirt(d) => {
             let d = d.clone();
@@ -401,103 +341,8 @@ async fn scrape_vm(
     }
 }
 
-async fn scrape_socket_vm(
-    vm_target: VmTarget,
-    target: &Target,
-    st: &mut VmState,
-    config: &Config,
-    deadline: Instant,
-    source: &'static str,
-) -> VmOutcome {
-    let has_agent = target.qga.is_some();
-    let (qmp, qga) = tokio::join!(
-        async {
-            match &target.qmp {
-                Some(path) => {
-                    Some(qmp::scrape(path, has_agent, &mut st.qmp, config, deadline).await)
-                }
-                None => None,
-            }
-        },
-        async {
-            match &target.qga {
-                Some(path) => Some(qga::scrape(path, &mut st.qga, config, deadline).await),
-                None => None,
-            }
-        }
-    );
-    let vm = target
-        .name
-        .clone()
-        .or_else(|| st.qmp.name().map(str::to_owned))
-        .unwrap_or_else(|| target.stem.clone());
-    if let Some(path) = &target.qmp {
-        let p = path.display().to_string();
-        log_change(&vm, "QMP", &p, qmp.as_ref(), &mut st.qmp_up);
-    }
-    if let Some(path) = &target.qga {
-        let p = path.display().to_string();
-        log_change(&vm, "guest agent", &p, qga.as_ref(), &mut st.qga_up);
-    }
-    let disks = match (&qmp, &qga) {
-        (Some(Ok(q)), Some(Ok(g))) => {
-            let (disks, unmatched) = join_vm(q, g);
-            // A guest disk at a PCI address QEMU's (cached) PCI list does not have: the guest
-            // may have renumbered buses since, so ask again (rate-limited).
-            st.qmp.pci_stale |= unmatched;
-            disks
-        }
-        _ => BTreeMap::new(),
-    };
-    // The monitor's peer, also when it did not answer (a QEMU whose monitor libvirtd holds):
-    // it tells a QEMU that another source exports too.
-    let (pid, uuid) = match &qmp {
-        Some(Ok(q)) => (
-            q.pid,
-            uuid_label(q.cmdline.as_ref().and_then(|c| c.uuid.as_deref())),
-        ),
-        _ => (st.qmp.peer_pid(), String::new()),
-    };
-    VmOutcome {
-        target: vm_target,
-        vm,
-        source,
-        uuid,
-        qmp,
-        qga,
-        disks,
-        pid,
-    }
-}
-
-/// Joins a VM's devices to its guest disks; also says whether a guest disk with a PCI address
-/// found no device.
-fn join_vm(q: &QmpSnapshot, g: &QgaSnapshot) -> (BTreeMap<String, String>, bool) {
-    let keys: Vec<join::DeviceKey<'_>> = q
-        .backends()
-        .map(|(device, b, _)| {
-            let qdev = b.qdev.as_deref().filter(|s| !s.is_empty());
-            join::DeviceKey {
-                device,
-                qdev,
-                serial: qdev
-                    .and_then(|p| q.devices.get(p))
-                    .and_then(|f| f.serial.as_deref()),
-            }
-        })
-        .collect();
-    let disks = join::match_disks(&keys, &q.pci, &g.disks);
-    let unmatched = g.disks.iter().any(|d| {
-        d.address
-            .as_ref()
-            .is_some_and(|a| a.pci_controller.is_valid() && a.bus_type == "virtio")
-            && !disks.values().any(|n| n == join::guest_disk_name(&d.name))
-    });
-    (disks, unmatched)
-}
-
 /// Logs a VM going down (warn) or coming back (info) once; repeated failures at debug.
-fn log_change<T>(
+pub(super) fn log_change<T>(
     vm: &str,
     what: &str,
     target: &str,
@@ -524,6 +369,7 @@ fn log_change<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::Target;
 
     #[test]
     fn duplicate_names_get_the_socket_stem() {
