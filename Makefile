@@ -47,7 +47,7 @@ bench: build
 	KVMIO_GUEST_BIN=$(CURDIR)/target/release/kvmio-guest $(CARGO) bench -p kvmio-e2e --bench lab
 	$(CARGO) bench -p kvmio-exporter --bench scrape
 	$(CARGO) bench -p kvmio-e2e --bench libvirt
-	./target/release/kvmio-crashtest bench-verify --size 1024 --runs 5
+	$(CARGO) bench -p kvmio-crashtest --bench verify -- --size 1024 --runs 5
 	bash crashtest/nbd/scripts/bench.sh 5
 
 clean:

@@ -52,9 +52,6 @@ enum Command {
     ///
     /// Exit status: 0 no violation, 3 VIOLATION, 1 error.
     Verify(VerifyArgs),
-    /// Measure the checker's throughput on a synthetic image full of records.
-    #[command(hide = true)]
-    BenchVerify(BenchVerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -181,21 +178,6 @@ struct VerifyArgs {
     json: bool,
 }
 
-#[derive(Debug, Args)]
-struct BenchVerifyArgs {
-    /// Size of the synthetic image in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
-    size: u64,
-    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
-    record_size: usize,
-    /// Directory for the image (default: the system's temporary directory).
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
-    /// Checker runs to time.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    runs: u32,
-}
-
 #[derive(Debug, Subcommand)]
 enum GuestCommand {
     /// Build the guest image (cached by content hash; a second call is instant).
@@ -318,7 +300,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Lab(args) => lab(args).await,
         Command::Run(args) => run_matrix(*args).await,
         Command::Verify(args) => verify_cmd(args),
-        Command::BenchVerify(args) => bench_verify(args),
     }
 }
 
@@ -710,79 +691,4 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Writes a synthetic image whose every slot holds its record, acks them all, and times the
-/// checker over it (page cache warm: this measures the checker, not the disk).
-fn bench_verify(args: BenchVerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    use kvmio_crashtest::verify::{AckLogHeader, AckLogWriter, ACK_LOG_VERSION};
-    use kvmio_guest::protocol::GuestMessage;
-    use kvmio_guest::record::RecordSpec;
-    use std::io::Write;
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-bench-verify")
-        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let disk = args.size << 20;
-    let spec = RecordSpec::new(0x5eed, 7, args.record_size)?;
-    let header = AckLogHeader {
-        kvmio_ack_log: ACK_LOG_VERSION,
-        cell: Cell::new(
-            CacheMode::None,
-            Fault::Power,
-            SyncPolicy::Fdatasync,
-            ImageFormat::Raw,
-        ),
-        iteration: 1,
-        seed: 0,
-        run_id: spec.run_id,
-        payload_seed: spec.seed,
-        record_size: spec.size,
-        disk_size: disk,
-        image: "bench.raw".into(),
-        ack_early: false,
-        lie_about_flush: false,
-    };
-    let image = dir.path().join("bench.raw");
-    let acks = dir.path().join("bench.acks");
-    let t = Instant::now();
-    let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&image)?);
-    let mut log = AckLogWriter::create(&acks, &header)?;
-    let mut buf = vec![0u8; spec.size];
-    for seq in 0..spec.slots(disk) {
-        let digest = spec.fill(seq, &mut buf);
-        file.write_all(&buf)?;
-        log.append(&GuestMessage::Ack {
-            seq,
-            slot: spec.slot_of(seq),
-            digest,
-        })?;
-    }
-    file.flush()?;
-    drop(file);
-    log.finish()?;
-    eprintln!(
-        "wrote {} MiB of records in {:.2} s",
-        args.size,
-        t.elapsed().as_secs_f64()
-    );
-    let log = AckLog::read(&acks)?;
-    let mut best = f64::MAX;
-    for run in 1..=args.runs.max(1) {
-        let v = verify::verify_image(&image, &log, None, Path::new("qemu-img"), dir.path())?;
-        assert_eq!(v.survived, v.acked, "the synthetic image verifies");
-        let rate = v.bytes_read as f64 / v.seconds / 1e6;
-        println!(
-            "run {run}: verified {} records ({} MB) in {:.3} s: {rate:.0} MB/s",
-            v.acked,
-            v.bytes_read / 1_000_000,
-            v.seconds
-        );
-        best = best.min(v.seconds);
-    }
-    println!(
-        "best: {:.0} MB/s ({} record size)",
-        disk as f64 / best / 1e6,
-        args.record_size
-    );
-    Ok(ExitCode::SUCCESS)
 }
