@@ -85,6 +85,13 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot run ldd on {path}")]
+    RunLdd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// ldd ran and said no (its own words in `detail`).
     #[error("ldd failed on {path}: {detail}")]
     Ldd { path: PathBuf, detail: String },
     #[error(transparent)]
@@ -208,9 +215,9 @@ fn shared_libraries(path: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let out = Command::new("ldd")
         .arg(path)
         .output()
-        .map_err(|e| BuildError::Ldd {
+        .map_err(|source| BuildError::RunLdd {
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            source,
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

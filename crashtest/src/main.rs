@@ -259,25 +259,51 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kvmio-crashtest: error: {}", chain(e.as_ref()));
+            eprintln!("kvmio-crashtest: error: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// An error and its causes on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let msg = c.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = c.source();
+/// An error and its causes on one line, joined by `: `. Every error in this workspace says only
+/// its own step and keeps its cause in `source()`, so nothing repeats and nothing is dropped.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
     }
-    s
+    line
+}
+
+/// The failing steps of the binary itself (the library's errors say theirs).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("output directory {dir} is not usable (must be a writable directory): pass a writable --out")]
+    OutDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run directory {dir} is not usable (must be a writable directory): pass a writable --run-dir")]
+    RunDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the report into {dir}: pass a writable --out")]
+    Report {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates `dir` if needed and checks that it takes files.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).and_then(|_| tempfile::tempfile_in(dir).map(drop))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -334,14 +360,10 @@ async fn lab(args: LabArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Err("--vms must be at least 1".into());
     }
     // Check the run dir before the (slower) guest build, so a typo fails at once.
-    std::fs::create_dir_all(&args.run_dir)
-        .and_then(|_| tempfile::tempfile_in(&args.run_dir).map(drop))
-        .map_err(|e| {
-            format!(
-                "run directory {} is not usable (must be a writable directory): {e}: pass a writable --run-dir",
-                args.run_dir.display()
-            )
-        })?;
+    writable_dir(&args.run_dir).map_err(|source| CliError::RunDir {
+        dir: args.run_dir.clone(),
+        source,
+    })?;
     let run_dir = std::fs::canonicalize(&args.run_dir)?;
     require_program(&args.qemu.qemu, "--qemu", "qemu-system-x86")?;
     require_program(&args.qemu.qemu_img, "--qemu-img", "qemu-utils")?;
@@ -412,18 +434,6 @@ async fn lab(args: LabArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     eprintln!("kvmio-crashtest: stopping the lab");
     lab.stop().await;
     Ok(code)
-}
-
-/// Checks that `dir` exists or can be made, and takes files.
-fn check_out_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
-        .and_then(|_| tempfile::tempfile_in(dir).map(drop))
-        .map_err(|e| {
-            format!(
-                "output directory {} is not usable (must be a writable directory): {e}: pass a writable --out",
-                dir.display()
-            )
-        })
 }
 
 /// `$TMPDIR` if set, else `/var/tmp`: disk-backed by convention, where `/tmp` is often a tmpfs,
@@ -514,7 +524,10 @@ fn unix_now() -> f64 {
 }
 
 async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    check_out_dir(&args.out)?;
+    writable_dir(&args.out).map_err(|source| CliError::OutDir {
+        dir: args.out.clone(),
+        source,
+    })?;
     let out = std::fs::canonicalize(&args.out)?;
     let opts = run_options(&args, &out)?;
     // The image dir before the (slower) guest build, so a typo or a full disk fails at once.
@@ -582,20 +595,15 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
     })
     .await;
     bar.finish_and_clear();
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => return Err(e.into()),
-    };
+    let outcome = outcome?;
     let interrupted = matches!(outcome.error, Some(RunError::Interrupted));
-    let error_text = outcome.error.as_ref().map(|e| chain(e));
+    let error_text = outcome.error.as_ref().map(|e| one_line(e));
     let info = RunInfo::new(&opts, accel, started, unix_now());
     let kept = opts.keep_images.then(|| outcome.images_dir.clone());
-    let report = Report::build(info, &outcome.results, error_text.clone(), kept.clone());
-    report.write(&out).map_err(|e| {
-        format!(
-            "cannot write the report into {}: {e}: pass a writable --out",
-            out.display()
-        )
+    let report = Report::build(info, &outcome.results, error_text, kept.clone());
+    report.write(&out).map_err(|source| CliError::Report {
+        dir: out.clone(),
+        source,
     })?;
     if !outcome.results.is_empty() {
         print!("{}", report.table());
@@ -624,7 +632,7 @@ async fn run_matrix(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error
         );
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    if let Some(e) = error_text {
+    if let Some(e) = outcome.error {
         return Err(e.into());
     }
     if report.violations > 0 {

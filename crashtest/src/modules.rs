@@ -24,8 +24,12 @@ pub enum ModuleError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot decompress module {path}: {reason}")]
-    Decompress { path: PathBuf, reason: String },
+    #[error("cannot decompress module {path}")]
+    Decompress {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot scan module directory {dir}")]
     Scan {
         dir: PathBuf,
@@ -145,21 +149,21 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
         source,
     })?;
     let name = path.to_string_lossy();
-    let decompress_err = |reason: String| ModuleError::Decompress {
+    let decompress_err = |e: Box<dyn std::error::Error + Send + Sync>| ModuleError::Decompress {
         path: path.to_path_buf(),
-        reason,
+        source: e,
     };
     if name.ends_with(".xz") {
         let mut out = Vec::new();
         lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out)
-            .map_err(|e| decompress_err(e.to_string()))?;
+            .map_err(|e| decompress_err(e.into()))?;
         Ok(out)
     } else if name.ends_with(".zst") {
         let mut out = Vec::new();
         ruzstd::decoding::StreamingDecoder::new(raw.as_slice())
-            .map_err(|e| decompress_err(e.to_string()))?
+            .map_err(|e| decompress_err(e.into()))?
             .read_to_end(&mut out)
-            .map_err(|e| decompress_err(e.to_string()))?;
+            .map_err(|e| decompress_err(e.into()))?;
         Ok(out)
     } else {
         Ok(raw)

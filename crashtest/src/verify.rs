@@ -100,6 +100,12 @@ pub enum VerifyError {
     },
     #[error("{path} is not a kvmio ack log: {detail}")]
     BadAckLog { path: PathBuf, detail: String },
+    #[error("{path} is not a kvmio ack log: its first line is not an ack log header")]
+    BadHeader {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot read the qcow2 image {path}")]
     QemuImg {
         path: PathBuf,
@@ -139,7 +145,10 @@ impl AckLog {
                 source,
             })?;
         let header: AckLogHeader =
-            serde_json::from_str(&first).map_err(|e| bad(format!("header line: {e}")))?;
+            serde_json::from_str(&first).map_err(|source| VerifyError::BadHeader {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if header.kvmio_ack_log != ACK_LOG_VERSION {
             return Err(bad(format!(
                 "version {} (this kvmio-crashtest reads version {ACK_LOG_VERSION})",

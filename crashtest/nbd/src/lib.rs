@@ -192,23 +192,32 @@ pub struct Stats {
     pub power_failures: u64,
 }
 
-/// Errors of the server's control API.
+/// Errors of the server's control API. One variant per failing step; an inner error is only
+/// the `source`, never repeated in the message, so a reporter walking the chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open backing file {path}: {source}")]
-    Backing { path: PathBuf, source: io::Error },
+    #[error("cannot open backing file {path}")]
+    Backing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("backing file {path} is not a regular file")]
     NotRegularFile { path: PathBuf },
     #[error("backing file {path} is {size} bytes, not a multiple of 512")]
     UnalignedSize { path: PathBuf, size: u64 },
-    #[error("cannot listen on {path}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
-    #[error("I/O error on the backing file: {0}")]
+    #[error("cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("I/O error on the backing file")]
     Io(#[from] io::Error),
     #[error("invalid power-fail mode {0:?} (expected drop-all, subset:SEED or subset-torn:SEED)")]
     InvalidMode(String),
-    #[error("server task failed: {0}")]
-    Task(String),
+    #[error("server task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 #[derive(Debug, Default)]
@@ -617,7 +626,7 @@ impl ServerHandle {
             result
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))??;
+        .map_err(Error::Task)??;
         tracing::info!("nbd: power failure {mode}: {report:?}");
         Ok(report)
     }
@@ -633,7 +642,7 @@ impl ServerHandle {
             result.map(|p| p.bytes)
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::Task)?
         .map_err(Error::Io)
     }
 
@@ -652,8 +661,27 @@ impl ServerHandle {
         let _ = stopped.wait_for(|&s| s).await;
         let task = lock(&self.task).take();
         if let Some(task) = task {
-            task.await.map_err(|e| Error::Task(e.to_string()))??;
+            task.await.map_err(Error::Task)??;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn messages_are_one_line_and_do_not_repeat_the_source() {
+        let e = Error::Backing {
+            path: "/x.raw".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(e.to_string(), "cannot open backing file /x.raw");
+        assert_eq!(e.source().unwrap().to_string(), "no such file");
+        let e = Error::Io(io::Error::from_raw_os_error(28));
+        assert!(!e.to_string().contains("os error"), "{e}");
+        assert!(e.source().is_some());
     }
 }
