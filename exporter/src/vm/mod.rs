@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod connection;
 pub mod join;
 pub mod libvirt;
+mod monitor;
 pub mod qga;
 pub mod qmp;
 mod socket;

@@ -1,12 +1,6 @@
-//! One VM's QMP side of a scrape: connect (or reuse the pooled monitor), then `query-blockstats`
-//! and `query-block`, plus what is cached per QEMU process and only asked once:
-//!
-//! - `query-name` (the `vm` label);
-//! - `query-pci` (for the guest disk join; only for VMs with an agent, refreshed when a guest disk
-//!   does not match);
-//! - `qom-get` of each device's `type` (the `bus` label), `serial` and `iothread`;
-//! - `query-named-block-nodes` (drivers of nodes `query-blockstats` does not name);
-//! - the command line from `<procfs>/PID/cmdline` ([`super::cmdline`]).
+//! One VM's QMP side: the snapshot a scrape yields (also the libvirt source's), and a socket
+//! VM's scrape: connect (or reuse the pooled monitor, [`super::connection`]), then the
+//! monitor's queries and the per-process cache ([`super::monitor`]).
 //!
 //! The cache belongs to one QEMU process: the monitor socket's peer PID (`SO_PEERCRED`) keys it,
 //! so a VM restarted on the same socket starts afresh. Every call is bounded by the VM's deadline;
@@ -15,22 +9,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kvmio_qemu::types::{flatten_pci, BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
-use kvmio_qemu::{Error as QemuError, Qmp, QmpCommands};
-use serde_json::json;
+use kvmio_qemu::types::{BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
+use kvmio_qemu::Qmp;
 use tokio::time::{timeout_at, Instant};
 
-use super::cmdline::{self, DriveConfig, QemuCmdline};
+use super::cmdline::{DriveConfig, QemuCmdline};
 use super::connection::{acquire, failed_twice, release, Pooled, Step};
+pub(crate) use super::monitor::{adopt, queries, Cache};
 use crate::config::Config;
-
-/// `query-pci` is asked again at most this often when a guest disk has no PCI match.
-const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-
-/// A failed `block-latency-histogram-set` is retried after this long.
-const HISTOGRAM_RETRY: Duration = Duration::from_secs(300);
 
 /// QMP replies are QEMU's (trusted more than a guest), but still bounded.
 pub(crate) const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
@@ -154,20 +141,6 @@ impl QmpSnapshot {
     }
 }
 
-/// Per-QEMU-process cache.
-#[derive(Debug, Default)]
-pub(crate) struct Cache {
-    pid: Option<u32>,
-    /// `Some(None)`: QEMU has no `-name`.
-    name: Option<Option<String>>,
-    cmdline: Option<Option<Arc<QemuCmdline>>>,
-    pci: Option<(Instant, Arc<Vec<PciFunction>>)>,
-    devices: HashMap<String, Arc<DeviceFacts>>,
-    node_drivers: HashMap<String, String>,
-    histograms: HashMap<String, HistogramBase>,
-    histogram_failed: HashMap<String, Instant>,
-}
-
 /// A VM's QMP state kept between scrapes.
 #[derive(Debug, Default)]
 pub struct QmpState {
@@ -181,7 +154,7 @@ pub struct QmpState {
 impl QmpState {
     /// The VM's `-name`, if this QEMU process has been asked.
     pub fn name(&self) -> Option<&str> {
-        self.cache.name.as_ref().and_then(|n| n.as_deref())
+        self.cache.name()
     }
 
     /// The PID of the last monitor peer connected to, if any.
@@ -272,243 +245,6 @@ pub(crate) async fn scrape(
         }
     }
     failed_twice::<Qmp, _>()
-}
-
-/// Keeps the cache if it belongs to this process, else starts a new one.
-pub(crate) fn adopt(cache: &mut Cache, pid: Option<u32>) {
-    if cache.pid != pid {
-        *cache = Cache {
-            pid,
-            ..Cache::default()
-        };
-    }
-}
-
-/// The monitor's part of a scrape, over any [`QmpCommands`] (a socket or libvirt's
-/// passthrough), with the per-process `cache`.
-pub(crate) async fn queries(
-    qmp: &mut impl QmpCommands,
-    pid: Option<u32>,
-    has_agent: bool,
-    pci_stale: bool,
-    cache: &mut Cache,
-    config: &Config,
-) -> Result<QmpSnapshot, QemuError> {
-    if cache.name.is_none() {
-        cache.name = Some(match qmp.query_name().await {
-            Ok(n) => n.filter(|n| !n.is_empty()),
-            Err(e) if e.is_command() => None,
-            Err(e) => return Err(e),
-        });
-    }
-    let mut blockstats = qmp.query_blockstats().await?;
-    let block = qmp.query_block().await?;
-
-    let pci_due = match &cache.pci {
-        None => true,
-        Some((at, _)) => pci_stale && at.elapsed() >= PCI_REFRESH_INTERVAL,
-    };
-    if has_agent && pci_due {
-        let list = match qmp.query_pci().await {
-            Ok(buses) => flatten_pci(&buses),
-            // -M none and machines without PCI.
-            Err(e) if e.is_command() => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        cache.pci = Some((Instant::now(), Arc::new(list)));
-    }
-
-    // Device facts, once per device model.
-    let mut devices = HashMap::new();
-    for b in &block {
-        let Some(qdev) = b.qdev.as_deref().filter(|q| !q.is_empty()) else {
-            continue;
-        };
-        if !cache.devices.contains_key(qdev) {
-            let facts = DeviceFacts {
-                type_name: qom_string(qmp, qdev, "type").await?,
-                serial: qom_string(qmp, qdev, "serial").await?,
-                iothread: qom_string(qmp, qdev, "iothread")
-                    .await?
-                    .map(|t| t.strip_prefix("/objects/").map(str::to_owned).unwrap_or(t)),
-            };
-            cache.devices.insert(qdev.to_owned(), Arc::new(facts));
-        }
-        devices.insert(qdev.to_owned(), cache.devices[qdev].clone());
-    }
-
-    // Drivers of nodes without `driver-specific` (format nodes in backing chains, protocol
-    // drivers without statistics): one `query-named-block-nodes` when an unknown one appears.
-    let mut unknown = Vec::new();
-    for s in &blockstats {
-        collect_unnamed_nodes(s, true, &cache.node_drivers, &mut unknown, 0);
-    }
-    if !unknown.is_empty() {
-        match qmp.query_named_block_nodes().await {
-            Ok(nodes) => {
-                for n in nodes {
-                    if let Some(name) = n.node_name {
-                        cache.node_drivers.insert(name, n.drv);
-                    }
-                }
-            }
-            Err(e) if e.is_command() => {}
-            Err(e) => return Err(e),
-        }
-        for name in unknown {
-            // Remember nodes QEMU did not list either, so they are not asked for again.
-            cache.node_drivers.entry(name).or_default();
-        }
-    }
-
-    // Opt-in latency histograms: set them where they are missing or have other boundaries.
-    if let Some(boundaries) = config.qmp_latency_boundaries_ns() {
-        let mut just_set = Vec::new();
-        for s in &blockstats {
-            let Some(qdev) = s.qdev.as_deref().filter(|q| !q.is_empty()) else {
-                continue;
-            };
-            let label = device_label(s.device.as_deref(), Some(qdev), s.node_name.as_deref());
-            let current = s
-                .stats
-                .wr_latency_histogram
-                .as_ref()
-                .map(|h| h.boundaries.as_slice());
-            let ours = cache.histograms.contains_key(label) && current == Some(&boundaries[..]);
-            if ours {
-                continue;
-            }
-            if cache
-                .histogram_failed
-                .get(label)
-                .is_some_and(|at| at.elapsed() < HISTOGRAM_RETRY)
-            {
-                continue;
-            }
-            match qmp.block_latency_histogram_set(qdev, &boundaries).await {
-                Ok(()) => {
-                    cache.histograms.insert(
-                        label.to_owned(),
-                        HistogramBase {
-                            rd_total_time_ns: s.stats.rd_total_time_ns,
-                            wr_total_time_ns: s.stats.wr_total_time_ns,
-                            flush_total_time_ns: s.stats.flush_total_time_ns,
-                        },
-                    );
-                    just_set.push(label.to_owned());
-                }
-                Err(e) if e.is_command() => {
-                    tracing::debug!(device = label, "block-latency-histogram-set: {e}");
-                    cache
-                        .histogram_failed
-                        .insert(label.to_owned(), Instant::now());
-                    cache.histograms.remove(label);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        // The bins were just reset: this scrape's copies predate that.
-        for s in &mut blockstats {
-            let label = device_label(
-                s.device.as_deref(),
-                s.qdev.as_deref(),
-                s.node_name.as_deref(),
-            );
-            if just_set.iter().any(|l| l == label) {
-                s.stats.rd_latency_histogram = None;
-                s.stats.wr_latency_histogram = None;
-                s.stats.flush_latency_histogram = None;
-            }
-        }
-    }
-
-    if cache.cmdline.is_none() {
-        cache.cmdline = Some(
-            pid.and_then(|p| cmdline::read_proc(&config.procfs, p))
-                .map(Arc::new),
-        );
-    }
-    let cmdline = cache.cmdline.clone().flatten();
-    // Only for a peer that is QEMU itself (its command line says so).
-    let process_io = cmdline
-        .as_ref()
-        .and(pid)
-        .and_then(|p| read_process_io(&config.procfs, p));
-
-    let node_drivers = cache
-        .node_drivers
-        .iter()
-        .filter(|(_, d)| !d.is_empty())
-        .map(|(n, d)| (n.clone(), d.clone()))
-        .collect();
-    let histograms = if config.qmp_latency_buckets.is_some() {
-        cache.histograms.clone()
-    } else {
-        HashMap::new()
-    };
-    Ok(QmpSnapshot {
-        origin: QemuOrigin::Monitor,
-        configured: HashMap::new(),
-        pid,
-        blockstats,
-        block,
-        pci: cache
-            .pci
-            .as_ref()
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default(),
-        devices,
-        node_drivers,
-        cmdline,
-        process_io,
-        histograms,
-    })
-}
-
-/// Node names below a backend whose driver neither `query-blockstats` (`driver-specific`) nor
-/// `query-block` (the top node's `drv`) gives.
-fn collect_unnamed_nodes(
-    s: &BlockStats,
-    top: bool,
-    known: &HashMap<String, String>,
-    out: &mut Vec<String>,
-    depth: usize,
-) {
-    if depth > 32 {
-        return;
-    }
-    if !top {
-        if let Some(name) = s.node_name.as_deref() {
-            let named = s
-                .driver_specific
-                .as_ref()
-                .and_then(|d| d.get("driver"))
-                .is_some();
-            if !named && !known.contains_key(name) {
-                out.push(name.to_owned());
-            }
-        }
-    }
-    for child in [&s.parent, &s.backing].into_iter().flatten() {
-        collect_unnamed_nodes(child, false, known, out, depth + 1);
-    }
-}
-
-/// `qom-get` of a string property; `None` if the object or property does not exist.
-async fn qom_string(
-    qmp: &mut impl QmpCommands,
-    path: &str,
-    property: &str,
-) -> Result<Option<String>, QemuError> {
-    match qmp
-        .execute::<serde_json::Value>("qom-get", Some(json!({"path": path, "property": property})))
-        .await
-    {
-        Ok(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Ok(_) => Ok(None),
-        Err(e) if e.is_command() => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
