@@ -25,20 +25,22 @@
 //!
 //! It publishes every image for the host collectors.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod config;
+mod stats;
 
-use kvmio_qemu::types::{BlockDeviceInfo, BlockDeviceStats, BlockLatencyHistogramInfo, BlockStats};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvmio_qemu::types::{BlockDeviceInfo, BlockStats};
 use kvmio_qemu::CacheMode;
 
+pub use self::stats::qemu_block_value;
 use super::{CollectFuture, Collector, ImageRef, ScrapeContext};
 use crate::host::blockdev::ImageDevice;
-use crate::host::diskstats::{DiskMetric, Field, DISK_METRICS};
+use crate::host::diskstats::{DiskMetric, DISK_METRICS};
 use crate::metrics::Metrics;
 use crate::vm::libvirt::Libvirt;
-use crate::vm::qmp::device_label;
-use crate::vm::qmp::QemuOrigin;
 use crate::vm::{Fleet, QmpSnapshot, VmOutcome};
 
 /// The collector; shares its [`Fleet`] with the guest-agent collector.
@@ -79,57 +81,6 @@ pub(crate) fn layer_metrics(prefix: &str, what: &str) -> Vec<LayerMetric> {
         .collect()
 }
 
-fn block_metrics() -> &'static [LayerMetric] {
-    static M: OnceLock<Vec<LayerMetric>> = OnceLock::new();
-    M.get_or_init(|| {
-        layer_metrics(
-            BLOCK_PREFIX,
-            "QEMU device (the guest's virtual disk, as QEMU's block backend accounts it)",
-        )
-    })
-}
-
-fn node_metrics() -> &'static [LayerMetric] {
-    static M: OnceLock<Vec<LayerMetric>> = OnceLock::new();
-    M.get_or_init(|| {
-        layer_metrics(
-            NODE_PREFIX,
-            "QEMU block node (file/host_device driver statistics)",
-        )
-    })
-}
-
-fn ns(v: i64) -> f64 {
-    v.max(0) as f64 / 1e9
-}
-
-fn count(v: i64) -> f64 {
-    v.max(0) as f64
-}
-
-/// A backend's statistic for a diskstats field, in base units; `None` where QEMU has no such
-/// statistic.
-pub fn qemu_block_value(s: &BlockDeviceStats, field: Field) -> Option<f64> {
-    Some(match field {
-        Field::ReadsCompleted => count(s.rd_operations),
-        Field::ReadsMerged => count(s.rd_merged),
-        Field::SectorsRead => count(s.rd_bytes),
-        Field::ReadTimeMs => ns(s.rd_total_time_ns),
-        Field::WritesCompleted => count(s.wr_operations),
-        Field::WritesMerged => count(s.wr_merged),
-        Field::SectorsWritten => count(s.wr_bytes),
-        Field::WriteTimeMs => ns(s.wr_total_time_ns),
-        Field::DiscardsCompleted => count(s.unmap_operations),
-        Field::SectorsDiscarded => count(s.unmap_bytes),
-        Field::DiscardTimeMs => ns(s.unmap_total_time_ns),
-        Field::FlushesCompleted => count(s.flush_operations),
-        Field::FlushTimeMs => ns(s.flush_total_time_ns),
-        Field::DiscardsMerged | Field::IoInProgress | Field::IoTimeMs | Field::IoWeightedTimeMs => {
-            return None
-        }
-    })
-}
-
 /// The image file behind a backend: the image's filename if it is a local path, else the
 /// protocol filename inside a `json:{...}` description, else what QEMU reports.
 pub fn image_path(inserted: &BlockDeviceInfo) -> String {
@@ -158,7 +109,11 @@ pub fn image_path(inserted: &BlockDeviceInfo) -> String {
 }
 
 /// The protocol driver under a backend's top node (the node that does host IO).
-fn protocol_driver(stats: Option<&BlockStats>, snap: &QmpSnapshot, top_driver: &str) -> String {
+pub(super) fn protocol_driver(
+    stats: Option<&BlockStats>,
+    snap: &QmpSnapshot,
+    top_driver: &str,
+) -> String {
     let Some(parent) = stats.and_then(|s| s.parent.as_deref()) else {
         // No child: the top node is the protocol node itself (raw `file`, `host_device`, `nbd`).
         return top_driver.to_owned();
@@ -166,7 +121,7 @@ fn protocol_driver(stats: Option<&BlockStats>, snap: &QmpSnapshot, top_driver: &
     node_driver(parent, snap)
 }
 
-fn node_driver(s: &BlockStats, snap: &QmpSnapshot) -> String {
+pub(super) fn node_driver(s: &BlockStats, snap: &QmpSnapshot) -> String {
     if let Some(d) = s
         .driver_specific
         .as_ref()
@@ -182,7 +137,7 @@ fn node_driver(s: &BlockStats, snap: &QmpSnapshot) -> String {
         .unwrap_or_default()
 }
 
-fn on_off(b: bool) -> &'static str {
+pub(super) fn on_off(b: bool) -> &'static str {
     if b {
         "on"
     } else {
@@ -270,242 +225,9 @@ pub fn emit_vm(
     );
     let Ok(snap) = result else { return };
 
-    let mut stats_by_label: HashMap<&str, &BlockStats> = HashMap::new();
-    for s in &snap.blockstats {
-        let device = device_label(
-            s.device.as_deref(),
-            s.qdev.as_deref(),
-            s.node_name.as_deref(),
-        );
-        if device.is_empty() {
-            continue;
-        }
-        stats_by_label.insert(device, s);
-        emit_block_stats(out, vm, device, &s.stats, snap.origin);
-        if let (Some(bounds), Some(base)) = (buckets_ns, snap.histograms.get(device)) {
-            for (op, hist, total, base_total) in [
-                (
-                    "read",
-                    &s.stats.rd_latency_histogram,
-                    s.stats.rd_total_time_ns,
-                    base.rd_total_time_ns,
-                ),
-                (
-                    "write",
-                    &s.stats.wr_latency_histogram,
-                    s.stats.wr_total_time_ns,
-                    base.wr_total_time_ns,
-                ),
-                (
-                    "flush",
-                    &s.stats.flush_latency_histogram,
-                    s.stats.flush_total_time_ns,
-                    base.flush_total_time_ns,
-                ),
-            ] {
-                if let Some(h) = hist {
-                    emit_histogram(
-                        out,
-                        vm,
-                        device,
-                        op,
-                        h,
-                        bounds,
-                        total.saturating_sub(base_total),
-                    );
-                }
-            }
-        }
-        let top_driver = snap
-            .backends()
-            .find(|(label, _, _)| *label == device)
-            .map(|(_, _, i)| i.drv.clone())
-            .unwrap_or_default();
-        emit_nodes(out, vm, device, s, &top_driver, snap, 0);
-    }
-
-    for (device, b, inserted) in snap.backends() {
-        if device.is_empty() {
-            continue;
-        }
-        let qdev = b.qdev.as_deref().filter(|q| !q.is_empty());
-        let facts = qdev.and_then(|q| snap.devices.get(q));
-        let configured = snap.configured.get(device);
-        let drive = match configured {
-            Some(c) => c.drive.clone(),
-            None => snap
-                .cmdline
-                .as_ref()
-                .map(|c| {
-                    c.drive_config(
-                        &b.device,
-                        inserted.node_name.as_deref(),
-                        qdev.and_then(crate::vm::join::qdev_id),
-                    )
-                })
-                .unwrap_or_default(),
-        };
-        let iothread = facts
-            .and_then(|f| f.iothread.clone())
-            .or(drive.iothread.clone())
-            .unwrap_or_default();
-        let bus = match (facts, configured) {
-            (Some(f), _) => f.bus(),
-            (None, Some(c)) => c.bus.clone(),
-            (None, None) if qdev.is_none() => "none".to_owned(),
-            (None, None) => String::new(),
-        };
-        let format = inserted
-            .image
-            .as_ref()
-            .map(|i| i.format.as_str())
-            .filter(|f| !f.is_empty())
-            .unwrap_or(inserted.drv.as_str());
-        let driver = match configured.filter(|_| snap.origin == QemuOrigin::LibvirtStats) {
-            Some(c) => c.protocol_driver.clone(),
-            None => protocol_driver(stats_by_label.get(device).copied(), snap, &inserted.drv),
-        };
-        // Without the monitor (libvirt's statistics) the live flags are unknown: the mode is
-        // the configured one, and so are direct and no_flush; the guest's write cache is
-        // unknown (empty).
-        let flags = match (inserted.cache, drive.cache_mode) {
-            (Some(flags), _) => Some((cache_mode_label(inserted), flags, true)),
-            (None, Some(mode)) if snap.origin == QemuOrigin::LibvirtStats => {
-                Some((mode.as_str(), mode.flags(), false))
-            }
-            _ => None,
-        };
-        let cache_mode = flags.map_or("", |(mode, _, _)| mode);
-        out.info(
-            "kvmio_qemu_block_info",
-            "A QEMU block backend's configuration: top node, protocol driver (file, host_device, \
-             nbd...), image format, cache mode derived from the cache flags QEMU reports now \
-             (see kvmio_qemu_block_cache_info), aio mode, iothread, detect-zeroes, discard, bus.",
-            &[
-                ("vm", vm),
-                ("device", device),
-                ("node", inserted.node_name.as_deref().unwrap_or("")),
-                ("driver", &driver),
-                ("format", format),
-                ("file", &inserted.file),
-                ("cache_mode", cache_mode),
-                ("aio", drive.aio.as_deref().unwrap_or("")),
-                ("iothread", &iothread),
-                ("detect_zeroes", &inserted.detect_zeroes),
-                ("discard", drive.discard.as_deref().unwrap_or("")),
-                ("bus", &bus),
-            ],
-        );
-        if let Some((mode, flags, live)) = flags {
-            out.info(
-                "kvmio_qemu_block_cache_info",
-                "A backend's cache flags as QEMU reports them now, the mode they name, and the \
-                 mode configured on the QEMU command line. guest_write_cache is the write cache \
-                 the guest negotiated (off until the guest driver enables it, e.g. under the \
-                 firmware, or if the guest sets write through): then a cache=none drive reads \
-                 as directsync and cache=writeback as writethrough. direct and no_flush are as \
-                 configured.",
-                &[
-                    ("vm", vm),
-                    ("device", device),
-                    ("cache_mode", mode),
-                    (
-                        "configured_cache_mode",
-                        drive.cache_mode.map_or("", CacheMode::as_str),
-                    ),
-                    (
-                        "guest_write_cache",
-                        if live { on_off(flags.writeback) } else { "" },
-                    ),
-                    ("direct", on_off(flags.direct)),
-                    ("no_flush", on_off(flags.no_flush)),
-                ],
-            );
-        }
-        let mut image = inserted.image.as_ref();
-        let mut depth = 0;
-        while let Some(i) = image {
-            if depth > 32 || i.filename.is_empty() {
-                break;
-            }
-            let labels = [
-                ("vm", vm),
-                ("device", device),
-                ("image", i.filename.as_str()),
-            ];
-            out.gauge(
-                "kvmio_qemu_image_virtual_size_bytes",
-                "Size of the disk image as the guest sees it (top image and each backing image).",
-                &labels,
-                i.virtual_size.max(0) as f64,
-            );
-            if let Some(actual) = i.actual_size {
-                out.gauge(
-                    "kvmio_qemu_image_allocated_bytes",
-                    "Bytes the image file occupies on the host (allocated blocks, as QEMU reports \
-                     them).",
-                    &labels,
-                    actual.max(0) as f64,
-                );
-            }
-            image = i.backing_image.as_deref();
-            depth += 1;
-        }
-        let path = image_path(inserted);
-        let host_device = resolved
-            .get(Path::new(&path))
-            .map(ImageDevice::host_device)
-            .unwrap_or("");
-        out.info(
-            "kvmio_disk_layer_info",
-            "The join of the layers: guest disk (empty if the agent gave no match) <-> QEMU \
-             device <-> image file <-> host block device under it (empty if the image is not on \
-             a local block device, e.g. tmpfs, NFS, NBD).",
-            &[
-                ("vm", vm),
-                ("device", device),
-                (
-                    "disk",
-                    o.disks.get(device).map(String::as_str).unwrap_or(""),
-                ),
-                ("image", &path),
-                ("host_device", host_device),
-            ],
-        );
-    }
-
-    if let Some(io) = snap.process_io {
-        out.counter(
-            "kvmio_qemu_process_read_bytes_total",
-            "Bytes the QEMU process caused to be read from host storage (/proc/PID/io \
-             read_bytes): all its images and files together.",
-            &[("vm", vm)],
-            io.read_bytes as f64,
-        );
-        out.counter(
-            "kvmio_qemu_process_written_bytes_total",
-            "Bytes the QEMU process caused to be written to host storage (/proc/PID/io \
-             write_bytes): all its images and files together; against the devices' written \
-             bytes it shows the format's write amplification.",
-            &[("vm", vm)],
-            io.write_bytes as f64,
-        );
-    }
-}
-
-/// The device statistics libvirt's bulk statistics carry (`rd.*`, `wr.*`, `fl.*`).
-fn in_libvirt_stats(field: Field) -> bool {
-    matches!(
-        field,
-        Field::ReadsCompleted
-            | Field::SectorsRead
-            | Field::ReadTimeMs
-            | Field::WritesCompleted
-            | Field::SectorsWritten
-            | Field::WriteTimeMs
-            | Field::FlushesCompleted
-            | Field::FlushTimeMs
-    )
+    let stats_by_label = stats::emit_devices(out, vm, snap, buckets_ns);
+    config::emit_backends(out, o, snap, &stats_by_label, resolved);
+    stats::emit_process(out, vm, snap);
 }
 
 /// The libvirt connection's health and mode.
@@ -538,184 +260,6 @@ fn emit_libvirt(out: &mut Metrics, libvirt: &Libvirt) {
     }
 }
 
-fn emit_block_stats(
-    out: &mut Metrics,
-    vm: &str,
-    device: &str,
-    s: &BlockDeviceStats,
-    origin: QemuOrigin,
-) {
-    let labels = [("vm", vm), ("device", device)];
-    let libvirt = origin == QemuOrigin::LibvirtStats;
-    for m in block_metrics() {
-        if libvirt && !in_libvirt_stats(m.metric.field) {
-            continue;
-        }
-        let Some(v) = qemu_block_value(s, m.metric.field) else {
-            continue;
-        };
-        if m.metric.counter {
-            out.counter(&m.name, &m.help, &labels, v);
-        } else {
-            out.gauge(&m.name, &m.help, &labels, v);
-        }
-    }
-    if libvirt {
-        // Failed and invalid operations, idle time and the highest offset need the monitor.
-        return;
-    }
-    for (op, failed, invalid) in [
-        ("read", s.failed_rd_operations, s.invalid_rd_operations),
-        ("write", s.failed_wr_operations, s.invalid_wr_operations),
-        (
-            "flush",
-            s.failed_flush_operations,
-            s.invalid_flush_operations,
-        ),
-        (
-            "discard",
-            s.failed_unmap_operations,
-            s.invalid_unmap_operations,
-        ),
-    ] {
-        let labels = [("vm", vm), ("device", device), ("op", op)];
-        out.counter(
-            "kvmio_qemu_block_failed_operations_total",
-            "QEMU device: requests that failed (I/O errors), by operation.",
-            &labels,
-            count(failed),
-        );
-        out.counter(
-            "kvmio_qemu_block_invalid_operations_total",
-            "QEMU device: invalid requests (e.g. beyond the end of the disk), by operation.",
-            &labels,
-            count(invalid),
-        );
-    }
-    if let Some(idle) = s.idle_time_ns {
-        out.gauge(
-            "kvmio_qemu_block_idle_seconds",
-            "QEMU device: time since its last request (absent before the first one).",
-            &labels,
-            ns(idle),
-        );
-    }
-    out.gauge(
-        "kvmio_qemu_block_highest_written_offset_bytes",
-        "QEMU device: the end of the highest write since QEMU started.",
-        &labels,
-        count(s.wr_highest_offset),
-    );
-}
-
-fn emit_histogram(
-    out: &mut Metrics,
-    vm: &str,
-    device: &str,
-    op: &str,
-    h: &BlockLatencyHistogramInfo,
-    bounds: &[u64],
-    sum_ns: i64,
-) {
-    if h.boundaries != bounds || h.bins.len() != h.boundaries.len() + 1 {
-        return;
-    }
-    let mut cumulative = 0u64;
-    let buckets: Vec<(f64, u64)> = h
-        .boundaries
-        .iter()
-        .zip(&h.bins)
-        .map(|(&b, &n)| {
-            cumulative = cumulative.saturating_add(n);
-            (b as f64 / 1e9, cumulative)
-        })
-        .collect();
-    let total = h.bins.iter().fold(0u64, |a, &n| a.saturating_add(n));
-    let (name, help) = match op {
-        "read" => (
-            "kvmio_qemu_block_read_latency_seconds",
-            "QEMU device: read latency since kvmio set the histogram (block-latency-histogram-set); \
-             _sum is the read time accounted since.",
-        ),
-        "write" => (
-            "kvmio_qemu_block_write_latency_seconds",
-            "QEMU device: write latency since kvmio set the histogram; _sum is the write time \
-             accounted since.",
-        ),
-        _ => (
-            "kvmio_qemu_block_flush_latency_seconds",
-            "QEMU device: flush latency since kvmio set the histogram; _sum is the flush time \
-             accounted since.",
-        ),
-    };
-    out.histogram(
-        name,
-        help,
-        &[("vm", vm), ("device", device)],
-        &buckets,
-        total,
-        ns(sum_ns),
-    );
-}
-
-fn emit_nodes(
-    out: &mut Metrics,
-    vm: &str,
-    device: &str,
-    s: &BlockStats,
-    driver: &str,
-    snap: &QmpSnapshot,
-    depth: usize,
-) {
-    if depth > 32 {
-        return;
-    }
-    if let Some(node) = s.node_name.as_deref().filter(|n| !n.is_empty()) {
-        let labels = [
-            ("vm", vm),
-            ("device", device),
-            ("node", node),
-            ("driver", driver),
-        ];
-        out.gauge(
-            "kvmio_qemu_node_highest_written_offset_bytes",
-            "QEMU block node: the end of the highest write to this node (for a protocol node \
-             under qcow2: how far the image file grew, metadata included).",
-            &labels,
-            count(s.stats.wr_highest_offset),
-        );
-        if let Some(ds) = s.driver_specific.as_ref() {
-            let get = |k: &str| ds.get(k).and_then(serde_json::Value::as_i64);
-            for m in node_metrics() {
-                let v = match m.metric.field {
-                    Field::DiscardsCompleted => get("discard-nb-ok"),
-                    Field::SectorsDiscarded => get("discard-bytes-ok"),
-                    _ => None,
-                };
-                if let Some(v) = v {
-                    out.counter(&m.name, &m.help, &labels, count(v));
-                }
-            }
-            if let Some(v) = get("discard-nb-failed") {
-                out.counter(
-                    "kvmio_qemu_node_failed_discards_total",
-                    "QEMU block node (file/host_device): discards the host rejected.",
-                    &labels,
-                    count(v),
-                );
-            }
-        }
-    }
-    if let Some(parent) = s.parent.as_deref() {
-        let d = node_driver(parent, snap);
-        emit_nodes(out, vm, device, parent, &d, snap, depth + 1);
-    }
-    if let Some(backing) = s.backing.as_deref() {
-        let d = node_driver(backing, snap);
-        emit_nodes(out, vm, device, backing, &d, snap, depth + 1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,7 +282,7 @@ mod tests {
 
     #[test]
     fn every_issue_suffix_but_the_in_flight_ones_maps() {
-        let s = BlockDeviceStats::default();
+        let s = kvmio_qemu::types::BlockDeviceStats::default();
         let mapped: Vec<&str> = DISK_METRICS
             .iter()
             .filter(|m| qemu_block_value(&s, m.field).is_some())
