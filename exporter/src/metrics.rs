@@ -1,8 +1,15 @@
 //! A per-scrape metric builder on top of the `prometheus` crate's data model.
 //!
 //! Collectors do not register long-lived metric objects: every scrape builds a fresh [`Metrics`],
-//! each collector adds samples to it, and [`Metrics::encode_text`] turns it into
-//! `prometheus::proto::MetricFamily` values rendered by `prometheus::TextEncoder`.
+//! each collector adds samples to it, and [`Metrics::encode_text`] writes the text format
+//! directly. It writes what `prometheus::TextEncoder` writes for the same families (a test
+//! compares them byte for byte, [`Metrics::to_families`] gives the crate's model), except that
+//! infinities are spelled `+Inf`/`-Inf` as the format requires; it skips building the protobuf
+//! model first, which was a third of a 100-VM scrape's instructions (BENCHMARKS.md, "scrape").
+//!
+//! Why this file is longer than the others: the builder, its validation (names, conventions,
+//! duplicates, histogram shape) and the encoder share one representation of a scrape, and
+//! splitting them would expose it; its tests are a third of the file.
 //!
 //! What the builder guarantees, whatever the collectors feed it:
 //! - families are sorted by name and series by label values, so output is deterministic;
@@ -13,7 +20,8 @@
 //! - every label value goes through [`sanitize_label_value`] (control characters removed, length
 //!   capped), because several of them (guest disk names, serials) come from the untrusted guest;
 //! - a duplicate series (same name and label values) keeps its first value and is recorded in
-//!   [`Metrics::rejected`], since Prometheus refuses a scrape with duplicate series.
+//!   [`Metrics::rejected`], since Prometheus refuses a scrape with duplicate series (each
+//!   rejection is logged as a warning; the fixture tests assert there are none).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Host block devices from sysfs: which device holds a VM image, what lies below it, and its IO
-//! scheduler.
+//! scheduler. (About 400 lines of code; the rest are tests over hand-built dm/md trees.)
 //!
 //! Resolution of an image file:
 //! 1. `stat()` the image (following symlinks). A block-device image (LVM LV, zvol, raw disk) *is*
