@@ -1,15 +1,22 @@
 //! kvmio-exporter: a Prometheus exporter for every layer of a KVM/QEMU VM's storage IO.
 //!
+//! The shape: VM *sources* (monitor and agent sockets found by [`discovery`]; Proxmox's
+//! sockets; a libvirtd's domains, [`vm::libvirt`]) feed one *snapshot model*
+//! ([`vm::QmpSnapshot`], [`vm::QgaSnapshot`], the guest disk join) for every VM of a scrape
+//! ([`vm::Fleet`]); *collectors* read snapshots and host facts and write metrics; the *scrape*
+//! ([`scrape::ScrapeContext`]) holds the deadline and how the time is split. Dependencies run
+//! one way: `collector -> vm -> scrape -> host`, with `config`, `metrics` and `errors` below all.
+//!
 //! Module map:
-//! - [`metrics`]: the per-scrape metric builder ([`metrics::Metrics`]) and label hygiene;
+//! - [`metrics`]: the per-scrape metric builder ([`metrics::Metrics`]), label hygiene, the text
+//!   encoder;
 //! - [`collector`]: the [`collector::Collector`] trait, the scrape runner
-//!   ([`collector::Exporter`]), the per-scrape [`collector::ScrapeContext`], and one collector per
-//!   file (`host_diskstats`, `host_image`, `qmp`, `qga`, `crashtest`);
-//! - [`discovery`] and [`glob`]: which VMs' sockets to scrape, found at each scrape;
-//! - [`vm`]: the VMs of a scrape, from their sources (monitor and agent sockets, or
-//!   [`vm::libvirt`]: a libvirtd's domains through libvirt's own connection) into one snapshot
-//!   model, queried concurrently under one deadline, with pooled connections and per-process
-//!   caches; the guest disk <-> device join;
+//!   ([`collector::Exporter`]), and one collector per file (`host_diskstats`, `host_image`, `qmp`
+//!   with its `qmp/stats` and `qmp/config` families, `qga`, `crashtest`);
+//! - [`vm`]: the fleet and its sources: `target` (what a VM is), `socket` (a socket VM's scrape),
+//!   `connection` (the pooled monitor/agent connection), `monitor` (QMP queries and the
+//!   per-process cache), `qga`, `cmdline`, `join`, `libvirt`;
+//! - [`discovery`] and [`glob`]: which sockets to scrape, found at each scrape;
 //! - [`scrape`]: one scrape's shared context and how its time is split;
 //! - [`textformat`]: a strict text-format parser for the crash-test results file;
 //! - [`host`]: host-side facts: `/proc/diskstats` parsing, image file to block device resolution

@@ -138,7 +138,7 @@ impl ScrapeContext {
     }
 
     /// Publishes images (call any number of times; only from a collector whose
-    /// [`Collector::provides_images`] is true, before its `collect` returns).
+    /// [`crate::collector::Collector::provides_images`] is true, before its `collect` returns).
     pub fn publish_images(&self, images: impl IntoIterator<Item = ImageRef>) {
         let mut list = self.images.lock().unwrap_or_else(|e| e.into_inner());
         list.extend(images);

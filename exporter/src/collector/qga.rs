@@ -2,7 +2,7 @@
 //!
 //! - `kvmio_qga_up{vm}`;
 //! - `kvmio_guest_disk_<suffix>{vm,disk}` from `guest-get-diskstats` (the guest kernel's
-//!   `/proc/diskstats`: the full suffix set of [`DISK_METRICS`] where the guest has it);
+//!   `/proc/diskstats`: the full suffix set of [`crate::host::diskstats::DISK_METRICS`] where the guest has it);
 //! - `kvmio_guest_disk_queue_info{vm,disk,scheduler,write_cache}` from the guest's
 //!   `/sys/block/DISK/queue/{scheduler,write_cache}` (not exported where the agent forbids
 //!   `guest-file-*`);

@@ -1,6 +1,6 @@
 //! One VM's QMP side: the snapshot a scrape yields (also the libvirt source's), and a socket
 //! VM's scrape: connect (or reuse the pooled monitor, [`super::connection`]), then the
-//! monitor's queries and the per-process cache ([`super::monitor`]).
+//! monitor's queries and the per-process cache (`super::monitor`).
 //!
 //! The cache belongs to one QEMU process: the monitor socket's peer PID (`SO_PEERCRED`) keys it,
 //! so a VM restarted on the same socket starts afresh. Every call is bounded by the VM's deadline;
