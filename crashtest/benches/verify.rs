@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
+use kvmio_crashtest::acklog::{AckLog, AckLogHeader, AckLogWriter, ACK_LOG_VERSION};
 use kvmio_crashtest::oracle::{Cell, Fault};
-use kvmio_crashtest::verify::{self, AckLog, AckLogHeader, AckLogWriter, ACK_LOG_VERSION};
+use kvmio_crashtest::verify;
 use kvmio_crashtest::vm::ImageFormat;
 use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::record::RecordSpec;

@@ -1,7 +1,22 @@
 //! kvmio-crashtest: boots small QEMU VMs on demand (the lab), and measures which acknowledged
 //! writes survive a crash under each cache mode.
+//!
+//! The shape, by job:
+//! * the guest: [`kernel`] finds a kernel, [`modules`] the modules it needs, [`guest_image`]
+//!   builds kernel + initramfs ([`cpio`]) once per content hash;
+//! * one VM: [`vm`] launches QEMU and guarantees it is reaped; [`accel`] picks TCG or KVM;
+//!   [`lab`] keeps N of them running with a workload;
+//! * the crash test: [`run`] is the pipeline, one module per step (plan → image → fault's host →
+//!   boot → ack → fault → verify), with [`oracle`] saying what each cell promises, [`acklog`]
+//!   the record of what the guest acknowledged, [`verify`] the checker and [`report`] the
+//!   outputs;
+//! * shared: [`qemu_img`] (qemu-img, run one way), [`paths`], and [`out_of_space`].
+//!
+//! Errors follow the `kvmio-qemu` convention: one variant per failing step, the inner error only
+//! in `#[source]`; the binary prints the chain on one line.
 
 pub mod accel;
+pub mod acklog;
 pub mod cpio;
 pub mod guest_image;
 pub mod kernel;

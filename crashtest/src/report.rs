@@ -15,6 +15,10 @@
 //! | `kvmio_crashtest_last_run_timestamp_seconds` | when the run finished (no labels) |
 //!
 //! Only a complete run writes `crashtest.prom`; an interrupted one leaves the previous file.
+//!
+//! Why one file of about 650 lines: the three files and the table are views of one summary
+//! ([`Report`], built once from the results); apart they would each re-derive it. A fifth of the
+//! file is its tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

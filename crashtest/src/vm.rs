@@ -12,6 +12,10 @@
 //! [`Vm`] kills (SIGKILL) and waits for QEMU when dropped, and removes every socket it made, so
 //! error paths and panics leave nothing behind. QEMU also gets `PR_SET_PDEATHSIG`, so even a
 //! SIGKILLed launcher takes its VMs with it.
+//!
+//! Why one file of about 750 lines: the launch is one argument (sockets listened on before QEMU
+//! starts, the handshake, a guard that kills and reaps on every early return, the command line
+//! that names those sockets), and it holds only if read together.
 
 use std::fmt;
 use std::fs::File;

@@ -15,7 +15,7 @@ use kvmio_guest::protocol::GuestMessage;
 use kvmio_qemu::QmpCommands;
 
 use super::RunError;
-use crate::verify::{AckLogHeader, AckLogWriter};
+use crate::acklog::{AckLogHeader, AckLogWriter};
 use crate::vm::Vm;
 
 /// How long the writer may take from READY to its first ack.

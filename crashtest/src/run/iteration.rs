@@ -17,9 +17,10 @@ use super::fault::{self, Host};
 use super::image::{self, IterFiles};
 use super::plan::RunDirs;
 use super::{Guest, IterationResult, IterationSeeds, RunError, RunOptions, Timings};
+use crate::acklog::{AckLog, AckLogHeader, ACK_LOG_VERSION};
 use crate::oracle::Cell;
 use crate::out_of_space;
-use crate::verify::{self, AckLog, AckLogHeader};
+use crate::verify;
 use crate::vm::VmConfig;
 
 /// What every iteration of a run shares.
@@ -114,7 +115,10 @@ async fn steps(
         cell: label.to_string(),
         source,
     };
-    let log = AckLog::read(&files.acks).map_err(verify_err)?;
+    let log = AckLog::read(&files.acks).map_err(|source| RunError::ReadAckLog {
+        cell: label.to_string(),
+        source,
+    })?;
     let verification =
         verify::verify_image(&files.image, &log, None, &opts.qemu_img, ctx.dirs.images())
             .map_err(verify_err)?;
@@ -157,7 +161,7 @@ fn ack_log_header(
     image: &Path,
 ) -> AckLogHeader {
     AckLogHeader {
-        kvmio_ack_log: verify::ACK_LOG_VERSION,
+        kvmio_ack_log: ACK_LOG_VERSION,
         cell,
         iteration: iteration + 1,
         seed: seeds.iteration,

@@ -39,6 +39,7 @@ use kvmio_nbd::PowerFailReport;
 use kvmio_qemu::CacheFlags;
 use serde::Serialize;
 
+use crate::acklog::AckLogError;
 use crate::oracle::{Cell, Verdict};
 use crate::qemu_img::QemuImgError;
 use crate::verify::{Verification, VerifyError};
@@ -162,6 +163,12 @@ pub enum RunError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{cell}: cannot read back the ack log")]
+    ReadAckLog {
+        cell: String,
+        #[source]
+        source: AckLogError,
     },
     #[error("{cell}: cannot verify the image")]
     Verify {

@@ -4,245 +4,28 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
-use kvmio_crashtest::accel::{self, AccelChoice};
+use clap::Parser;
+use kvmio_crashtest::accel;
+use kvmio_crashtest::acklog::AckLog;
 use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::lab::{Lab, LabOptions};
-use kvmio_crashtest::oracle::{Cell, Fault, Verdict};
+use kvmio_crashtest::oracle::Verdict;
 use kvmio_crashtest::paths;
 use kvmio_crashtest::report::{Report, RunInfo};
-use kvmio_crashtest::run::{self, Guest, RunError, RunOptions};
-use kvmio_crashtest::verify::{self, AckLog};
-use kvmio_crashtest::vm::ImageFormat;
-use kvmio_guest::writer::SyncPolicy;
-use kvmio_qemu::CacheMode;
+use kvmio_crashtest::run::{self, Guest, RunError};
+use kvmio_crashtest::verify;
+
+mod args;
+
+use args::{
+    default_image_dir, run_options, Cli, Command, GuestArgs, GuestCommand, LabArgs, RunArgs,
+    VerifyArgs,
+};
 
 /// Exit status when a VIOLATION was found (errors exit 1, usage errors 2, Ctrl-C 130).
 const EXIT_VIOLATION: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "kvmio-crashtest",
-    version,
-    about = "Boots small QEMU VMs and measures which acknowledged writes survive a crash under each cache mode"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Build or inspect the test guest (kernel + initramfs).
-    Guest {
-        #[command(subcommand)]
-        command: GuestCommand,
-    },
-    /// Boot N lab VMs with a steady IO workload until interrupted (Ctrl-C).
-    Lab(LabArgs),
-    /// Run the crash-consistency matrix: boot, write acked records, crash, verify.
-    ///
-    /// Exit status: 0 no violation, 3 a VIOLATION was found, 1 the run could not complete,
-    /// 2 bad usage, 130 interrupted.
-    #[command(args_override_self = true)]
-    Run(Box<RunArgs>),
-    /// Re-verify a kept image against its ack log (from `run --keep-images`).
-    ///
-    /// Exit status: 0 no violation, 3 VIOLATION, 1 error.
-    Verify(VerifyArgs),
-}
-
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// Cache modes to test.
-    #[arg(
-        long,
-        value_name = "MODES",
-        value_delimiter = ',',
-        default_value = "none,writeback,writethrough,directsync,unsafe"
-    )]
-    cache: Vec<CacheMode>,
-    /// Faults: kill (SIGKILL QEMU; the host survives), power (host power loss: unflushed writes
-    /// are lost), power-subset, power-torn.
-    #[arg(
-        long,
-        value_name = "FAULTS",
-        value_delimiter = ',',
-        default_value = "kill,power"
-    )]
-    fault: Vec<Fault>,
-    /// Add the torn variants of power: power-subset (a seeded random subset of the unflushed
-    /// writes survives) and power-torn (the subset is torn at 512-byte sectors).
-    #[arg(long)]
-    torn: bool,
-    /// Writer sync policies: fdatasync (O_DIRECT write, then fdatasync), dsync (O_DIRECT|O_DSYNC),
-    /// none (O_DIRECT, no flush).
-    #[arg(
-        long,
-        value_name = "POLICIES",
-        value_delimiter = ',',
-        default_value = "fdatasync,dsync,none"
-    )]
-    sync: Vec<SyncPolicy>,
-    /// Image formats.
-    #[arg(
-        long,
-        value_name = "FORMATS",
-        value_delimiter = ',',
-        default_value = "raw,qcow2"
-    )]
-    format: Vec<ImageFormat>,
-    /// Iterations per cell.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    iterations: u32,
-    /// Seed of everything random (payloads, fault delays, torn subsets); default: a random one,
-    /// printed and recorded in the report.
-    #[arg(long, value_name = "S")]
-    seed: Option<u64>,
-    /// Iterations (VMs) running at once.
-    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    parallel: u32,
-    /// Output directory for report.json, report.txt and crashtest.prom.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Keep each iteration's surviving image, ack log and console log (re-check them with
-    /// `kvmio-crashtest verify`).
-    #[arg(long)]
-    keep_images: bool,
-    /// Where to create the disk images (kvmio makes its own subdirectory there); default:
-    /// $TMPDIR if set, else /var/tmp, or OUT/images with --keep-images.
-    #[arg(long, value_name = "DIR")]
-    image_dir: Option<PathBuf>,
-    /// Size of each test disk, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1048576))]
-    disk_size: u64,
-    /// Record size in bytes (a multiple of 512).
-    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
-    record_size: usize,
-    /// The fault comes a seeded random time after the first ack, in this range of milliseconds
-    /// (MIN..MAX, or one value).
-    #[arg(long, value_name = "MIN..MAX", default_value = "100..1000", value_parser = parse_window)]
-    window_ms: (u64, u64),
-    /// Self-test: the NBD server acknowledges FLUSH and FUA without persisting.
-    #[arg(long, hide = true)]
-    lie_about_flush: bool,
-    /// Self-test: the guest writer acks before its durability point.
-    #[arg(long, hide = true)]
-    ack_early: bool,
-    #[command(flatten)]
-    guest: GuestArgs,
-    #[command(flatten)]
-    qemu: QemuArgs,
-}
-
-fn parse_window(s: &str) -> Result<(u64, u64), String> {
-    let num = |v: &str| {
-        v.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{v:?} is not a whole number of milliseconds"))
-    };
-    let (min, max) = match s.split_once("..") {
-        Some((a, b)) => (num(a)?, num(b)?),
-        None => (num(s)?, num(s)?),
-    };
-    if min > max {
-        return Err(format!(
-            "the window {min}..{max} is empty: MIN must not exceed MAX"
-        ));
-    }
-    Ok((min, max))
-}
-
-#[derive(Debug, Args)]
-struct VerifyArgs {
-    /// The surviving disk image.
-    #[arg(long, value_name = "IMG")]
-    image: PathBuf,
-    /// Its ack log (IMG's name with .acks).
-    #[arg(long, value_name = "ACKS")]
-    acks: PathBuf,
-    /// Image format (default: the one recorded in the ack log).
-    #[arg(long, value_name = "FORMAT")]
-    format: Option<ImageFormat>,
-    /// qemu-img, to read qcow2 images.
-    #[arg(long, value_name = "PATH", default_value = "qemu-img")]
-    qemu_img: PathBuf,
-    /// Where the raw copy of a qcow2 image goes while it is checked (default: $TMPDIR if set,
-    /// else /var/tmp).
-    #[arg(long, value_name = "DIR")]
-    scratch_dir: Option<PathBuf>,
-    /// Print the verification as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-enum GuestCommand {
-    /// Build the guest image (cached by content hash; a second call is instant).
-    Build(GuestArgs),
-}
-
-#[derive(Debug, Args, Clone)]
-struct GuestArgs {
-    /// Guest kernel image (default: the one deploy/setup.sh fetched, else /boot/vmlinuz-$(uname -r)).
-    #[arg(long, value_name = "VMLINUZ")]
-    kernel: Option<PathBuf>,
-    /// Modules directory for that kernel (e.g. /lib/modules/$(uname -r)); .ko, .ko.xz and .ko.zst.
-    #[arg(long, value_name = "DIR")]
-    modules: Option<PathBuf>,
-    /// The kvmio-guest program to put in the guest (default: beside this binary).
-    #[arg(long, value_name = "PATH")]
-    guest_bin: Option<PathBuf>,
-    /// Cache directory for kernels and guest images.
-    #[arg(long, value_name = "DIR", env = "KVMIO_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Args, Clone)]
-struct QemuArgs {
-    /// QEMU system emulator.
-    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
-    qemu: PathBuf,
-    /// qemu-img, to create qcow2 images.
-    #[arg(long, value_name = "PATH", default_value = "qemu-img")]
-    qemu_img: PathBuf,
-    /// Accelerator: tcg, kvm, or auto (KVM if a KVM guest actually boots here, else TCG).
-    #[arg(long, value_name = "ACCEL", default_value = "auto")]
-    accel: AccelChoice,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    memory: u32,
-    /// How long a guest may take to boot and call back.
-    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
-    ready_timeout: u64,
-}
-
-#[derive(Debug, Args)]
-struct LabArgs {
-    /// Number of VMs (lab-1 .. lab-N).
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    vms: usize,
-    /// Directory for the sockets (lab-K.qmp, lab-K.qga), disk images, console logs and lab.json.
-    #[arg(long, value_name = "DIR")]
-    run_dir: PathBuf,
-    /// Cache mode(s), handed to the VMs in turn (e.g. none,unsafe).
-    #[arg(
-        long,
-        value_name = "MODE",
-        value_delimiter = ',',
-        default_value = "none"
-    )]
-    cache: Vec<CacheMode>,
-    /// Size of each of the two disks per VM, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    disk_size: u64,
-    #[command(flatten)]
-    guest: GuestArgs,
-    #[command(flatten)]
-    qemu: QemuArgs,
-}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -434,86 +217,6 @@ async fn lab(args: LabArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     eprintln!("kvmio-crashtest: stopping the lab");
     lab.stop().await;
     Ok(code)
-}
-
-/// `$TMPDIR` if set, else `/var/tmp`: disk-backed by convention, where `/tmp` is often a tmpfs,
-/// which cannot take the O_DIRECT that cache=none and directsync need (and holds RAM).
-fn default_image_dir() -> PathBuf {
-    match std::env::var_os("TMPDIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ if Path::new("/var/tmp").is_dir() => PathBuf::from("/var/tmp"),
-        _ => std::env::temp_dir(),
-    }
-}
-
-/// `run`'s options from its command line: checked, with the defaults filled in (`out` is the
-/// checked output directory). The guest and the accelerator come later: they take time.
-fn run_options(args: &RunArgs, out: &Path) -> Result<RunOptions, String> {
-    let cells = cells(args)?;
-    kvmio_guest::record::RecordSpec::new(0, 0, args.record_size)
-        .map_err(|e| format!("--record-size: {e}"))?;
-    if (args.disk_size << 20) < args.record_size as u64 {
-        return Err("--disk-size is smaller than one record".into());
-    }
-    let image_dir = match &args.image_dir {
-        Some(d) => d.clone(),
-        None if args.keep_images => out.join("images"),
-        None => default_image_dir(),
-    };
-    Ok(RunOptions {
-        cells,
-        iterations: args.iterations,
-        seed: args.seed.unwrap_or_else(rand::random),
-        parallel: args.parallel as usize,
-        image_dir,
-        keep_images: args.keep_images,
-        disk_size_mib: args.disk_size,
-        record_size: args.record_size,
-        window: (
-            Duration::from_millis(args.window_ms.0),
-            Duration::from_millis(args.window_ms.1),
-        ),
-        qemu: args.qemu.qemu.clone(),
-        qemu_img: args.qemu.qemu_img.clone(),
-        memory_mib: args.qemu.memory,
-        ready_timeout: Duration::from_secs(args.qemu.ready_timeout),
-        lie_about_flush: args.lie_about_flush,
-        ack_early: args.ack_early,
-    })
-}
-
-/// The cells of the matrix, in a stable order, without duplicates.
-fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
-    let mut faults: Vec<Fault> = Vec::new();
-    for f in &args.fault {
-        if !faults.contains(f) {
-            faults.push(*f);
-        }
-    }
-    if args.torn {
-        if !faults.iter().any(|f| f.is_power()) {
-            return Err("--torn adds variants of the power fault: add power to --fault".into());
-        }
-        for f in [Fault::PowerSubset, Fault::PowerTorn] {
-            if !faults.contains(&f) {
-                faults.push(f);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for &cache in &args.cache {
-        for &fault in &faults {
-            for &sync in &args.sync {
-                for &format in &args.format {
-                    let cell = Cell::new(cache, fault, sync, format);
-                    if !out.contains(&cell) {
-                        out.push(cell);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn unix_now() -> f64 {
