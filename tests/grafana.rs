@@ -98,14 +98,18 @@ struct Selector {
     range: Option<String>,
 }
 
-/// Functions and keywords that are followed by `(` or are not metric names.
-const KEYWORDS: &[&str] = &[
+/// Keywords followed by a label list (`by (instance, vm)`).
+const LABEL_LIST_KEYWORDS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+
+/// Other functions and keywords that are followed by `(` or are not metric names.
+const KEYWORDS: &[&str] = &[
     "and",
     "or",
     "unless",
@@ -205,16 +209,7 @@ fn selectors(expr: &str) -> Result<Vec<Selector>, String> {
                 let mut j = i;
                 skip_ws(&mut j);
                 let next = chars.get(j).copied();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&name.as_str())
-                {
+                if LABEL_LIST_KEYWORDS.contains(&name.as_str()) {
                     expect_label_list = next == Some('(');
                     continue;
                 }

@@ -97,31 +97,19 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/c.qmp"), b"").unwrap();
         let base = dir.path().to_str().unwrap();
-        let got = expand(&format!("{base}/*.qmp"));
-        let names = ["a.qmp", "b.qmp", "vm12.qmp", "vmx.qmp"];
-        assert_eq!(got, names.map(|n| dir.path().join(n)));
-        let got = expand(&format!("{base}/*/*.qmp"));
-        assert_eq!(got, vec![dir.path().join("sub/c.qmp")]);
-        assert_eq!(
-            expand(&format!("{base}/.*.qmp")),
-            vec![dir.path().join(".hidden.qmp")]
-        );
-        assert_eq!(
-            expand(&format!("{base}/vm[0-9]*.qmp")),
-            vec![dir.path().join("vm12.qmp")]
-        );
-        assert_eq!(
-            expand(&format!("{base}/vm[!0-9]*")),
-            vec![dir.path().join("vmx.qmp")]
-        );
-        assert_eq!(
-            expand(&format!("{base}/?.qga")),
-            vec![dir.path().join("a.qga")]
-        );
-        assert_eq!(
-            expand(&format!("{base}/a.qga")),
-            vec![dir.path().join("a.qga")]
-        );
+        let cases: [(&str, &[&str]); 7] = [
+            ("*.qmp", &["a.qmp", "b.qmp", "vm12.qmp", "vmx.qmp"]),
+            ("*/*.qmp", &["sub/c.qmp"]),
+            (".*.qmp", &[".hidden.qmp"]),
+            ("vm[0-9]*.qmp", &["vm12.qmp"]),
+            ("vm[!0-9]*", &["vmx.qmp"]),
+            ("?.qga", &["a.qga"]),
+            ("a.qga", &["a.qga"]),
+        ];
+        for (pattern, want) in cases {
+            let want: Vec<PathBuf> = want.iter().map(|n| dir.path().join(n)).collect();
+            assert_eq!(expand(&format!("{base}/{pattern}")), want, "{pattern}");
+        }
         assert!(expand(&format!("{base}/missing/*.qmp")).is_empty());
         assert!(expand("").is_empty());
     }
