@@ -1,34 +1,19 @@
 //! The README's main command: `deploy/demo.sh` boots the lab and serves its metrics, and one
 //! Ctrl-C stops everything.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kvmio_e2e::{
-    guest_image, pid_exists, processes_mentioning, sockets_in, vm_slot, wait_for, workspace_bin,
-    ChildProcess,
+    free_port, guest_image, pid_exists, processes_mentioning, sockets_in, try_http_get, vm_slot,
+    wait_for, workspace_bin, ChildProcess, TWO_LAB_VMS,
 };
 use nix::sys::signal::Signal;
 
-/// A plain HTTP/1.0 GET on loopback; `None` until something answers.
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `GET path` from the demo's exporter: (status, body), `None` until something answers.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    try_http_get(addr, path, Duration::from_secs(15)).ok()
 }
 
 #[test]
@@ -45,15 +30,8 @@ fn demo_serves_lab_metrics_and_stops_cleanly() {
     let mut demo = ChildProcess::spawn(
         Command::new("bash")
             .arg(&script)
-            .args([
-                "--accel",
-                "tcg",
-                "--vms",
-                "2",
-                "--cache",
-                "none,unsafe",
-                "--listen",
-            ])
+            .args(TWO_LAB_VMS)
+            .arg("--listen")
             .arg(&addr)
             .arg("--run-dir")
             .arg(dir.path())
@@ -62,16 +40,16 @@ fn demo_serves_lab_metrics_and_stops_cleanly() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    let metrics = wait_for("lab metrics", Duration::from_secs(240), || {
-        if let Some(status) = demo.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+    let (status, metrics) = wait_for("lab metrics", Duration::from_secs(240), || {
+        if let Some(status) = demo.exited() {
             panic!("demo exited early: {status}");
         }
-        let body = http_get(&addr, "/metrics")?;
+        let (status, body) = get(&addr, "/metrics")?;
         (body.contains("kvmio_qga_up{vm=\"lab-2\"} 1")
             && body.contains("kvmio_qmp_up{vm=\"lab-1\"} 1"))
-        .then_some(body)
+        .then_some((status, body))
     });
-    assert!(metrics.starts_with("HTTP/1.1 200") || metrics.starts_with("HTTP/1.0 200"));
+    assert_eq!(status, 200);
     for (vm, mode) in [("lab-1", "none"), ("lab-2", "unsafe")] {
         let line = metrics
             .lines()
@@ -81,7 +59,7 @@ fn demo_serves_lab_metrics_and_stops_cleanly() {
             .unwrap_or_else(|| panic!("no block info for {vm}"));
         assert!(line.contains(&format!("cache_mode=\"{mode}\"")), "{line}");
     }
-    let landing = http_get(&addr, "/").unwrap();
+    let (_, landing) = get(&addr, "/").unwrap();
     assert!(landing.contains("/metrics"), "landing page links /metrics");
 
     let manifest: serde_json::Value =
@@ -106,5 +84,5 @@ fn demo_serves_lab_metrics_and_stops_cleanly() {
             .then_some(())
     });
     assert!(sockets_in(dir.path()).is_empty());
-    assert!(http_get(&addr, "/metrics").is_none(), "exporter stopped");
+    assert!(get(&addr, "/metrics").is_none(), "exporter stopped");
 }

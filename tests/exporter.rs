@@ -22,7 +22,7 @@ use kvmio_e2e::metrics::{
     family, find, host_device_of, http_get, parse, start_exporter, value, Series,
 };
 use kvmio_e2e::{
-    guest_image, processes_mentioning, vm_slot, wait_for, workspace_bin, ChildProcess,
+    guest_image, processes_mentioning, vm_slot, wait_for, workspace_bin, ChildProcess, TWO_LAB_VMS,
 };
 use kvmio_qemu::{AgentCommands, GuestAgent, Limits};
 
@@ -92,25 +92,16 @@ async fn exporter_against_lab_vms() {
     let lab_log = dir.path().join("lab.log");
     let mut lab_cmd = Command::new(workspace_bin("kvmio-crashtest"));
     lab_cmd
-        .args([
-            "lab",
-            "--accel",
-            "tcg",
-            "--vms",
-            "2",
-            "--cache",
-            "none,unsafe",
-            "--disk-size",
-            "64",
-            "--run-dir",
-        ])
+        .arg("lab")
+        .args(TWO_LAB_VMS)
+        .args(["--disk-size", "64", "--run-dir"])
         .arg(&run_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&lab_log).unwrap());
     let mut lab = ChildProcess::spawn(&mut lab_cmd);
     let manifest: serde_json::Value = wait_for("lab.json", Duration::from_secs(300), || {
-        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+        if let Some(status) = lab.exited() {
             panic!(
                 "lab exited early: {status}: {}",
                 std::fs::read_to_string(&lab_log).unwrap_or_default()

@@ -7,11 +7,13 @@
 //!   each other down until readiness deadlines turn flaky (`shared/lab-notes.md`).
 //! * VMs are [`kvmio_crashtest::vm::Vm`] values, which kill and reap QEMU when dropped, also
 //!   when an assertion panics; [`ChildProcess`] does the same for the CLI processes tests start.
+//!
+//! What the exporter's tests and benches need too (processes, the VM slot, the exporter launcher,
+//! `/metrics` parsed) lives in `kvmio-test-support` and is re-exported here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
@@ -20,27 +22,16 @@ use kvmio_crashtest::paths;
 pub mod libvirtd;
 pub mod metrics;
 
+pub use kvmio_test_support::{
+    free_port, run, try_http_get, vm_slot, wait_for, which, workspace_bin, ChildProcess, VmSlot,
+};
+
+/// The README's lab, as `kvmio-crashtest lab` and `deploy/demo.sh` take it: two TCG VMs,
+/// `cache=none` and `cache=unsafe`.
+pub const TWO_LAB_VMS: [&str; 6] = ["--accel", "tcg", "--vms", "2", "--cache", "none,unsafe"];
+
 /// Generous: a TCG boot takes seconds alone, but CI machines are shared.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Held while a test boots VMs; dropping it lets the next one start.
-#[derive(Debug)]
-pub struct VmSlot(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-/// Serialises VM-booting tests, across threads, test binaries and concurrent `cargo test` or
-/// nextest processes alike: an exclusive `flock` on a file in the temporary directory.
-pub fn vm_slot() -> VmSlot {
-    let path = std::env::temp_dir().join("kvmio-e2e-vm.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()));
-    VmSlot(lock)
-}
 
 /// Fails with instructions when the lab's packages are not installed.
 pub fn require_lab_packages() {
@@ -58,33 +49,6 @@ pub fn require_lab_packages() {
     }
 }
 
-pub fn which(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
-
-/// A workspace binary built by `cargo build --workspace` (test binaries live in
-/// `target/<profile>/deps`, the binaries one level up).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().expect("exe dir");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("profile dir")
-    } else {
-        dir
-    };
-    let bin = dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
-        bin.display()
-    );
-    bin
-}
-
 /// The default guest (kernel from `deploy/setup.sh`), built once per test binary.
 pub fn guest_image() -> GuestImage {
     static IMAGE: OnceLock<GuestImage> = OnceLock::new();
@@ -98,70 +62,6 @@ pub fn guest_image() -> GuestImage {
             guest_image::build(&inputs, &paths::cache_dir()).expect("guest image builds")
         })
         .clone()
-}
-
-/// A child process that is killed and reaped on drop.
-#[derive(Debug)]
-pub struct ChildProcess(pub Option<Child>);
-
-impl ChildProcess {
-    pub fn spawn(cmd: &mut Command) -> ChildProcess {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        ChildProcess(Some(child))
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.0.as_ref().expect("running").id()
-    }
-
-    /// Sends `signal` and waits up to `timeout` for the exit.
-    pub fn signal_and_wait(
-        &mut self,
-        signal: nix::sys::signal::Signal,
-        timeout: Duration,
-    ) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal");
-        self.wait_timeout(timeout)
-            .expect("process exits after the signal")
-    }
-
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.0.as_mut()?;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.0 = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs a command to completion with stdin closed; returns (status, stdout, stderr).
-pub fn run(cmd: &mut Command) -> (std::process::ExitStatus, String, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Pids of live processes whose command line mentions `needle` (e.g. a test's run dir): the
@@ -209,19 +109,4 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -24,15 +24,15 @@
 //! shares the cores meanwhile. Every process it starts is killed and reaped on every path (and
 //! dies with it if it is killed: `PR_SET_PDEATHSIG`).
 
-#[path = "../tests/common/procs.rs"]
-#[allow(dead_code)]
-mod procs;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procs::Proc;
+use kvmio_test_support::metrics::sample;
+use kvmio_test_support::qemu::{qemu_ga, qemu_none};
+use kvmio_test_support::{
+    free_port, http_get, launch_exporter, require, spawn_tied, vm_slot, ChildProcess,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -308,9 +308,15 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 fn get(addr: &str, path: &str) -> (String, f64) {
-    let (status, body, elapsed) = procs::http_get(addr, path, Duration::from_secs(60));
+    let (status, body, elapsed) = http_get(addr, path, Duration::from_secs(60));
     assert_eq!(status, 200, "GET {path}");
     (body, elapsed.as_secs_f64())
+}
+
+/// The exporter binary (this package's) on a free loopback port.
+fn exporter(args: &[String], log: &Path) -> (ChildProcess, String) {
+    let bin = env!("CARGO_BIN_EXE_kvmio-exporter");
+    launch_exporter(Command::new(bin), args, log)
 }
 
 struct ExporterRun {
@@ -332,7 +338,7 @@ async fn run_exporter(dir: &Path, extra: &[String], warm: usize, n: usize) -> Ex
     ));
     let mut args = vec![format!("--qmp.socket-glob={}/*.qmp", dir.display())];
     args.extend_from_slice(extra);
-    let (mut p, addr) = procs::exporter(&args, &log);
+    let (mut p, addr) = exporter(&args, &log);
     let pid = p.pid();
     let a = addr.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -385,23 +391,9 @@ async fn run_exporter(dir: &Path, extra: &[String], warm: usize, n: usize) -> Ex
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn metric(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// node_exporter's diskstats collector duration over `n` scrapes, with `extra` flags.
 fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
-    let bin = procs::require("prometheus-node-exporter", "prometheus-node-exporter");
+    let bin = require("prometheus-node-exporter", "prometheus-node-exporter");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(bin);
@@ -411,7 +403,7 @@ fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("node-exporter.log")).unwrap());
-    let mut p = procs::spawn(&mut cmd, "node_exporter");
+    let mut p = spawn_tied(&mut cmd, "node_exporter");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(&addr).is_err() {
         assert!(
@@ -425,7 +417,7 @@ fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
         let (body, _) = get(&addr, "/metrics");
         if i >= 3 {
             out.push(
-                metric(
+                sample(
                     &body,
                     "node_scrape_collector_duration_seconds{collector=\"diskstats\"}",
                 )
@@ -439,7 +431,7 @@ fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
 
 /// kvmio's host diskstats collector duration over `n` scrapes of an exporter with no VMs.
 fn kvmio_diskstats(n: usize, dir: &Path) -> Vec<f64> {
-    let (mut p, addr) = procs::exporter(
+    let (mut p, addr) = exporter(
         &["--host.devices=all".to_owned()],
         &dir.join("exporter-host.log"),
     );
@@ -448,7 +440,7 @@ fn kvmio_diskstats(n: usize, dir: &Path) -> Vec<f64> {
         let (body, _) = get(&addr, "/metrics");
         if i >= 3 {
             out.push(
-                metric(
+                sample(
                     &body,
                     "kvmio_collector_duration_seconds{collector=\"host_diskstats\"}",
                 )
@@ -458,19 +450,6 @@ fn kvmio_diskstats(n: usize, dir: &Path) -> Vec<f64> {
     }
     p.stop();
     out
-}
-
-fn vm_slot() -> nix::fcntl::Flock<std::fs::File> {
-    let path = std::env::temp_dir().join("kvmio-e2e-vm.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    eprintln!("waiting for the VM slot ({})...", path.display());
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()))
 }
 
 /// QEMU processes on the machine (other than the ones this run starts, when called before).
@@ -488,6 +467,10 @@ fn qemu_processes() -> usize {
 
 fn main() {
     let a = args();
+    eprintln!(
+        "waiting for the VM slot ({})...",
+        std::env::temp_dir().join("kvmio-e2e-vm.lock").display()
+    );
     let _slot = vm_slot();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let foreign_before = qemu_processes();
@@ -504,14 +487,14 @@ fn main() {
         d.display()
     );
     let t0 = Instant::now();
-    let mut procs_: Vec<Proc> = Vec::with_capacity(2 * a.vms);
+    let mut procs_: Vec<ChildProcess> = Vec::with_capacity(2 * a.vms);
     let mut qmp = Vec::new();
     let mut qga = Vec::new();
     for k in 0..a.vms {
-        let (p, s) = procs::qemu_none(d, &format!("vm{k:03}"), a.drives);
+        let (p, s) = qemu_none(d, &format!("vm{k:03}"), a.drives);
         procs_.push(p);
         qmp.push(s);
-        let (p, s) = procs::qemu_ga(d, &format!("vm{k:03}"));
+        let (p, s) = qemu_ga(d, &format!("vm{k:03}"));
         procs_.push(p);
         qga.push(s);
     }

@@ -13,8 +13,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+// Standard base64 with padding, what qemu-ga sends in `buf-b64`.
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -186,29 +189,6 @@ pub fn qmp_fixture(path: &Path) -> Peer {
     })
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (what qemu-ga sends in `buf-b64`).
-pub fn base64(data: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A guest agent answering from the captured qemu-ga replies; `guest-file-*` read files of the
 /// captured sysfs tree `sysfs` (for paths under `/sys/`), with qemu-ga's error text for missing
 /// files.
@@ -222,12 +202,7 @@ pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
             let mut files: HashMap<i64, (Vec<u8>, usize)> = HashMap::new();
             let mut next_handle = 1000;
             let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
+            while next_line(&mut reader, &mut buf).await {
                 // guest-sync-delimited requests start with 0xFF.
                 let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
                 let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
@@ -272,7 +247,7 @@ pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
                                 let part = data[*pos..end].to_vec();
                                 *pos = end;
                                 Ok(
-                                    json!({"count": part.len(), "buf-b64": base64(&part), "eof": end == data.len()}),
+                                    json!({"count": part.len(), "buf-b64": BASE64.encode(&part), "eof": end == data.len()}),
                                 )
                             }
                             None => {
@@ -299,17 +274,18 @@ pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
     })
 }
 
+/// Reads the next line into `buf` (cleared first); `false` at EOF or on an error.
+async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    matches!(reader.read_until(b'\n', buf).await, Ok(n) if n > 0)
+}
+
 /// Accepts connections, reads what comes, never answers.
 pub fn silent(path: &Path) -> Peer {
     spawn(path, |stream, _| async move {
         let mut reader = BufReader::new(stream);
         let mut sink = Vec::new();
-        while let Ok(n) = reader.read_until(b'\n', &mut sink).await {
-            if n == 0 {
-                return;
-            }
-            sink.clear();
-        }
+        while next_line(&mut reader, &mut sink).await {}
     })
 }
 
@@ -320,12 +296,7 @@ pub fn garbage(path: &Path) -> Peer {
         let (r, mut w) = stream.into_split();
         let mut reader = BufReader::new(r);
         let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        while next_line(&mut reader, &mut line).await {
             let junk: &[&[u8]] = &[
                 b"login: \n",
                 b"[1, 2, 3]\n",

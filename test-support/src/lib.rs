@@ -1,0 +1,25 @@
+//! What kvmio's tests and benches share (a dev-dependency of `kvmio-exporter`, a dependency of the
+//! end-to-end crate `kvmio-e2e`):
+//!
+//! - [`process`]: [`ChildProcess`], killed and reaped on drop (also when an assertion panics),
+//!   optionally tied to the test with `PR_SET_PDEATHSIG`; [`wait_for`]; [`vm_slot`], the lock
+//!   that lets one VM-booting test or bench run at a time; [`workspace_bin`], [`which`],
+//!   [`require`];
+//! - [`qemu`]: `qemu-system-x86_64 -M none` (a real monitor and block layer, no guest) and the
+//!   host's own `qemu-ga` on Unix sockets;
+//! - [`exporter`]: the `kvmio-exporter` binary on a free loopback port;
+//! - [`http`]: blocking `GET`s and a free port; [`metrics`]: the text format parsed into
+//!   [`metrics::Series`].
+
+pub mod exporter;
+pub mod http;
+pub mod metrics;
+pub mod process;
+pub mod qemu;
+
+pub use exporter::launch_exporter;
+pub use http::{free_port, http_get, try_http_get};
+pub use process::{
+    require, run, spawn_tied, vm_slot, wait_for, wait_for_every, wait_path, which, workspace_bin,
+    ChildProcess, VmSlot,
+};
