@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use kvmio_crashtest::acklog::{AckLog, AckLogHeader, AckLogWriter, ACK_LOG_VERSION};
+use kvmio_crashtest::acklog::{AckLog, AckLogHeader, AckLogWriter};
 use kvmio_crashtest::oracle::{Cell, Fault};
 use kvmio_crashtest::verify;
 use kvmio_crashtest::vm::ImageFormat;
@@ -89,24 +89,13 @@ fn write_image(
     image: &Path,
     acks: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let header = AckLogHeader {
-        kvmio_ack_log: ACK_LOG_VERSION,
-        cell: Cell::new(
-            CacheMode::None,
-            Fault::Power,
-            SyncPolicy::Fdatasync,
-            ImageFormat::Raw,
-        ),
-        iteration: 1,
-        seed: 0,
-        run_id: spec.run_id,
-        payload_seed: spec.seed,
-        record_size: spec.size,
-        disk_size: disk,
-        image: "bench.raw".into(),
-        ack_early: false,
-        lie_about_flush: false,
-    };
+    let cell = Cell::new(
+        CacheMode::None,
+        Fault::Power,
+        SyncPolicy::Fdatasync,
+        ImageFormat::Raw,
+    );
+    let header = AckLogHeader::new(cell, spec, disk, "bench.raw");
     let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(image)?);
     let mut log = AckLogWriter::create(acks, &header)?;
     let mut buf = vec![0u8; spec.size];

@@ -42,6 +42,24 @@ pub struct AckLogHeader {
 }
 
 impl AckLogHeader {
+    /// The header of an honest run (no self-test switches) of `cell` writing `spec`'s records
+    /// to a disk of `disk_size` bytes in the image file `image`.
+    pub fn new(cell: Cell, spec: &RecordSpec, disk_size: u64, image: &str) -> AckLogHeader {
+        AckLogHeader {
+            kvmio_ack_log: ACK_LOG_VERSION,
+            cell,
+            iteration: 1,
+            seed: 0,
+            run_id: spec.run_id,
+            payload_seed: spec.seed,
+            record_size: spec.size,
+            disk_size,
+            image: image.to_string(),
+            ack_early: false,
+            lie_about_flush: false,
+        }
+    }
+
     pub fn spec(&self) -> Result<RecordSpec, String> {
         RecordSpec::new(self.run_id, self.payload_seed, self.record_size)
     }
@@ -171,32 +189,23 @@ impl AckLogWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::oracle::Fault;
     use crate::vm::ImageFormat;
     use kvmio_guest::writer::SyncPolicy;
     use kvmio_qemu::CacheMode;
 
-    fn header() -> AckLogHeader {
-        AckLogHeader {
-            kvmio_ack_log: ACK_LOG_VERSION,
-            cell: Cell::new(
-                CacheMode::None,
-                Fault::Power,
-                SyncPolicy::Fdatasync,
-                ImageFormat::Raw,
-            ),
-            iteration: 0,
-            seed: 1,
-            run_id: 0xabc,
-            payload_seed: 99,
-            record_size: 4096,
-            disk_size: 64 * 4096,
-            image: "x.raw".into(),
-            ack_early: false,
-            lie_about_flush: false,
-        }
+    /// A raw, power-faulted cell's log header: 64 slots of 4 KiB.
+    pub(crate) fn header() -> AckLogHeader {
+        let cell = Cell::new(
+            CacheMode::None,
+            Fault::Power,
+            SyncPolicy::Fdatasync,
+            ImageFormat::Raw,
+        );
+        let spec = RecordSpec::new(0xabc, 99, 4096).expect("a valid record size");
+        AckLogHeader::new(cell, &spec, 64 * 4096, "x.raw")
     }
 
     #[test]

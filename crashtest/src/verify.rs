@@ -574,35 +574,11 @@ fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acklog::{Ack, AckLogHeader, ACK_LOG_VERSION};
-    use crate::oracle::Cell;
-    use crate::oracle::Fault;
-    use kvmio_guest::writer::SyncPolicy;
-    use kvmio_qemu::CacheMode;
+    use crate::acklog::tests::header;
+    use crate::acklog::Ack;
 
     const SIZE: usize = 4096;
     const SLOTS: u64 = 64;
-
-    fn header() -> AckLogHeader {
-        AckLogHeader {
-            kvmio_ack_log: ACK_LOG_VERSION,
-            cell: Cell::new(
-                CacheMode::None,
-                Fault::Power,
-                SyncPolicy::Fdatasync,
-                ImageFormat::Raw,
-            ),
-            iteration: 0,
-            seed: 1,
-            run_id: 0xabc,
-            payload_seed: 99,
-            record_size: SIZE,
-            disk_size: SLOTS * SIZE as u64,
-            image: "x.raw".into(),
-            ack_early: false,
-            lie_about_flush: false,
-        }
-    }
 
     /// An image with records 0..written and a log acking 0..acked.
     fn setup(written: u64, acked: u64) -> (tempfile::TempDir, PathBuf, AckLog) {

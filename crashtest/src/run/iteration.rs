@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvmio_guest::record::RecordSpec;
 use kvmio_qemu::CacheFlags;
 use tokio::sync::watch;
 
@@ -17,7 +18,7 @@ use super::fault::{self, Host};
 use super::image::{self, IterFiles};
 use super::plan::RunDirs;
 use super::{Guest, IterationResult, IterationSeeds, RunError, RunOptions, Timings};
-use crate::acklog::{AckLog, AckLogHeader, ACK_LOG_VERSION};
+use crate::acklog::{AckLog, AckLogHeader};
 use crate::oracle::Cell;
 use crate::out_of_space;
 use crate::verify;
@@ -160,21 +161,18 @@ fn ack_log_header(
     seeds: &IterationSeeds,
     image: &Path,
 ) -> AckLogHeader {
+    let spec = RecordSpec::new(seeds.run_id, seeds.payload, opts.record_size)
+        .expect("--record-size was checked");
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     AckLogHeader {
-        kvmio_ack_log: ACK_LOG_VERSION,
-        cell,
         iteration: iteration + 1,
         seed: seeds.iteration,
-        run_id: seeds.run_id,
-        payload_seed: seeds.payload,
-        record_size: opts.record_size,
-        disk_size: opts.disk_size_mib << 20,
-        image: image
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
         ack_early: opts.ack_early,
         lie_about_flush: opts.lie_about_flush && cell.fault.is_power(),
+        ..AckLogHeader::new(cell, &spec, opts.disk_size_mib << 20, &name)
     }
 }
 

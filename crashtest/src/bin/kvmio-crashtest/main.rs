@@ -15,6 +15,7 @@ use kvmio_crashtest::paths;
 use kvmio_crashtest::report::{Report, RunInfo};
 use kvmio_crashtest::run::{self, Guest, RunError};
 use kvmio_crashtest::verify;
+use kvmio_crashtest::vm::VmError;
 
 mod args;
 
@@ -66,12 +67,6 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 enum CliError {
     #[error("output directory {dir} is not usable (must be a writable directory): pass a writable --out")]
     OutDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("run directory {dir} is not usable (must be a writable directory): pass a writable --run-dir")]
-    RunDir {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
@@ -143,7 +138,7 @@ async fn lab(args: LabArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Err("--vms must be at least 1".into());
     }
     // Check the run dir before the (slower) guest build, so a typo fails at once.
-    writable_dir(&args.run_dir).map_err(|source| CliError::RunDir {
+    writable_dir(&args.run_dir).map_err(|source| VmError::RunDir {
         dir: args.run_dir.clone(),
         source,
     })?;
