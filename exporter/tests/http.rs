@@ -64,22 +64,52 @@ async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> Reply 
     }
 }
 
-#[tokio::test]
-async fn serves_metrics_landing_page_and_errors_then_shuts_down() {
+/// The default collectors on the Linux 6.18 host fixtures, every host device included.
+fn host_fixture_exporter() -> Exporter {
     let fixtures = common::fixtures();
-    let config = Arc::new(Config {
+    Exporter::with_default_collectors(Arc::new(Config {
         host_devices: HostDevices::All,
         procfs: fixtures.join("linux-6.18/proc"),
         sysfs: fixtures.join("linux-6.18/sys"),
         ..Config::default()
-    });
+    }))
+}
+
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Serves `exporter` on 127.0.0.1:0: (address, the shutdown trigger, the server task).
+async fn serve(
+    exporter: Exporter,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    ServerTask,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let exporter = Arc::new(Exporter::with_default_collectors(config));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(kvmio_exporter::http::serve(
+        listener,
+        Arc::new(exporter),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    (addr, stop_tx, server)
+}
+
+/// Asserts the server task ends, without error, within `secs` seconds (`what` says why).
+async fn stops_within(server: ServerTask, secs: u64, what: &str) {
+    tokio::time::timeout(Duration::from_secs(secs), server)
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn serves_metrics_landing_page_and_errors_then_shuts_down() {
+    let (addr, stop_tx, server) = serve(host_fixture_exporter()).await;
 
     let r = request(addr, "GET", "/metrics").await;
     assert_eq!(r.status, 200);
@@ -117,11 +147,7 @@ async fn serves_metrics_landing_page_and_errors_then_shuts_down() {
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 
     stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), server)
-        .await
-        .expect("server stops after the shutdown signal")
-        .unwrap()
-        .unwrap();
+    stops_within(server, 15, "server stops after the shutdown signal").await;
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "listener closed after shutdown"
@@ -130,29 +156,17 @@ async fn serves_metrics_landing_page_and_errors_then_shuts_down() {
 
 #[tokio::test]
 async fn shutdown_closes_idle_connections_promptly() {
-    let fixtures = common::fixtures();
-    let config = Arc::new(Config {
-        host_devices: HostDevices::All,
-        procfs: fixtures.join("linux-6.18/proc"),
-        sysfs: fixtures.join("linux-6.18/sys"),
-        ..Config::default()
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let exporter = Arc::new(Exporter::with_default_collectors(config));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = serve(host_fixture_exporter()).await;
     // A connection that never sends a request.
     let idle = TcpStream::connect(addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("idle connections are closed promptly on shutdown")
-        .unwrap()
-        .unwrap();
+    stops_within(
+        server,
+        5,
+        "idle connections are closed promptly on shutdown",
+    )
+    .await;
     drop(idle);
 }
 
@@ -173,25 +187,16 @@ impl Collector for Sleepy {
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_scrape_finish() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let exporter = Arc::new(Exporter::new(
+    let (addr, stop_tx, server) = serve(Exporter::new(
         Arc::new(Config::default()),
         vec![Arc::new(Sleepy)],
-    ));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kvmio_exporter::http::serve(listener, exporter, async {
-        let _ = stop_rx.await;
-    }));
+    ))
+    .await;
     let in_flight = tokio::spawn(request(addr, "GET", "/metrics"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop_tx.send(()).unwrap();
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert!(r.body.contains("kvmio_test_slept 1\n"));
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    stops_within(server, 5, "server stops").await;
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use common::peer;
 use kvmio_exporter::collector::Exporter;
 use kvmio_exporter::config::{Config, HostDevices};
+use kvmio_exporter::Metrics;
 
 fn config(dir: &std::path::Path) -> Config {
     let fixtures = common::fixtures();
@@ -30,25 +31,34 @@ fn count(cmds: &[String], name: &str) -> usize {
     cmds.iter().filter(|c| *c == name).count()
 }
 
+/// The `vm` label of the fixture peers' VM (its QMP `query-name`).
+const FIXTURE_VM: &[(&str, &str)] = &[("vm", "kvmio-fixture")];
+
+/// The fixture QMP and agent peers of one VM, `vm1.qmp` and `vm1.qga` in `dir`.
+fn vm1_peers(dir: &std::path::Path) -> (peer::Peer, peer::Peer) {
+    let qmp = peer::qmp_fixture(&dir.join("vm1.qmp"));
+    let qga = peer::qga_fixture(
+        &dir.join("vm1.qga"),
+        common::fixtures().join("linux-6.18/sys"),
+    );
+    (qmp, qga)
+}
+
+/// Asserts the series `name` with `labels` is exported with the value 1.
+#[track_caller]
+fn assert_one(m: &Metrics, name: &str, labels: &[(&str, &str)]) {
+    assert_eq!(m.value(name, labels), Some(1.0), "{name} {labels:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_process_facts_are_asked_once_and_stats_every_scrape() {
     let dir = tempfile::tempdir().unwrap();
-    let qmp = peer::qmp_fixture(&dir.path().join("vm1.qmp"));
-    let qga = peer::qga_fixture(
-        &dir.path().join("vm1.qga"),
-        common::fixtures().join("linux-6.18/sys"),
-    );
+    let (qmp, qga) = vm1_peers(dir.path());
     let exporter = Exporter::with_default_collectors(Arc::new(config(dir.path())));
     for _ in 0..3 {
         let m = exporter.scrape().await;
-        assert_eq!(
-            m.value("kvmio_qmp_up", &[("vm", "kvmio-fixture")]),
-            Some(1.0)
-        );
-        assert_eq!(
-            m.value("kvmio_qga_up", &[("vm", "kvmio-fixture")]),
-            Some(1.0)
-        );
+        assert_one(&m, "kvmio_qmp_up", FIXTURE_VM);
+        assert_one(&m, "kvmio_qga_up", FIXTURE_VM);
         assert!(m.rejected().is_empty(), "{:?}", m.rejected());
     }
     let q = qmp.commands();
@@ -82,25 +92,15 @@ async fn per_process_facts_are_asked_once_and_stats_every_scrape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_mode_keeps_one_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let qmp = peer::qmp_fixture(&dir.path().join("vm1.qmp"));
-    let qga = peer::qga_fixture(
-        &dir.path().join("vm1.qga"),
-        common::fixtures().join("linux-6.18/sys"),
-    );
+    let (qmp, qga) = vm1_peers(dir.path());
     let exporter = Exporter::with_default_collectors(Arc::new(Config {
         qmp_persistent: true,
         ..config(dir.path())
     }));
     for _ in 0..3 {
         let m = exporter.scrape().await;
-        assert_eq!(
-            m.value("kvmio_qmp_up", &[("vm", "kvmio-fixture")]),
-            Some(1.0)
-        );
-        assert_eq!(
-            m.value("kvmio_qga_up", &[("vm", "kvmio-fixture")]),
-            Some(1.0)
-        );
+        assert_one(&m, "kvmio_qmp_up", FIXTURE_VM);
+        assert_one(&m, "kvmio_qga_up", FIXTURE_VM);
     }
     assert_eq!(count(&qmp.commands(), "qmp_capabilities"), 1);
     assert_eq!(count(&qmp.commands(), "query-blockstats"), 3);
@@ -156,17 +156,11 @@ async fn vms_appear_and_vanish_with_their_sockets() {
     assert!(!m.contains("kvmio_qmp_up"));
     let qmp = peer::qmp_fixture(&dir.path().join("vm1.qmp"));
     let m = exporter.scrape().await;
-    assert_eq!(
-        m.value("kvmio_qmp_up", &[("vm", "kvmio-fixture")]),
-        Some(1.0)
-    );
+    assert_one(&m, "kvmio_qmp_up", FIXTURE_VM);
     drop(qmp); // removes the socket
     let m = exporter.scrape().await;
     assert!(!m.contains("kvmio_qmp_up"), "{}", m.encode_text());
-    assert_eq!(
-        m.value("kvmio_collector_success", &[("collector", "qmp")]),
-        Some(1.0)
-    );
+    assert_one(&m, "kvmio_collector_success", &[("collector", "qmp")]);
 }
 
 #[tokio::test]
@@ -181,10 +175,7 @@ async fn crashtest_results_are_reserved_and_validated() {
     }));
     // No run yet: nothing served, not an error.
     let m = exporter.scrape().await;
-    assert_eq!(
-        m.value("kvmio_collector_success", &[("collector", "crashtest")]),
-        Some(1.0)
-    );
+    assert_one(&m, "kvmio_collector_success", &[("collector", "crashtest")]);
     std::fs::write(
         results.join("run-2/crashtest.prom"),
         "# HELP kvmio_crashtest_lost_acked_writes Acked writes lost.\n\
@@ -220,8 +211,5 @@ async fn crashtest_results_are_reserved_and_validated() {
         "only kvmio_crashtest_*"
     );
     assert!(m.rejected().is_empty(), "{:?}", m.rejected());
-    assert_eq!(
-        m.value("kvmio_collector_success", &[("collector", "crashtest")]),
-        Some(1.0)
-    );
+    assert_one(&m, "kvmio_collector_success", &[("collector", "crashtest")]);
 }
