@@ -3,24 +3,18 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{binaries, connect_agent, spawn_qemu_ga};
+use common::{assert_times_out_while_stopped, limits, start_agent, AgentUnderTest};
 use kvmio_qemu::{AgentCommands, Error, GuestAgent, Limits};
 use tokio::io::AsyncWriteExt;
 
-fn limits() -> Limits {
-    Limits::default().with_call_timeout(Duration::from_secs(10))
-}
-
 #[tokio::test]
 async fn ping_info_disks_and_fsinfo() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
+    let Some(mut agent) = start_agent(&[], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), &[]);
-    let mut ga = connect_agent(&sock, limits(), &mut child).await;
+    let ga = &mut agent.ga;
 
     ga.ping().await.unwrap();
     let info = ga.info().await.unwrap();
@@ -59,14 +53,12 @@ async fn ping_info_disks_and_fsinfo() {
 
 #[tokio::test]
 async fn file_read_all_reads_whole_files_within_the_limit() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), &[]);
     // Small lines force several guest-file-read chunks.
     let small = limits().with_max_line_bytes(16 * 1024);
-    let mut ga = connect_agent(&sock, small, &mut child).await;
+    let Some(mut agent) = start_agent(&[], small).await else {
+        return;
+    };
+    let (ga, dir) = (&mut agent.ga, &agent.dir);
 
     let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let file = dir.path().join("data.bin");
@@ -100,12 +92,10 @@ async fn file_read_all_reads_whole_files_within_the_limit() {
 
 #[tokio::test]
 async fn exec_wait_runs_echo_or_reports_the_block() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
+    let Some(mut agent) = start_agent(&[], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), &[]);
-    let mut ga = connect_agent(&sock, limits(), &mut child).await;
+    let ga = &mut agent.ga;
 
     let info = ga.info().await.unwrap();
     let result = ga
@@ -141,30 +131,15 @@ async fn exec_wait_runs_echo_or_reports_the_block() {
 
 #[tokio::test]
 async fn a_stopped_agent_times_out_and_the_next_call_resyncs() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
+    let call_timeout = Duration::from_millis(500);
+    let limits = Limits::default().with_call_timeout(call_timeout);
+    let Some(mut agent) = start_agent(&[], limits).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), &[]);
-    let call_timeout = Duration::from_millis(500);
-    let mut ga = connect_agent(
-        &sock,
-        Limits::default().with_call_timeout(call_timeout),
-        &mut child,
-    )
-    .await;
+    let (ga, child) = (&mut agent.ga, &agent.child);
     ga.ping().await.unwrap();
 
-    child.signal("STOP");
-    let started = Instant::now();
-    let err = ga.info().await.unwrap_err();
-    let took = started.elapsed();
-    child.signal("CONT");
-    assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(
-        took >= call_timeout && took < call_timeout + Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert_times_out_while_stopped(child, call_timeout, ga.info()).await;
     assert!(ga.needs_sync());
 
     // The late guest-info reply is still in the stream; the resync must skip it, and the
@@ -177,15 +152,17 @@ async fn a_stopped_agent_times_out_and_the_next_call_resyncs() {
 
 #[tokio::test]
 async fn a_new_client_recovers_from_a_half_written_request() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
+    let Some(AgentUnderTest {
+        mut ga,
+        sock,
+        child: _agent,
+        dir: _dir,
+    }) = start_agent(&[], limits()).await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), &[]);
-    {
-        let mut ga = connect_agent(&sock, limits(), &mut child).await;
-        ga.ping().await.unwrap();
-    }
+    ga.ping().await.unwrap();
+    drop(ga);
     // A client that dies mid-request and leaves garbage behind.
     let mut raw = tokio::net::UnixStream::connect(&sock).await.unwrap();
     raw.write_all(b"{\"execute\": \"guest-get-disks\", \"argum")
@@ -199,13 +176,11 @@ async fn a_new_client_recovers_from_a_half_written_request() {
 
 #[tokio::test]
 async fn a_blocked_command_is_a_command_error() {
-    let Some([qemu_ga]) = binaries(["qemu-ga"]) else {
+    let blocked = ["-b", "guest-exec,guest-file-open"];
+    let Some(mut agent) = start_agent(&blocked, limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) =
-        spawn_qemu_ga(&qemu_ga, dir.path(), &["-b", "guest-exec,guest-file-open"]);
-    let mut ga = connect_agent(&sock, limits(), &mut child).await;
+    let ga = &mut agent.ga;
 
     let info = ga.info().await.unwrap();
     assert!(!info.supports("guest-exec"), "{info:?}");

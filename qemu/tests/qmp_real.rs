@@ -3,22 +3,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{binaries, connect_qmp, spawn_qemu_none, spawn_qemu_q35, ChildGuard};
+use common::{
+    assert_times_out_while_stopped, binaries, limits, start_qemu_none, start_qemu_q35, ChildGuard,
+};
 use kvmio_qemu::types::flatten_pci;
 use kvmio_qemu::{CacheMode, Error, Limits, Qmp, QmpCommands};
 
-fn limits() -> Limits {
-    Limits::default().with_call_timeout(Duration::from_secs(10))
-}
-
 #[tokio::test]
 async fn query_block_cache_flags_name_each_cache_mode() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
     let ids: Vec<(String, CacheMode)> = CacheMode::ALL
         .into_iter()
         .map(|m| (format!("d-{m}"), m))
@@ -27,8 +21,10 @@ async fn query_block_cache_flags_name_each_cache_mode() {
         .iter()
         .map(|(id, m)| (id.as_str(), m.as_str()))
         .collect();
-    let (mut child, sock) = spawn_qemu_none(&qemu, &qemu_img, dir.path(), &drives, &[]);
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let Some(mut vm) = start_qemu_none(&drives, &[], limits()).await else {
+        return;
+    };
+    let qmp = &mut vm.qmp;
 
     let blocks = qmp.query_block().await.unwrap();
     assert_eq!(blocks.len(), CacheMode::ALL.len(), "{blocks:?}");
@@ -46,13 +42,10 @@ async fn query_block_cache_flags_name_each_cache_mode() {
 
 #[tokio::test]
 async fn blockstats_have_the_protocol_parent_and_track_writes() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let Some(mut vm) = start_qemu_none(&[("d0", "writeback")], &[], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) =
-        spawn_qemu_none(&qemu, &qemu_img, dir.path(), &[("d0", "writeback")], &[]);
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
 
     // HMP's qemu-io writes through the block layer without a guest. (QEMU prints its output on
     // stdout, not in the reply, and device-level accounting does not count it; the nodes'
@@ -101,13 +94,11 @@ async fn blockstats_have_the_protocol_parent_and_track_writes() {
 
 #[tokio::test]
 async fn latency_histograms_are_set_and_cleared_on_a_guest_device() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    // Latency histograms are set by guest device: this needs a machine with a device.
+    let Some(mut vm) = start_qemu_q35("writeback").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    // Latency histograms are set by guest device: this needs a machine with a device.
-    let (mut child, sock) = spawn_qemu_q35(&qemu, &qemu_img, dir.path(), "writeback");
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
 
     // The id is the device that holds the backend: for virtio-blk-pci that is not `vd0` but
     // its inner virtio device, whose QOM path query-block reports as `qdev`.
@@ -144,13 +135,10 @@ async fn latency_histograms_are_set_and_cleared_on_a_guest_device() {
 
 #[tokio::test]
 async fn version_name_status_and_command_errors() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let Some(mut vm) = start_qemu_none(&[], &["-name", "kvmio-test"], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) =
-        spawn_qemu_none(&qemu, &qemu_img, dir.path(), &[], &["-name", "kvmio-test"]);
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
 
     let version = qmp.query_version().await.unwrap();
     assert_eq!(&version, &qmp.greeting().version);
@@ -178,12 +166,10 @@ async fn version_name_status_and_command_errors() {
 
 #[tokio::test]
 async fn events_between_command_and_reply_are_queued() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let Some(mut vm) = start_qemu_none(&[], &[], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_none(&qemu, &qemu_img, dir.path(), &[], &[]);
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
 
     qmp.stop().await.unwrap();
     let status = qmp.query_status().await.unwrap();
@@ -201,30 +187,15 @@ async fn events_between_command_and_reply_are_queued() {
 
 #[tokio::test]
 async fn a_stopped_qemu_times_out_and_the_late_reply_is_skipped() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let call_timeout = Duration::from_millis(500);
+    let limits = Limits::default().with_call_timeout(call_timeout);
+    let Some(mut vm) = start_qemu_none(&[], &[], limits).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_none(&qemu, &qemu_img, dir.path(), &[], &[]);
-    let call_timeout = Duration::from_millis(500);
-    let mut qmp = connect_qmp(
-        &sock,
-        Limits::default().with_call_timeout(call_timeout),
-        &mut child,
-    )
-    .await;
+    let (qmp, child) = (&mut vm.qmp, &vm.child);
     qmp.query_status().await.unwrap();
 
-    child.signal("STOP");
-    let started = Instant::now();
-    let err = qmp.query_name().await.unwrap_err();
-    let took = started.elapsed();
-    child.signal("CONT");
-    assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(
-        took >= call_timeout && took < call_timeout + Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert_times_out_while_stopped(child, call_timeout, qmp.query_name()).await;
 
     // QEMU answers query-name late; the next call must take its own reply.
     let version = qmp.query_version().await.unwrap();
@@ -265,12 +236,10 @@ async fn handshake_on_a_socket_that_qemu_connects_to() {
 
 #[tokio::test]
 async fn query_pci_maps_a_virtio_blk_device_to_its_qdev_id() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let Some(mut vm) = start_qemu_q35("none").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_q35(&qemu, &qemu_img, dir.path(), "none");
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
 
     let pci = qmp.query_pci().await.unwrap();
     let flat = flatten_pci(&pci);
@@ -290,14 +259,13 @@ async fn query_pci_maps_a_virtio_blk_device_to_its_qdev_id() {
 
 #[tokio::test]
 async fn quit_ends_qemu() {
-    let Some([qemu, qemu_img]) = binaries(["qemu-system-x86_64", "qemu-img"]) else {
+    let Some(mut vm) = start_qemu_none(&[], &[], limits()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sock) = spawn_qemu_none(&qemu, &qemu_img, dir.path(), &[], &[]);
-    let mut qmp = connect_qmp(&sock, limits(), &mut child).await;
+    let qmp = &mut vm.qmp;
     qmp.quit().await.unwrap();
-    let status = child
+    let status = vm
+        .child
         .wait_exit(Duration::from_secs(10))
         .expect("QEMU exits");
     assert!(status.success(), "{status}");

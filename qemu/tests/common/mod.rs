@@ -2,6 +2,7 @@
 //! processes that are always killed and reaped, and scratch images.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -131,46 +132,141 @@ pub fn qemu_img_create(qemu_img: &Path, path: &Path, size: &str) {
     );
 }
 
-/// Connects to a QMP socket that QEMU may not have created yet, retrying until `START_TIMEOUT`.
-pub async fn connect_qmp(path: &Path, limits: Limits, qemu: &mut ChildGuard) -> Qmp {
+/// The limits most tests use: defaults, with a 10 s call timeout.
+pub fn limits() -> Limits {
+    Limits::default().with_call_timeout(Duration::from_secs(10))
+}
+
+/// Calls `connect` (to `path`, served by `peer`, named `who`; the client named `what`) until it
+/// stops failing with [`Error::Connect`], for `START_TIMEOUT` at most; panics if `peer` exits.
+async fn connect_retrying<T, Fut>(
+    who: &str,
+    what: &str,
+    path: &Path,
+    peer: &mut ChildGuard,
+    mut connect: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: Future<Output = Result<T, Error>>,
+{
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        match Qmp::connect(path, limits).await {
-            Ok(qmp) => return qmp,
+        match connect().await {
+            Ok(client) => return client,
             Err(Error::Connect { .. }) if Instant::now() < deadline => {
-                if let Some(status) = qemu.child.try_wait().unwrap() {
-                    panic!("QEMU exited ({status}): {}", qemu.stderr());
+                if let Some(status) = peer.child.try_wait().unwrap() {
+                    panic!("{who} exited ({status}): {}", peer.stderr());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!(
-                "QMP connect to {} failed: {e}; {}",
+                "{what} connect to {} failed: {e}; {}",
                 path.display(),
-                qemu.stderr()
+                peer.stderr()
             ),
         }
     }
 }
 
+/// Connects to a QMP socket that QEMU may not have created yet, retrying until `START_TIMEOUT`.
+pub async fn connect_qmp(path: &Path, limits: Limits, qemu: &mut ChildGuard) -> Qmp {
+    connect_retrying("QEMU", "QMP", path, qemu, || Qmp::connect(path, limits)).await
+}
+
 /// Connects to a host-side qemu-ga socket, retrying until the agent listens.
 pub async fn connect_agent(path: &Path, limits: Limits, agent: &mut ChildGuard) -> GuestAgent {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        match GuestAgent::connect(path, limits).await {
-            Ok(ga) => return ga,
-            Err(Error::Connect { .. }) if Instant::now() < deadline => {
-                if let Some(status) = agent.child.try_wait().unwrap() {
-                    panic!("qemu-ga exited ({status}): {}", agent.stderr());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!(
-                "agent connect to {} failed: {e}; {}",
-                path.display(),
-                agent.stderr()
-            ),
-        }
-    }
+    connect_retrying("qemu-ga", "agent", path, agent, || {
+        GuestAgent::connect(path, limits)
+    })
+    .await
+}
+
+/// A real QEMU under test and a QMP client connected to it. Fields drop in order: the client,
+/// then QEMU (killed and reaped), then its directory.
+#[derive(Debug)]
+pub struct QemuUnderTest {
+    pub qmp: Qmp,
+    pub child: ChildGuard,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a QEMU with `spawn(qemu, qemu_img, dir)` in a new directory and connects with `limits`;
+/// `None` (after saying why) if QEMU is not installed.
+async fn start_qemu(
+    limits: Limits,
+    spawn: impl FnOnce(&Path, &Path, &Path) -> (ChildGuard, PathBuf),
+) -> Option<QemuUnderTest> {
+    let [qemu, qemu_img] = binaries(["qemu-system-x86_64", "qemu-img"])?;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock) = spawn(&qemu, &qemu_img, dir.path());
+    let qmp = connect_qmp(&sock, limits, &mut child).await;
+    Some(QemuUnderTest { qmp, child, dir })
+}
+
+/// [`spawn_qemu_none`] with `drives` and `extra`, connected with `limits`; `None` if QEMU is
+/// not installed.
+pub async fn start_qemu_none(
+    drives: &[(&str, &str)],
+    extra: &[&str],
+    limits: Limits,
+) -> Option<QemuUnderTest> {
+    start_qemu(limits, |qemu, qemu_img, dir| {
+        spawn_qemu_none(qemu, qemu_img, dir, drives, extra)
+    })
+    .await
+}
+
+/// [`spawn_qemu_q35`] with cache mode `cache`, connected with [`limits`]; `None` if QEMU is not
+/// installed.
+pub async fn start_qemu_q35(cache: &str) -> Option<QemuUnderTest> {
+    start_qemu(limits(), |qemu, qemu_img, dir| {
+        spawn_qemu_q35(qemu, qemu_img, dir, cache)
+    })
+    .await
+}
+
+/// A host-run qemu-ga under test and a client connected to it. Fields drop in order: the
+/// client, then qemu-ga (killed and reaped), then its directory.
+#[derive(Debug)]
+pub struct AgentUnderTest {
+    pub ga: GuestAgent,
+    pub child: ChildGuard,
+    pub sock: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// [`spawn_qemu_ga`] with `extra` options in a new directory, connected with `limits`; `None`
+/// (after saying why) if qemu-ga is not installed.
+pub async fn start_agent(extra: &[&str], limits: Limits) -> Option<AgentUnderTest> {
+    let [qemu_ga] = binaries(["qemu-ga"])?;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), extra);
+    let ga = connect_agent(&sock, limits, &mut child).await;
+    Some(AgentUnderTest {
+        ga,
+        child,
+        sock,
+        dir,
+    })
+}
+
+/// Stops `peer` (SIGSTOP) while `call` runs and resumes it: the call must fail with
+/// [`Error::Timeout`] after `call_timeout`, and not more than 3 s later.
+pub async fn assert_times_out_while_stopped<T: std::fmt::Debug>(
+    peer: &ChildGuard,
+    call_timeout: Duration,
+    call: impl Future<Output = Result<T, Error>>,
+) {
+    peer.signal("STOP");
+    let started = Instant::now();
+    let err = call.await.unwrap_err();
+    let took = started.elapsed();
+    peer.signal("CONT");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(
+        took >= call_timeout && took < call_timeout + Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 /// A QEMU with no machine (`-M none`) and one qcow2 drive per entry of `drives`
