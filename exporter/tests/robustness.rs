@@ -114,6 +114,7 @@ async fn bad_vms_never_fail_or_delay_the_others() {
         ("vm-silent", peer::silent as fn(&Path) -> peer::Peer),
         ("vm-garbage", peer::garbage),
         ("vm-endless", peer::endless_line),
+        ("vm-huge", peer::huge_lists),
     ] {
         let (q, _) = procs::qemu_none(d, name, 2);
         procs_.push(q);
@@ -160,6 +161,17 @@ async fn bad_vms_never_fail_or_delay_the_others() {
                 Some(0.0),
                 "{what}"
             );
+            // A valid answer of ~170,000 empty disks: decoded up to the bound, the rest counted.
+            assert_eq!(
+                sample(&body, "kvmio_qga_up{vm=\"vm-huge\"}"),
+                Some(1.0),
+                "{what}"
+            );
+            assert!(
+                sample(&body, "kvmio_guest_disks_dropped{vm=\"vm-huge\"}")
+                    .is_some_and(|n| n > 100_000.0),
+                "{what}: the huge lists are counted as dropped"
+            );
             for bad in ["vm-silent", "vm-garbage", "vm-endless"] {
                 assert_monitor_complete(&body, bad, d);
                 assert_eq!(
@@ -176,14 +188,20 @@ async fn bad_vms_never_fail_or_delay_the_others() {
         }
         assert!(exporter.running(), "the exporter survived");
         let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid())).unwrap();
-        let rss_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
+        let kb = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        };
+        // Peak, not just current: a reply decoded into a tree of 170,000 objects took 65-80 MB
+        // at its peak before the bounded decode (issue 11).
+        let (rss_kb, peak_kb) = (kb("VmRSS:"), kb("VmHWM:"));
+        eprintln!("RSS {rss_kb} kB, peak {peak_kb} kB");
         assert!(
-            rss_kb < 64 * 1024,
-            "RSS {rss_kb} kB after hostile agents (lines are bounded)"
+            rss_kb < 64 * 1024 && peak_kb < 48 * 1024,
+            "RSS {rss_kb} kB, peak {peak_kb} kB after hostile agents (lines and lists are bounded)"
         );
         exporter.stop();
         let log_text = std::fs::read_to_string(&log).unwrap();

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod line;
 pub mod qga;
 pub mod qmp;
+pub mod reply;
 mod socket;
 pub mod types;
 

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -27,7 +28,8 @@ use crate::base64;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::line::{LineReader, SENTINEL};
-use crate::qmp::{command_error, decode_return, is_blank, kind_of, truncate};
+use crate::qmp::{is_blank, truncate};
+use crate::reply::{self, raw_return, Bounded};
 use crate::types::{
     ExecStatus, GuestAgentInfo, GuestDiskInfo, GuestDiskStatsInfo, GuestExec, GuestExecStatusRaw,
     GuestFileRead, GuestFilesystemInfo,
@@ -148,11 +150,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
     ///
     /// If an earlier call did not end cleanly, this first resynchronises (bounded by its own
     /// `call_timeout`). The command itself is bounded by `call_timeout`.
-    pub async fn execute_value(
+    pub async fn execute_raw(
         &mut self,
         command: &str,
         arguments: Option<Value>,
-    ) -> Result<Value> {
+    ) -> Result<Box<RawValue>> {
         if self.needs_sync {
             self.sync().await?;
         }
@@ -184,7 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         }
     }
 
-    async fn call(&mut self, request: &[u8]) -> Result<Value> {
+    async fn call(&mut self, request: &[u8]) -> Result<Box<RawValue>> {
         self.stream.write_all(request).await?;
         self.stream.flush().await?;
         loop {
@@ -192,24 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
             if is_blank(&line.bytes) {
                 continue;
             }
-            let mut obj = match serde_json::from_slice(&line.bytes).map_err(Error::Json)? {
-                Value::Object(obj) => obj,
-                other => {
-                    return Err(Error::Protocol(format!(
-                        "the guest agent sent {} instead of a reply",
-                        kind_of(&other)
-                    )))
-                }
-            };
-            if let Some(value) = obj.remove("return") {
-                return Ok(value);
-            }
-            if let Some(error) = obj.remove("error") {
-                return Err(command_error(&error));
-            }
-            return Err(Error::Protocol(
-                "the guest agent's reply has neither \"return\" nor \"error\"".into(),
-            ));
+            return raw_return(&line.bytes, "the guest agent");
         }
     }
 }
@@ -220,16 +205,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
 /// implementation gives [`AgentCommands::execute_value`] and the longest reply it accepts; the
 /// typed commands follow from them.
 pub trait AgentCommands: Send {
-    /// Runs a command and returns its `return` value as JSON (the agent's `error` as
-    /// [`Error::Command`]).
+    /// Runs a command and returns its `return` value as raw JSON text (the agent's `error` as
+    /// [`Error::Command`]): decoded straight into the caller's type, without a `Value` tree
+    /// (see [`crate::reply`]).
+    fn execute_raw(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> impl Future<Output = Result<Box<RawValue>>> + Send;
+
+    /// The longest reply accepted, in bytes: `guest-file-read` asks for chunks that fit.
+    fn max_reply_bytes(&self) -> usize;
+
+    /// Runs a command and returns its `return` value as JSON.
     fn execute_value(
         &mut self,
         command: &str,
         arguments: Option<Value>,
-    ) -> impl Future<Output = Result<Value>> + Send;
-
-    /// The longest reply accepted, in bytes: `guest-file-read` asks for chunks that fit.
-    fn max_reply_bytes(&self) -> usize;
+    ) -> impl Future<Output = Result<Value>> + Send {
+        async move {
+            let raw = self.execute_raw(command, arguments).await?;
+            reply::decode(command, &raw)
+        }
+    }
 
     /// Runs a command and decodes its `return` value.
     fn execute<T: DeserializeOwned>(
@@ -238,8 +236,30 @@ pub trait AgentCommands: Send {
         arguments: Option<Value>,
     ) -> impl Future<Output = Result<T>> + Send {
         async move {
-            let value = self.execute_value(command, arguments).await?;
-            decode_return(command, value)
+            let raw = self.execute_raw(command, arguments).await?;
+            reply::decode(command, &raw)
+        }
+    }
+
+    /// `guest-get-diskstats`, at most `max` disks decoded; the rest are only counted.
+    fn get_diskstats_bounded(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Bounded<GuestDiskStatsInfo>>> + Send {
+        async move {
+            let raw = self.execute_raw("guest-get-diskstats", None).await?;
+            reply::decode_bounded("guest-get-diskstats", &raw, max)
+        }
+    }
+
+    /// `guest-get-disks`, at most `max` disks decoded; the rest are only counted.
+    fn get_disks_bounded(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Bounded<GuestDiskInfo>>> + Send {
+        async move {
+            let raw = self.execute_raw("guest-get-disks", None).await?;
+            reply::decode_bounded("guest-get-disks", &raw, max)
         }
     }
 
@@ -420,12 +440,12 @@ async fn read_handle<A: AgentCommands + ?Sized>(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentCommands for GuestAgent<S> {
-    fn execute_value(
+    fn execute_raw(
         &mut self,
         command: &str,
         arguments: Option<Value>,
-    ) -> impl Future<Output = Result<Value>> + Send {
-        GuestAgent::execute_value(self, command, arguments)
+    ) -> impl Future<Output = Result<Box<RawValue>>> + Send {
+        GuestAgent::execute_raw(self, command, arguments)
     }
 
     fn max_reply_bytes(&self) -> usize {

@@ -142,10 +142,13 @@ pub(crate) async fn query(
 ) -> Result<(QgaSnapshot, bool), Option<QemuError>> {
     let cached_disks = &mut st.disks;
     let stats = timeout_at(deadline, async {
-        let diskstats = match agent.get_diskstats().await {
-            Ok(d) => d,
+        // Decoded with a bound: a guest's list longer than --qga.max-disks is counted, not
+        // kept (twice the bound: partitions come in the same list).
+        let max = config.qga_max_disks.saturating_mul(2);
+        let (diskstats, skipped) = match agent.get_diskstats_bounded(max).await {
+            Ok(d) => (d.items, d.skipped),
             // Agents before 7.1, non-Linux guests.
-            Err(e) if e.is_command() => Vec::new(),
+            Err(e) if e.is_command() => (Vec::new(), 0),
             Err(e) => return Err(e),
         };
         let names: BTreeSet<String> = diskstats.iter().map(|d| d.name.clone()).collect();
@@ -153,8 +156,8 @@ pub(crate) async fn query(
             .as_ref()
             .is_some_and(|(at, known, _)| *known == names && at.elapsed() < DISKS_TTL);
         if !fresh {
-            let disks = match agent.get_disks().await {
-                Ok(d) => d,
+            let disks = match agent.get_disks_bounded(max).await {
+                Ok(d) => d.items,
                 Err(e) if e.is_command() => Vec::new(),
                 Err(e) => return Err(e),
             };
@@ -164,15 +167,16 @@ pub(crate) async fn query(
             .as_ref()
             .map(|(_, _, d)| d.clone())
             .unwrap_or_default();
-        Ok((diskstats, disks))
+        Ok((diskstats, disks, skipped))
     })
     .await;
-    let (diskstats, disks) = match stats {
+    let (diskstats, disks, skipped) = match stats {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(Some(e)),
         Err(_) => return Err(None),
     };
     let mut snapshot = select(diskstats, disks, config.qga_max_disks);
+    snapshot.dropped += skipped;
 
     // Queue settings: best effort; a failure here drops the connection, not the stats.
     let refreshed = timeout_at(deadline, refresh_queue(agent, st, &snapshot)).await;

@@ -314,6 +314,47 @@ pub fn garbage(path: &Path) -> Peer {
     })
 }
 
+/// A well-formed agent whose lists are as long as the exporter's 512 KiB line limit allows:
+/// `guest-get-diskstats` and `guest-get-disks` answer `{"return":[{},{},...]}` with about
+/// 170,000 empty objects (valid replies: every field is optional). Syncs correctly.
+pub fn huge_lists(path: &Path) -> Peer {
+    spawn(path, |stream, _| async move {
+        let (r, mut w) = stream.into_split();
+        let mut reader = BufReader::new(r);
+        let mut buf = Vec::new();
+        // 512 KiB minus the frame: 3 bytes per "{}," .
+        let mut huge = String::from("{\"return\": [{}");
+        while huge.len() < 512 * 1024 - 16 {
+            huge.push_str(",{}");
+        }
+        huge.push_str("]}\n");
+        while next_line(&mut reader, &mut buf).await {
+            let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
+            let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
+                continue;
+            };
+            let reply = match req["execute"].as_str().unwrap_or("") {
+                "guest-sync-delimited" => {
+                    format!("\u{ff}{{\"return\": {}}}\n", req["arguments"]["id"])
+                }
+                "guest-sync" => format!("{{\"return\": {}}}\n", req["arguments"]["id"]),
+                "guest-get-diskstats" | "guest-get-disks" => huge.clone(),
+                _ => "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"no\"}}\n".to_owned(),
+            };
+            let bytes: Vec<u8> = if reply.starts_with('\u{ff}') {
+                std::iter::once(0xFFu8)
+                    .chain(reply['\u{ff}'.len_utf8()..].bytes())
+                    .collect()
+            } else {
+                reply.into_bytes()
+            };
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// Sends one line that never ends (16 KiB chunks until the client goes away).
 pub fn endless_line(path: &Path) -> Peer {
     spawn(path, |stream, _| async move {

@@ -12,7 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use kvmio_qemu::qmp::reply_from_text;
+use kvmio_qemu::reply::raw_return;
 use kvmio_qemu::{AgentCommands, Error as QemuError, QmpCommands};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use virt::domain::Domain;
@@ -51,13 +53,14 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// The whole reply's text, at most `max_reply_bytes` long.
     fn run<'a, F>(
         &self,
         command: &'a str,
         arguments: Option<Value>,
         via: &'static str,
         call: F,
-    ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send + 'a
+    ) -> impl Future<Output = kvmio_qemu::Result<String>> + Send + 'a
     where
         F: FnOnce(&Domain, &str) -> Result<String, virt::error::Error> + Send + 'static,
     {
@@ -75,7 +78,10 @@ impl Relay {
                     via,
                     source: Box::new(e),
                 })?;
-            reply_from_text(&reply, max)
+            if reply.len() > max {
+                return Err(QemuError::LineTooLong { limit: max });
+            }
+            Ok(reply)
         }
     }
 }
@@ -90,12 +96,14 @@ impl QmpCommands for LibvirtMonitor {
         command: &str,
         arguments: Option<Value>,
     ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send {
-        self.0.run(
+        let reply = self.0.run(
             command,
             arguments,
             "libvirt's monitor passthrough (virDomainQemuMonitorCommand)",
             |domain, text| domain.qemu_monitor_command(text, 0),
-        )
+        );
+        let max = self.0.max_reply_bytes;
+        async move { reply_from_text(&reply.await?, max) }
     }
 }
 
@@ -104,11 +112,11 @@ impl QmpCommands for LibvirtMonitor {
 pub struct LibvirtAgent(pub Relay);
 
 impl AgentCommands for LibvirtAgent {
-    fn execute_value(
+    fn execute_raw(
         &mut self,
         command: &str,
         arguments: Option<Value>,
-    ) -> impl Future<Output = kvmio_qemu::Result<Value>> + Send {
+    ) -> impl Future<Output = kvmio_qemu::Result<Box<RawValue>>> + Send {
         // libvirt's own wait for the agent, in whole seconds (at least 1): it gives up by the
         // scrape deadline too, instead of holding a pool slot after it.
         let wait = self
@@ -117,12 +125,13 @@ impl AgentCommands for LibvirtAgent {
             .saturating_duration_since(Instant::now())
             .as_secs()
             .clamp(1, i32::MAX as u64) as i32;
-        self.0.run(
+        let reply = self.0.run(
             command,
             arguments,
             "libvirt's agent passthrough (virDomainQemuAgentCommand)",
             move |domain, text| domain.qemu_agent_command(text, wait, 0),
-        )
+        );
+        async move { raw_return(reply.await?.as_bytes(), "libvirt's agent passthrough") }
     }
 
     fn max_reply_bytes(&self) -> usize {
