@@ -26,13 +26,16 @@ use std::time::{Duration, Instant};
 
 use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
+use kvmio_qemu::line::LineReader;
 use kvmio_qemu::qmp::Qmp;
 use kvmio_qemu::{CacheMode, Limits, QmpCommands};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::guest_image::GuestImage;
+
+/// The longest line the guest program may send on its control port.
+pub const CONTROL_MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -235,7 +238,8 @@ pub struct Vm {
     config: VmConfig,
     child: Option<Child>,
     qmp: Qmp,
-    control: Lines<BufReader<OwnedReadHalf>>,
+    /// The guest program's control port, read in bounded lines ([`CONTROL_MAX_LINE_BYTES`]).
+    control: (LineReader, OwnedReadHalf),
     _control_tx: tokio::net::unix::OwnedWriteHalf,
     started: Instant,
 }
@@ -331,7 +335,7 @@ impl Vm {
             config,
             child,
             qmp,
-            control: BufReader::new(rx).lines(),
+            control: (LineReader::new(CONTROL_MAX_LINE_BYTES), rx),
             _control_tx: tx,
             started: Instant::now(),
         })
@@ -342,7 +346,7 @@ impl Vm {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let line = tokio::select! {
-                line = self.control.next_line() => line,
+                line = self.next_control_line() => line,
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(VmError::NotReady {
                         name: self.config.name.clone(),
@@ -383,8 +387,16 @@ impl Vm {
     }
 
     /// The next line the guest program sends on the control port (`None`: QEMU is gone).
+    /// Cancel-safe (a partly read line stays buffered). A line over [`CONTROL_MAX_LINE_BYTES`]
+    /// is an error: the guest is untrusted, and its lines (READY, ACK n, DONE) are short.
     pub async fn next_control_line(&mut self) -> std::io::Result<Option<String>> {
-        self.control.next_line().await
+        let (reader, stream) = &mut self.control;
+        match reader.read_line(stream).await {
+            Ok(line) => Ok(Some(String::from_utf8_lossy(&line.bytes).into_owned())),
+            Err(kvmio_qemu::Error::Closed) => Ok(None),
+            Err(kvmio_qemu::Error::Io(e)) => Err(e),
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
     }
 
     async fn reap_status(&mut self) -> String {

@@ -276,12 +276,16 @@ impl Disk {
                 None => write_zeroes_at(&self.file, offset, len)?,
             }
             self.file.sync_data()?;
+            // Did an older unflushed write cover any of these sectors? (The index holds each
+            // sector's newest unflushed write.) Only then is a barrier needed: without this
+            // test every FUA write after one unflushed write added an entry until the next flush.
+            let mut overlaps = false;
             for s in first..first + sectors {
-                self.index.remove(&s);
+                overlaps |= self.index.remove(&s).is_some();
             }
-            if self.volatile_entries > 0 {
-                // Older unflushed writes may overlap: remember that these sectors are durable
-                // from this point of the write order on.
+            if overlaps {
+                // Remember that these sectors are durable from this point of the write order
+                // on: the older unflushed writes must not be replayed over them.
                 self.entries.push(Entry {
                     first,
                     sectors,
@@ -707,6 +711,21 @@ mod tests {
             assert!(b[..512].iter().all(|&x| x == 2), "seed {seed}");
             assert!(b[512..1024].iter().all(|&x| x == 1) || b[512..1024].iter().all(|&x| x == 0));
         }
+    }
+
+    /// FUA writes that overlap no unflushed write add no barrier: the entry list stays bounded
+    /// by the unflushed writes, however many FUA writes come before the next flush.
+    #[test]
+    fn fua_writes_elsewhere_add_no_barrier() {
+        let (_tmp, mut d) = disk(64);
+        d.write(0, &[1; 512], false).unwrap();
+        for i in 0..10_000u64 {
+            d.write(512 * (1 + i % 60), &[2; 512], true).unwrap();
+        }
+        assert_eq!(d.entries.len(), 1);
+        // One that does overlap still gets its barrier.
+        d.write(0, &[3; 512], true).unwrap();
+        assert_eq!(d.entries.len(), 2);
     }
 
     #[test]
