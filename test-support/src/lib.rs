@@ -8,9 +8,11 @@
 //! - [`qemu`]: `qemu-system-x86_64 -M none` (a real monitor and block layer, no guest) and the
 //!   host's own `qemu-ga` on Unix sockets;
 //! - [`exporter`]: the `kvmio-exporter` binary on a free loopback port;
+//! - [`bench`]: the benches' command line, percentiles, `/proc` readings, results tables;
 //! - [`http`]: blocking `GET`s and a free port; [`metrics`]: the text format parsed into
 //!   [`metrics::Series`].
 
+pub mod bench;
 pub mod exporter;
 pub mod http;
 pub mod metrics;
@@ -20,6 +22,6 @@ pub mod qemu;
 pub use exporter::launch_exporter;
 pub use http::{free_port, http_get, try_http_get};
 pub use process::{
-    require, run, spawn_tied, vm_slot, wait_for, wait_for_every, wait_path, which, workspace_bin,
-    ChildProcess, VmSlot,
+    assert_rejected_in_one_line, require, run, spawn_tied, vm_slot, wait_for, wait_for_every,
+    wait_for_while_running, wait_path, which, workspace_bin, ChildProcess, VmSlot,
 };

@@ -136,6 +136,45 @@ pub fn wait_for_every<T>(
     }
 }
 
+/// [`wait_for`] while `child` runs: panics with `log` (the child's stderr) if it exits first.
+pub fn wait_for_while_running<T>(
+    what: &str,
+    timeout: Duration,
+    child: &mut ChildProcess,
+    log: &Path,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    wait_for(what, timeout, || {
+        if let Some(status) = child.exited() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("exited early, waiting for {what}: {status}: {log}");
+        }
+        f()
+    })
+}
+
+/// Runs `cmd` (given the bad input `input`): it must fail, say `hint` on its first line and say
+/// no more than two lines. Returns its stderr.
+#[track_caller]
+pub fn assert_rejected_in_one_line(
+    cmd: &mut Command,
+    input: &dyn std::fmt::Debug,
+    hint: &str,
+) -> String {
+    let (status, _stdout, stderr) = run(cmd);
+    assert!(!status.success(), "{input:?} must fail");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(hint),
+        "{input:?}: first line should say {hint:?}, got: {stderr}"
+    );
+    assert!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
+        "{input:?}: one line, not a dump: {stderr}"
+    );
+    stderr
+}
+
 /// Waits until `path` exists (a socket being created by `child`, named `what`); panics if the
 /// child exits first or after `timeout`.
 pub fn wait_path(path: &Path, timeout: Duration, child: &mut ChildProcess, what: &str) {
