@@ -15,9 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kvmio_e2e::{
-    guest_image, pid_exists, processes_mentioning, run, sockets_in, vm_slot, wait_for,
-    workspace_bin, ChildProcess,
+    guest_image, pid_exists, processes_mentioning, run, sockets_in, vm_slot, workspace_bin,
+    ChildProcess, VmSlot,
 };
+use kvmio_test_support::{assert_rejected_in_one_line, wait_for_while_running};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -50,6 +51,35 @@ fn run_command(out: &Path, tmp: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// [`run_command`] for one matrix (`[cache, fault, sync, format]`, each a comma list), then
+/// `extra`.
+fn matrix_command(
+    out: &Path,
+    tmp: &Path,
+    [cache, fault, sync, format]: [&str; 4],
+    extra: &[&str],
+) -> Command {
+    let mut cmd = run_command(
+        out,
+        tmp,
+        &[
+            "--cache", cache, "--fault", fault, "--sync", sync, "--format", format,
+        ],
+    );
+    cmd.args(extra);
+    cmd
+}
+
+/// `kvmio-crashtest verify` of a kept image and its ack log.
+fn verify_command(image: &Path, acks: &Path) -> Command {
+    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
+    cmd.args(["verify", "--image"])
+        .arg(image)
+        .arg("--acks")
+        .arg(acks);
+    cmd
+}
+
 /// Runs to completion (bounded); returns (exit code, stdout, stderr).
 fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -63,6 +93,75 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
     let stdout = std::fs::read_to_string(&out_path).unwrap();
     let stderr = std::fs::read_to_string(&err_path).unwrap();
     (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// [`run_bounded`] with [`TIMEOUT`], asserting the exit code; returns (stdout, stderr).
+#[track_caller]
+fn run_expecting(cmd: Command, code: i32) -> (String, String) {
+    let (got, stdout, stderr) = run_bounded(cmd, TIMEOUT);
+    assert_eq!(got, code, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    (stdout, stderr)
+}
+
+/// A VM-booting test's state: its report dir and TMPDIR, and the VM slot (released last).
+struct Booting {
+    out: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    _slot: VmSlot,
+}
+
+/// Takes the VM slot, builds the guest image and makes the test's report dir and TMPDIR.
+fn booting() -> Booting {
+    let _slot = vm_slot();
+    guest_image();
+    Booting {
+        out: tempfile::tempdir().unwrap(),
+        tmp: tempfile::tempdir().unwrap(),
+        _slot,
+    }
+}
+
+impl Booting {
+    /// [`matrix_command`] with this test's report dir and TMPDIR.
+    fn matrix(&self, matrix: [&str; 4], extra: &[&str]) -> Command {
+        matrix_command(self.out.path(), self.tmp.path(), matrix, extra)
+    }
+
+    /// Starts `cmd` with its stderr in `out/stderr.log` and waits until it runs a QEMU on an
+    /// NBD socket (named under TMPDIR): returns the run and that QEMU's (pid, command line).
+    fn start_until_qemu(&self, mut cmd: Command) -> (ChildProcess, (u32, String)) {
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.stderr_log()).unwrap());
+        let mut child = ChildProcess::spawn(&mut cmd);
+        let tmp_s = self.tmp.path().to_string_lossy().into_owned();
+        let qemu = wait_for_while_running(
+            "a QEMU on an NBD socket",
+            Duration::from_secs(240),
+            &mut child,
+            &self.stderr_log(),
+            || {
+                processes_mentioning(&tmp_s)
+                    .into_iter()
+                    .find(|(_, cmdline)| {
+                        cmdline.contains("qemu-system") && cmdline.contains("nbd+unix")
+                    })
+            },
+        );
+        (child, qemu)
+    }
+
+    fn stderr_log(&self) -> PathBuf {
+        self.out.path().join("stderr.log")
+    }
+}
+
+/// The paths in `dir`.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
 }
 
 fn report(out: &Path) -> Value {
@@ -97,11 +196,7 @@ fn assert_clean(tmp: &Path) {
         "sockets left: {:?}",
         sockets_in(tmp)
     );
-    let files: Vec<PathBuf> = std::fs::read_dir(tmp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let files = files_in(tmp);
     assert!(files.is_empty(), "left in TMPDIR: {files:?}");
 }
 
@@ -111,26 +206,13 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 /// vanish at the power loss, and the checker says VIOLATION.
 #[test]
 fn a_lying_nbd_server_is_a_violation() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
-            "none",
-            "--fault",
-            "power",
-            "--sync",
-            "fdatasync",
-            "--format",
-            "raw",
-            "--lie-about-flush",
-        ],
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
+    let cmd = t.matrix(
+        ["none", "power", "fdatasync", "raw"],
+        &["--lie-about-flush"],
     );
-    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
-    assert_eq!(code, EXIT_VIOLATION, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (_, stderr) = run_expecting(cmd, EXIT_VIOLATION);
     assert!(stderr.contains("VIOLATION"), "{stderr}");
     let r = report(out.path());
     let c = cell(&r, "none", "power", "fdatasync", "raw");
@@ -148,26 +230,13 @@ fn a_lying_nbd_server_is_a_violation() {
 /// are still in the volatile cache at the power loss, and the checker says VIOLATION.
 #[test]
 fn a_writer_that_acks_before_its_durability_point_is_a_violation() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
-            "writeback",
-            "--fault",
-            "power",
-            "--sync",
-            "fdatasync",
-            "--format",
-            "qcow2",
-            "--ack-early",
-        ],
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
+    let cmd = t.matrix(
+        ["writeback", "power", "fdatasync", "qcow2"],
+        &["--ack-early"],
     );
-    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
-    assert_eq!(code, EXIT_VIOLATION, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    run_expecting(cmd, EXIT_VIOLATION);
     let r = report(out.path());
     let c = cell(&r, "writeback", "power", "fdatasync", "qcow2");
     assert_eq!(c["verdict"], "VIOLATION", "{c}");
@@ -179,29 +248,15 @@ fn a_writer_that_acks_before_its_durability_point_is_a_violation() {
 /// `verify` say VIOLATION.
 #[test]
 fn a_corrupted_acked_record_in_a_kept_image_is_a_violation() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
     let images = tempfile::tempdir().unwrap();
-    let mut cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
-            "none",
-            "--fault",
-            "kill",
-            "--sync",
-            "fdatasync",
-            "--format",
-            "raw",
-            "--keep-images",
-            "--image-dir",
-        ],
+    let mut cmd = t.matrix(
+        ["none", "kill", "fdatasync", "raw"],
+        &["--keep-images", "--image-dir"],
     );
     cmd.arg(images.path());
-    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
-    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    run_expecting(cmd, 0);
     let r = report(out.path());
     let c = cell(&r, "none", "kill", "fdatasync", "raw");
     assert_eq!(c["verdict"], "ok");
@@ -214,11 +269,7 @@ fn a_corrupted_acked_record_in_a_kept_image_is_a_violation() {
     assert!(acked >= 2, "{it}");
 
     let verify = |json: bool| {
-        let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
-        cmd.args(["verify", "--image"])
-            .arg(&image)
-            .arg("--acks")
-            .arg(&acks);
+        let mut cmd = verify_command(&image, &acks);
         if json {
             cmd.arg("--json");
         }
@@ -261,27 +312,18 @@ fn a_corrupted_acked_record_in_a_kept_image_is_a_violation() {
 /// confirmed, and crashtest.prom passes promtool.
 #[test]
 fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
+    let cmd = t.matrix(
+        [
             "writethrough,unsafe",
-            "--fault",
             "kill,power-torn",
-            "--sync",
             "fdatasync,none",
-            "--format",
             "raw",
-            "--parallel",
-            "2",
         ],
+        &["--parallel", "2"],
     );
-    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
-    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (stdout, _) = run_expecting(cmd, 0);
     let r = report(out.path());
     assert_eq!(r["complete"], true);
     assert_eq!(r["violations"], 0);
@@ -324,25 +366,13 @@ fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
     // qcow2 under power, served over NBD as a qcow2 file; a disk so small the writer fills it
     // before the fault.
     let out2 = tempfile::tempdir().unwrap();
-    let mut cmd = run_command(
+    let cmd = matrix_command(
         out2.path(),
         tmp.path(),
-        &[
-            "--cache",
-            "none,directsync",
-            "--fault",
-            "power",
-            "--sync",
-            "dsync,none",
-            "--format",
-            "qcow2",
-            "--parallel",
-            "2",
-        ],
+        ["none,directsync", "power", "dsync,none", "qcow2"],
+        &["--parallel", "2", "--disk-size", "1", "--window-ms", "1500"],
     );
-    cmd.args(["--disk-size", "1", "--window-ms", "1500"]);
-    let (code, stdout, stderr) = run_bounded(cmd, TIMEOUT);
-    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    run_expecting(cmd, 0);
     let r = report(out2.path());
     assert_eq!(r["violations"], 0);
     for c in r["cells"].as_array().unwrap() {
@@ -367,44 +397,17 @@ fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
 /// sockets and console logs removed, and a report marked incomplete without crashtest.prom.
 #[test]
 fn interrupt_mid_run_reaps_qemu_and_removes_temporary_files() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
-            "none",
-            "--fault",
-            "power",
-            "--sync",
-            "none",
-            "--format",
-            "qcow2",
-            "--iterations",
-            "3",
-        ],
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
+    let cmd = t.matrix(
+        ["none", "power", "none", "qcow2"],
+        &["--iterations", "3", "--window-ms", "60000"],
     );
-    cmd.args(["--window-ms", "60000"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(out.path().join("stderr.log")).unwrap());
-    let mut child = ChildProcess::spawn(&mut cmd);
-    let tmp_s = tmp.path().to_string_lossy().into_owned();
-    // QEMU's command line names the NBD socket under TMPDIR.
-    let qemu = wait_for("a QEMU on an NBD socket", Duration::from_secs(240), || {
-        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let log = std::fs::read_to_string(out.path().join("stderr.log")).unwrap_or_default();
-            panic!("run exited early: {status}: {log}");
-        }
-        processes_mentioning(&tmp_s)
-            .into_iter()
-            .find(|(_, cmdline)| cmdline.contains("qemu-system") && cmdline.contains("nbd+unix"))
-    });
+    let (mut child, qemu) = t.start_until_qemu(cmd);
     // Let the writer run: the interrupt lands in the write window.
     std::thread::sleep(Duration::from_secs(8));
     let status = child.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(out.path().join("stderr.log")).unwrap();
+    let stderr = std::fs::read_to_string(t.stderr_log()).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(!pid_exists(qemu.0), "QEMU {} was reaped", qemu.0);
@@ -441,42 +444,16 @@ impl Drop for Tmpfs {
 /// kvmio's files removed.
 #[test]
 fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
-    let _slot = vm_slot();
-    guest_image();
-    let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t = booting();
+    let (out, tmp) = (&t.out, &t.tmp);
     let mnt = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(mnt.path(), "40M");
-    let mut cmd = run_command(
-        out.path(),
-        tmp.path(),
-        &[
-            "--cache",
-            "writeback",
-            "--fault",
-            "power",
-            "--sync",
-            "fdatasync",
-            "--format",
-            "raw",
-            "--window-ms",
-            "60000",
-            "--image-dir",
-        ],
+    let mut cmd = t.matrix(
+        ["writeback", "power", "fdatasync", "raw"],
+        &["--window-ms", "60000", "--image-dir"],
     );
-    cmd.arg(mnt.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(out.path().join("stderr.log")).unwrap());
-    let mut child = ChildProcess::spawn(&mut cmd);
-    let tmp_s = tmp.path().to_string_lossy().into_owned();
-    let qemu = wait_for("a QEMU on an NBD socket", Duration::from_secs(240), || {
-        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let log = std::fs::read_to_string(out.path().join("stderr.log")).unwrap_or_default();
-            panic!("run exited early: {status}: {log}");
-        }
-        processes_mentioning(&tmp_s)
-            .into_iter()
-            .find(|(_, cmdline)| cmdline.contains("qemu-system") && cmdline.contains("nbd+unix"))
-    });
+    cmd.arg(mnt.path());
+    let (mut child, qemu) = t.start_until_qemu(cmd);
     std::thread::sleep(Duration::from_secs(6));
     // Fill the file system: every later flush of the guest, or ack log write, hits ENOSPC.
     let filler = mnt.path().join("filler");
@@ -490,7 +467,7 @@ fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
     let status = child
         .wait_timeout(Duration::from_secs(120))
         .expect("the run stops once the image dir is full");
-    let stderr = std::fs::read_to_string(out.path().join("stderr.log")).unwrap();
+    let stderr = std::fs::read_to_string(t.stderr_log()).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
@@ -501,11 +478,7 @@ fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
     );
     assert!(!pid_exists(qemu.0), "QEMU {} was reaped", qemu.0);
     std::fs::remove_file(&filler).unwrap();
-    let left: Vec<PathBuf> = std::fs::read_dir(mnt.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = files_in(mnt.path());
     assert!(left.is_empty(), "left in the image dir: {left:?}");
     drop(fs);
     assert_clean(tmp.path());
@@ -517,17 +490,7 @@ fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
 fn assert_rejected(extra: &[&str], hint: &str) {
     let (out, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut cmd = run_command(out.path(), tmp.path(), extra);
-    let (status, _stdout, stderr) = run(&mut cmd);
-    assert!(!status.success(), "{extra:?} must fail");
-    let first = stderr.lines().next().unwrap_or_default();
-    assert!(
-        first.contains(hint),
-        "{extra:?}: first line should say {hint:?}, got: {stderr}"
-    );
-    assert!(
-        stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
-        "{extra:?}: one line, not a dump: {stderr}"
-    );
+    assert_rejected_in_one_line(&mut cmd, &extra, hint);
     assert_clean(tmp.path());
 }
 
@@ -569,23 +532,17 @@ fn bad_input_fails_with_one_line_that_says_what_to_do() {
     drop(out);
 
     // verify: a missing ack log, and a file that is not one.
-    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
-    cmd.args([
-        "verify",
-        "--image",
-        "/nonexistent.raw",
-        "--acks",
-        "/nonexistent.acks",
-    ]);
+    let mut cmd = verify_command(
+        Path::new("/nonexistent.raw"),
+        Path::new("/nonexistent.acks"),
+    );
     let (status, _, stderr) = run(&mut cmd);
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("cannot read /nonexistent.acks"), "{stderr}");
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("x.acks");
     std::fs::write(&bogus, "hello\n").unwrap();
-    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
-    cmd.args(["verify", "--image", "/etc/hostname", "--acks"])
-        .arg(&bogus);
+    let mut cmd = verify_command(Path::new("/etc/hostname"), &bogus);
     let (status, _, stderr) = run(&mut cmd);
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("not a kvmio ack log"), "{stderr}");

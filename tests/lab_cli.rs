@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kvmio_e2e::{
-    guest_image, pid_exists, processes_mentioning, run, sockets_in, vm_slot, wait_for,
-    workspace_bin, ChildProcess,
+    guest_image, pid_exists, processes_mentioning, sockets_in, vm_slot, workspace_bin, ChildProcess,
 };
+use kvmio_test_support::{assert_rejected_in_one_line, wait_for_while_running};
 use nix::sys::signal::Signal;
 
 fn lab_command(run_dir: &Path, extra: &[&str]) -> Command {
@@ -31,15 +31,16 @@ fn lab_log(run_dir: &Path) -> std::path::PathBuf {
 fn start_lab(run_dir: &Path, extra: &[&str]) -> (ChildProcess, serde_json::Value) {
     guest_image(); // build outside the lab's clock
     let mut lab = ChildProcess::spawn(&mut lab_command(run_dir, extra));
-    let manifest = wait_for("lab.json", Duration::from_secs(240), || {
-        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let log = std::fs::read_to_string(lab_log(run_dir)).unwrap_or_default();
-            panic!("lab exited early: {status}: {log}");
-        }
-        let text = std::fs::read_to_string(run_dir.join("lab.json")).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).ok()
-    });
+    let manifest = wait_manifest(&mut lab, run_dir, Duration::from_secs(240));
     (lab, manifest)
+}
+
+/// Waits for the manifest of the running `lab` in `run_dir`; returns it parsed.
+fn wait_manifest(lab: &mut ChildProcess, run_dir: &Path, timeout: Duration) -> serde_json::Value {
+    wait_for_while_running("lab.json", timeout, lab, &lab_log(run_dir), || {
+        let text = std::fs::read_to_string(run_dir.join("lab.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    })
 }
 
 fn qemu_pid(manifest: &serde_json::Value) -> u32 {
@@ -103,17 +104,7 @@ fn assert_rejected(extra: &[&str], run_dir: &Path, hint: &str) {
     if !extra.contains(&"--accel") {
         cmd.args(["--accel", "tcg"]);
     }
-    let (status, _stdout, stderr) = run(&mut cmd);
-    assert!(!status.success(), "{extra:?} must fail");
-    let first = stderr.lines().next().unwrap_or_default();
-    assert!(
-        first.contains(hint),
-        "{extra:?}: first line should say {hint:?}, got: {stderr}"
-    );
-    assert!(
-        stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
-        "{extra:?}: one line, not a dump: {stderr}"
-    );
+    assert_rejected_in_one_line(&mut cmd, &extra, hint);
     let leftover = processes_mentioning(&run_dir.to_string_lossy());
     assert!(leftover.is_empty(), "left running: {leftover:?}");
 }
@@ -177,14 +168,7 @@ fn auto_accel_boots_even_where_kvm_hangs() {
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(lab_log(dir.path())).unwrap());
     let mut lab = ChildProcess::spawn(&mut cmd);
-    let manifest: serde_json::Value = wait_for("lab.json", Duration::from_secs(300), || {
-        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let log = std::fs::read_to_string(lab_log(dir.path())).unwrap_or_default();
-            panic!("lab exited early: {status}: {log}");
-        }
-        let text = std::fs::read_to_string(dir.path().join("lab.json")).ok()?;
-        serde_json::from_str(&text).ok()
-    });
+    let manifest = wait_manifest(&mut lab, dir.path(), Duration::from_secs(300));
     let accel = manifest["accel"].as_str().unwrap().to_string();
     let kvm_usable = std::fs::OpenOptions::new()
         .read(true)
