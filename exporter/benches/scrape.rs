@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kvmio_test_support::bench::{
+    clock_ticks, loadavg, median, median_p99, ms, parse_flags, qemu_processes, stat_fields,
+    status_mib, table_head, wait_listening,
+};
 use kvmio_test_support::metrics::sample;
 use kvmio_test_support::qemu::{qemu_ga, qemu_none};
 use kvmio_test_support::{
@@ -51,44 +55,20 @@ fn args() -> Args {
         drives: 4,
         hold: None,
     };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut it = argv.iter().skip(1);
-    while let Some(flag) = it.next() {
-        let mut num = || -> usize {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
-        };
-        match flag.as_str() {
-            "--vms" => a.vms = num(),
-            "--scrapes" => a.scrapes = num(),
-            "--drives" => a.drives = num(),
-            "--hold" => a.hold = Some(num() as u64),
-            // cargo bench passes --bench.
-            _ => {}
-        }
-    }
+    parse_flags(|flag, v| match flag {
+        "--vms" => a.vms = v.number(),
+        "--scrapes" => a.scrapes = v.number(),
+        "--drives" => a.drives = v.number(),
+        "--hold" => a.hold = Some(v.number() as u64),
+        _ => {}
+    });
     a
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
+type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
+type Writer = tokio::net::unix::OwnedWriteHalf;
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v
-}
-
-fn ms(s: f64) -> String {
-    format!("{:.1} ms", s * 1000.0)
-}
-
-async fn read_reply(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) {
+async fn read_reply(r: &mut Reader, buf: &mut Vec<u8>) {
     loop {
         buf.clear();
         let n = r.read_until(b'\n', buf).await.expect("read");
@@ -123,17 +103,7 @@ async fn raw_qga_with(path: PathBuf, disks: bool) {
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::with_capacity(64 * 1024);
-    w.write_all(b"\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":4242}}\n")
-        .await
-        .expect("write");
-    loop {
-        buf.clear();
-        let n = r.read_until(b'\n', &mut buf).await.expect("read");
-        assert!(n > 0, "agent closed");
-        if buf.windows(4).any(|w| w == b"4242") {
-            break;
-        }
-    }
+    agent_sync(&mut r, &mut w, &mut buf, 4242).await;
     for req in [
         &b"{\"execute\":\"guest-get-diskstats\"}\n"[..],
         b"{\"execute\":\"guest-get-disks\"}\n",
@@ -148,13 +118,26 @@ async fn raw_qga_with(path: PathBuf, disks: bool) {
     }
 }
 
-/// One round of the floor: every socket at once; wall time.
-async fn floor_round(qmp: &[PathBuf], qga: &[PathBuf]) -> f64 {
-    floor_round_with(qmp, qga, true).await
+/// `guest-sync-delimited` with `id` (after a 0xff to reset the agent's parser); reads up to the
+/// reply that carries `id`.
+async fn agent_sync(r: &mut Reader, w: &mut Writer, buf: &mut Vec<u8>, id: u32) {
+    let req = format!("{{\"execute\":\"guest-sync-delimited\",\"arguments\":{{\"id\":{id}}}}}\n");
+    w.write_all(&[b"\xff", req.as_bytes()].concat())
+        .await
+        .expect("write");
+    let id = id.to_string();
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', buf).await.expect("read");
+        assert!(n > 0, "agent closed");
+        if buf.windows(id.len()).any(|w| w == id.as_bytes()) {
+            return;
+        }
+    }
 }
 
-/// A round with or without `guest-get-disks`.
-async fn floor_round_with(qmp: &[PathBuf], qga: &[PathBuf], disks: bool) -> f64 {
+/// One round of the floor, with or without `guest-get-disks`: every socket at once; wall time.
+async fn floor_round(qmp: &[PathBuf], qga: &[PathBuf], disks: bool) -> f64 {
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for p in qmp {
@@ -168,22 +151,6 @@ async fn floor_round_with(qmp: &[PathBuf], qga: &[PathBuf], disks: bool) -> f64 
     }
     t0.elapsed().as_secs_f64()
 }
-
-/// Agents only, without `guest-get-disks`: wall time of one round.
-async fn agents_without_disks(qga: &[PathBuf]) -> f64 {
-    let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for p in qga {
-        set.spawn(raw_qga_with(p.clone(), false));
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("floor task");
-    }
-    t0.elapsed().as_secs_f64()
-}
-
-type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
-type Writer = tokio::net::unix::OwnedWriteHalf;
 
 /// Connections kept open: QMP negotiated, agents synced.
 async fn open_all(qmp: &[PathBuf], qga: &[PathBuf]) -> Vec<(bool, Reader, Writer)> {
@@ -202,16 +169,7 @@ async fn open_all(qmp: &[PathBuf], qga: &[PathBuf]) -> Vec<(bool, Reader, Writer
     for p in qga {
         let (r, mut w) = UnixStream::connect(p).await.expect("connect").into_split();
         let mut r = BufReader::new(r);
-        w.write_all(b"\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":77}}\n")
-            .await
-            .unwrap();
-        loop {
-            buf.clear();
-            r.read_until(b'\n', &mut buf).await.unwrap();
-            if buf.windows(2).any(|w| w == b"77") {
-                break;
-            }
-        }
+        agent_sync(&mut r, &mut w, &mut buf, 77).await;
         out.push((false, r, w));
     }
     out
@@ -264,10 +222,16 @@ async fn persistent_floor(qmp: &[PathBuf], qga: &[PathBuf], rounds: usize) -> Ve
     out
 }
 
+/// `rounds` rounds of the floor (with `guest-get-disks`).
 async fn floor(qmp: &[PathBuf], qga: &[PathBuf], rounds: usize) -> Vec<f64> {
+    floor_with(qmp, qga, rounds, true).await
+}
+
+/// `rounds` rounds of the floor, with or without `guest-get-disks`.
+async fn floor_with(qmp: &[PathBuf], qga: &[PathBuf], rounds: usize, disks: bool) -> Vec<f64> {
     let mut out = Vec::new();
     for _ in 0..rounds {
-        out.push(floor_round(qmp, qga).await);
+        out.push(floor_round(qmp, qga, disks).await);
     }
     out
 }
@@ -281,12 +245,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// (utime, stime) of a process, in seconds.
 fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap_or(100) as f64;
+    let f = stat_fields(&stat);
+    let hz = clock_ticks();
     (
         f[11].parse::<f64>().unwrap() / hz,
         f[12].parse::<f64>().unwrap() / hz,
@@ -296,15 +256,7 @@ fn cpu_split(pid: u32) -> (f64, f64) {
 /// (VmRSS, VmHWM) in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let get = |k: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
-    };
-    (get("VmRSS:"), get("VmHWM:"))
+    (status_mib(&status, "VmRSS:"), status_mib(&status, "VmHWM:"))
 }
 
 fn get(addr: &str, path: &str) -> (String, f64) {
@@ -370,14 +322,12 @@ async fn run_exporter(dir: &Path, extra: &[String], warm: usize, n: usize) -> Ex
             (name.to_owned(), v.parse().unwrap())
         })
         .collect();
-    let up_qmp = body
-        .lines()
-        .filter(|l| l.starts_with("kvmio_qmp_up{") && l.ends_with(" 1"))
-        .count();
-    let up_qga = body
-        .lines()
-        .filter(|l| l.starts_with("kvmio_qga_up{") && l.ends_with(" 1"))
-        .count();
+    let up = |family: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(family) && l.ends_with(" 1"))
+            .count()
+    };
+    let (up_qmp, up_qga) = (up("kvmio_qmp_up{"), up("kvmio_qga_up{"));
     let samples = body.lines().filter(|l| !l.starts_with('#')).count();
     p.stop();
     ExporterRun {
@@ -396,36 +346,34 @@ fn node_exporter_diskstats(n: usize, dir: &Path, extra: &[&str]) -> Vec<f64> {
     let bin = require("prometheus-node-exporter", "prometheus-node-exporter");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let log = dir.join("node-exporter.log");
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--web.listen-address={addr}"))
         .args(["--collector.disable-defaults", "--collector.diskstats"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("node-exporter.log")).unwrap());
+        .stderr(std::fs::File::create(&log).unwrap());
     let mut p = spawn_tied(&mut cmd, "node_exporter");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            p.running() && Instant::now() < deadline,
-            "node_exporter did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&addr, Duration::from_secs(30), &mut p, &log);
+    let out = durations(
+        &addr,
+        n,
+        "node_scrape_collector_duration_seconds{collector=\"diskstats\"}",
+    );
+    p.stop();
+    out
+}
+
+/// The value of `series` in each of `n` scrapes of `addr`, after 3 unmeasured ones.
+fn durations(addr: &str, n: usize, series: &str) -> Vec<f64> {
     let mut out = Vec::new();
     for i in 0..n + 3 {
-        let (body, _) = get(&addr, "/metrics");
+        let (body, _) = get(addr, "/metrics");
         if i >= 3 {
-            out.push(
-                sample(
-                    &body,
-                    "node_scrape_collector_duration_seconds{collector=\"diskstats\"}",
-                )
-                .expect("node_exporter's diskstats duration"),
-            );
+            out.push(sample(&body, series).unwrap_or_else(|| panic!("{series} from {addr}")));
         }
     }
-    p.stop();
     out
 }
 
@@ -435,34 +383,13 @@ fn kvmio_diskstats(n: usize, dir: &Path) -> Vec<f64> {
         &["--host.devices=all".to_owned()],
         &dir.join("exporter-host.log"),
     );
-    let mut out = Vec::new();
-    for i in 0..n + 3 {
-        let (body, _) = get(&addr, "/metrics");
-        if i >= 3 {
-            out.push(
-                sample(
-                    &body,
-                    "kvmio_collector_duration_seconds{collector=\"host_diskstats\"}",
-                )
-                .expect("host_diskstats duration"),
-            );
-        }
-    }
+    let out = durations(
+        &addr,
+        n,
+        "kvmio_collector_duration_seconds{collector=\"host_diskstats\"}",
+    );
     p.stop();
     out
-}
-
-/// QEMU processes on the machine (other than the ones this run starts, when called before).
-fn qemu_processes() -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .is_ok_and(|c| c.trim_end().starts_with("qemu-system"))
-        })
-        .count()
 }
 
 fn main() {
@@ -472,7 +399,7 @@ fn main() {
         std::env::temp_dir().join("kvmio-e2e-vm.lock").display()
     );
     let _slot = vm_slot();
-    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = loadavg();
     let foreign_before = qemu_processes();
     let dir = tempfile::Builder::new()
         .prefix("kvmio-bench")
@@ -529,20 +456,14 @@ fn main() {
     let (full_paired, same_work) = rt.block_on(async {
         let (mut full, mut same) = (Vec::new(), Vec::new());
         for _ in 0..n {
-            full.push(floor_round_with(&qmp, &qga, true).await);
-            same.push(floor_round_with(&qmp, &qga, false).await);
+            full.push(floor_round(&qmp, &qga, true).await);
+            same.push(floor_round(&qmp, &qga, false).await);
         }
         (full, same)
     });
     let qmp_only = rt.block_on(floor(&qmp, &[], n));
     let agents_only = rt.block_on(floor(&[], &qga, n));
-    let agents_no_disks = rt.block_on(async {
-        let mut v = Vec::new();
-        for _ in 0..n {
-            v.push(agents_without_disks(&qga).await);
-        }
-        v
-    });
+    let agents_no_disks = rt.block_on(floor_with(&[], &qga, n, false));
     let raw_persistent = rt.block_on(persistent_floor(&qmp, &qga, n));
     let kvmio_disk = kvmio_diskstats(100, d);
     let node_disk = node_exporter_diskstats(100, d, &[]);
@@ -557,13 +478,10 @@ fn main() {
     }
     let foreign_after = qemu_processes();
 
-    let floor_all = sorted([floor_a.clone(), floor_b.clone()].concat());
-    let floor_med = percentile(&floor_all, 0.5);
-    let lat = sorted(per_scrape.latencies.clone());
-    let plat = sorted(persistent.latencies.clone());
-    let kd = sorted(kvmio_disk);
-    let nd = sorted(node_disk);
-    let nda = sorted(node_disk_all);
+    let floor_med = median(&[floor_a.clone(), floor_b.clone()].concat());
+    let lat = &per_scrape.latencies;
+    let plat = &persistent.latencies;
+    let (kd, nd, nda) = (&kvmio_disk, &node_disk, &node_disk_all);
     let cpus = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -576,103 +494,115 @@ fn main() {
         a.vms,
         n,
         cpus,
-        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load_before,
         foreign_before,
         foreign_after
     );
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| raw floor, QMP + agents, all sockets at once: median (before / after the exporter) | {} ({} / {}) |", ms(floor_med), ms(percentile(&sorted(floor_a), 0.5)), ms(percentile(&sorted(floor_b), 0.5)));
-    println!(
-        "| raw floor, QMP only: median | {} |",
-        ms(percentile(&sorted(qmp_only), 0.5))
+    table_head(&["measure", "value"]);
+    let row = |what: &str, value: String| println!("| {what} | {value} |");
+    row(
+        "raw floor, QMP + agents, all sockets at once: median (before / after the exporter)",
+        format!(
+            "{} ({} / {})",
+            ms(floor_med),
+            ms(median(&floor_a)),
+            ms(median(&floor_b))
+        ),
     );
-    println!(
-        "| raw floor, agents only: median (without guest-get-disks) | {} ({}) |",
-        ms(percentile(&sorted(agents_only), 0.5)),
-        ms(percentile(&sorted(agents_no_disks), 0.5))
+    row("raw floor, QMP only: median", ms(median(&qmp_only)));
+    row(
+        "raw floor, agents only: median (without guest-get-disks)",
+        format!(
+            "{} ({})",
+            ms(median(&agents_only)),
+            ms(median(&agents_no_disks))
+        ),
     );
-    let sw = percentile(&sorted(same_work), 0.5);
-    println!(
-        "| raw floor without guest-get-disks (the exporter's steady-state work): median (with it, alternating rounds) | {} ({}) |",
-        ms(sw),
-        ms(percentile(&sorted(full_paired), 0.5))
+    let sw = median(&same_work);
+    row(
+        "raw floor without guest-get-disks (the exporter's steady-state work): median (with it, alternating rounds)",
+        format!("{} ({})", ms(sw), ms(median(&full_paired))),
     );
-    let rp = percentile(&sorted(raw_persistent), 0.5);
-    println!(
-        "| raw floor over kept-open connections (same queries, no connect/negotiate/sync): median | {} ({:.2}x the floor) |",
-        ms(rp),
-        rp / floor_med
+    let rp = median(&raw_persistent);
+    row(
+        "raw floor over kept-open connections (same queries, no connect/negotiate/sync): median",
+        format!("{} ({:.2}x the floor)", ms(rp), rp / floor_med),
     );
-    println!(
-        "| raw floor client's own CPU per round | {} |",
-        ms(floor_cpu)
+    row("raw floor client's own CPU per round", ms(floor_cpu));
+    row("kvmio-exporter scrape: median / p99", median_p99(lat, 1));
+    row(
+        "scrape median / floor median",
+        format!("{:.2}x", median(lat) / floor_med),
     );
-    println!(
-        "| kvmio-exporter scrape: median / p99 | {} / {} |",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99))
+    row(
+        "exporter CPU per scrape (user + system)",
+        format!(
+            "{} ({} + {})",
+            ms(per_scrape.cpu_per_scrape),
+            ms(per_scrape.cpu_split.0),
+            ms(per_scrape.cpu_split.1)
+        ),
     );
-    println!(
-        "| scrape median / floor median | {:.2}x |",
-        percentile(&lat, 0.5) / floor_med
+    row(
+        "exporter RSS after the scrapes (current / peak)",
+        format!("{:.1} MiB / {:.1} MiB", per_scrape.rss.0, per_scrape.rss.1),
     );
-    println!(
-        "| exporter CPU per scrape (user + system) | {} ({} + {}) |",
-        ms(per_scrape.cpu_per_scrape),
-        ms(per_scrape.cpu_split.0),
-        ms(per_scrape.cpu_split.1)
+    row(
+        "samples per scrape; VMs up (QMP / agent)",
+        format!(
+            "{}; {} / {}",
+            per_scrape.samples, per_scrape.up.0, per_scrape.up.1
+        ),
     );
-    println!(
-        "| exporter RSS after the scrapes (current / peak) | {:.1} MiB / {:.1} MiB |",
-        per_scrape.rss.0, per_scrape.rss.1
-    );
-    println!(
-        "| samples per scrape; VMs up (QMP / agent) | {}; {} / {} |",
-        per_scrape.samples, per_scrape.up.0, per_scrape.up.1
-    );
-    println!(
-        "| collector durations in the last scrape | {} |",
+    row(
+        "collector durations in the last scrape",
         per_scrape
             .collector
             .iter()
             .map(|(c, v)| format!("{c} {}", ms(*v)))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
     );
-    println!(
-        "| --qmp.persistent scrape: median / p99 | {} / {} |",
-        ms(percentile(&plat, 0.5)),
-        ms(percentile(&plat, 0.99))
+    row("--qmp.persistent scrape: median / p99", median_p99(plat, 1));
+    row(
+        "persistent median / floor median",
+        format!("{:.2}x", median(plat) / floor_med),
     );
-    println!(
-        "| persistent median / floor median | {:.2}x |",
-        percentile(&plat, 0.5) / floor_med
+    row(
+        "against the floor without guest-get-disks: scrape / persistent",
+        format!("{:.2}x / {:.2}x", median(lat) / sw, median(plat) / sw),
     );
-    println!(
-        "| against the floor without guest-get-disks: scrape / persistent | {:.2}x / {:.2}x |",
-        percentile(&lat, 0.5) / sw,
-        percentile(&plat, 0.5) / sw
+    row(
+        "--qmp.persistent: CPU per scrape, RSS (current / peak)",
+        format!(
+            "{}, {:.1} / {:.1} MiB; VMs up {} / {}",
+            ms(persistent.cpu_per_scrape),
+            persistent.rss.0,
+            persistent.rss.1,
+            persistent.up.0,
+            persistent.up.1
+        ),
     );
-    println!("| --qmp.persistent: CPU per scrape, RSS (current / peak) | {}, {:.1} / {:.1} MiB; VMs up {} / {} |", ms(persistent.cpu_per_scrape), persistent.rss.0, persistent.rss.1, persistent.up.0, persistent.up.1);
-    println!(
-        "| host diskstats collector, kvmio (--host.devices=all): median / p99 | {:.3} ms / {:.3} ms |",
-        percentile(&kd, 0.5) * 1000.0,
-        percentile(&kd, 0.99) * 1000.0
+    row(
+        "host diskstats collector, kvmio (--host.devices=all): median / p99",
+        median_p99(kd, 3),
     );
-    println!(
-        "| node_exporter diskstats collector, its default device filter: median / p99 | {:.3} ms / {:.3} ms |",
-        percentile(&nd, 0.5) * 1000.0,
-        percentile(&nd, 0.99) * 1000.0
+    row(
+        "node_exporter diskstats collector, its default device filter: median / p99",
+        median_p99(nd, 3),
     );
-    println!(
-        "| node_exporter diskstats collector, all {devices} devices (device-exclude=^$): median / p99 | {:.3} ms / {:.3} ms |",
-        percentile(&nda, 0.5) * 1000.0,
-        percentile(&nda, 0.99) * 1000.0
+    row(
+        &format!(
+            "node_exporter diskstats collector, all {devices} devices (device-exclude=^$): median / p99"
+        ),
+        median_p99(nda, 3),
     );
-    println!(
-        "| node_exporter / kvmio diskstats: default filter / same devices | {:.1}x / {:.1}x |",
-        percentile(&nd, 0.5) / percentile(&kd, 0.5),
-        percentile(&nda, 0.5) / percentile(&kd, 0.5)
+    row(
+        "node_exporter / kvmio diskstats: default filter / same devices",
+        format!(
+            "{:.1}x / {:.1}x",
+            median(nd) / median(kd),
+            median(nda) / median(kd)
+        ),
     );
 }

@@ -43,7 +43,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmio_e2e::libvirtd::{DomainSpec, Libvirtd};
-use kvmio_e2e::{processes_mentioning, vm_slot, which, ChildProcess};
+use kvmio_e2e::{free_port, processes_mentioning, vm_slot, which, ChildProcess};
+use kvmio_test_support::bench::{
+    clock_ticks, loadavg, mean, median, ms, parse_flags, percentile, qemu_processes, sorted,
+    stat_fields, status_mib, table_head, wait_listening,
+};
+use kvmio_test_support::wait_for_while_running;
 
 const REFERENCE: &str = "prometheus-libvirt-exporter";
 
@@ -69,35 +74,16 @@ fn args() -> Args {
         floor: true,
         hold: None,
     };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut it = argv.iter().skip(1);
-    while let Some(flag) = it.next() {
-        let (flag, inline) = match flag.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || -> String {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        let num = |v: String| -> usize {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{flag} needs a number, not {v:?}"))
-        };
-        match flag.as_str() {
-            "--domains" => a.domains = num(value()),
-            "--rounds" => a.rounds = num(value()),
-            "--warmup" => a.warmup = num(value()),
-            "--kvmio-arg" => a.kvmio_args.push(value()),
-            "--families" => a.families = true,
-            "--no-floor" => a.floor = false,
-            "--hold" => a.hold = Some(num(value()) as u64),
-            // cargo bench passes --bench.
-            _ => {}
-        }
-    }
+    parse_flags(|flag, v| match flag {
+        "--domains" => a.domains = v.number(),
+        "--rounds" => a.rounds = v.number(),
+        "--warmup" => a.warmup = v.number(),
+        "--kvmio-arg" => a.kvmio_args.push(v.string()),
+        "--families" => a.families = true,
+        "--no-floor" => a.floor = false,
+        "--hold" => a.hold = Some(v.number() as u64),
+        _ => {}
+    });
     assert!(
         a.domains > 0 && a.rounds > 0,
         "--domains and --rounds: at least 1"
@@ -105,48 +91,21 @@ fn args() -> Args {
     a
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v
-}
-
-fn median(v: &[f64]) -> f64 {
-    percentile(&sorted(v.to_vec()), 0.5)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-fn ms(s: f64) -> String {
-    format!("{:.1} ms", s * 1000.0)
-}
-
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
 /// utime + stime of a process (all its threads, and children it reaped), in seconds.
 fn cpu_seconds(pid: u32, hz: f64) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    // Fields after the command name (in parentheses, may contain spaces): state is [0].
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / hz
+    ticks(&stat, [11, 12]) / hz
+}
+
+/// The sum of two clock-tick fields of a `/proc/PID/stat` line ([`stat_fields`]; 0 if absent).
+fn ticks(stat: &str, fields: [usize; 2]) -> f64 {
+    let f = stat_fields(stat);
+    fields
+        .iter()
+        .map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum()
 }
 
 /// Run time of each live thread (`/proc/PID/task/TID/schedstat`, nanoseconds).
@@ -182,14 +141,7 @@ fn runtime_delta(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64
 /// (VmRSS, VmHWM, RssAnon, RssFile) in MiB.
 fn rss_mib(pid: u32) -> (f64, f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |k: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
-    };
+    let get = |k: &str| status_mib(&status, k);
     (
         get("VmRSS:"),
         get("VmHWM:"),
@@ -340,36 +292,6 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     newest
 }
 
-/// A free loopback port (bound, then released: the exporter binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// Polls until `addr` answers `GET /metrics` with 200 (or the child exits).
-fn wait_answering(child: &mut ChildProcess, addr: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!(
-                "{addr}: exporter exited: {status}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not answer within 30 s: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn start_kvmio(bin: &Path, uri: &str, extra: &[String], log: &Path) -> (ChildProcess, String) {
     let mut cmd = Command::new(bin);
     cmd.arg("--web.listen-address=127.0.0.1:0")
@@ -383,26 +305,19 @@ fn start_kvmio(bin: &Path, uri: &str, extra: &[String], log: &Path) -> (ChildPro
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("exporter log"));
     let mut child = ChildProcess::spawn(&mut cmd);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Some(status) = child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!(
-                "kvmio-exporter exited: {status}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split("listening on http://").nth(1) {
-            break rest.split("/metrics").next().unwrap_or("").to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kvmio-exporter did not listen within 30 s: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = wait_for_while_running(
+        "kvmio-exporter's 'listening on' line",
+        Duration::from_secs(30),
+        &mut child,
+        log,
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let rest = text.split("listening on http://").nth(1)?;
+            Some(rest.split("/metrics").next().unwrap_or("").to_owned())
+        },
+    );
     assert!(addr.starts_with("127.0.0.1:"), "kvmio listens on {addr}");
-    wait_answering(&mut child, &addr, log);
+    wait_listening(&addr, Duration::from_secs(30), &mut child, log);
     (child, addr)
 }
 
@@ -415,7 +330,7 @@ fn start_reference(bin: &Path, uri: &str, log: &Path) -> (ChildProcess, String) 
         .stdout(std::fs::File::create(log.with_extension("stdout")).expect("log"))
         .stderr(std::fs::File::create(log).expect("log"));
     let mut child = ChildProcess::spawn(&mut cmd);
-    wait_answering(&mut child, &addr, log);
+    wait_listening(&addr, Duration::from_secs(30), &mut child, log);
     (child, addr)
 }
 
@@ -454,10 +369,7 @@ struct Scrape {
 /// clock ticks), seconds.
 fn children_cpu(hz: f64) -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(13) + tick(14)) / hz
+    ticks(&stat, [13, 14]) / hz
 }
 
 /// `virsh domstats` for every domain at once: (stdout, seconds).
@@ -539,28 +451,6 @@ fn scrape(t: &mut Target, libvirtd: u32, qemus: &[u32], hz: f64, record: bool) {
     t.last_body = body;
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// QEMUs on the machine (ours included).
-fn qemu_count() -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .is_ok_and(|c| c.trim_end().starts_with("qemu-system"))
-        })
-        .count()
-}
-
 fn first_line(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
@@ -607,7 +497,7 @@ fn main() {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _slot = vm_slot();
     let load_before = loadavg();
-    let qemus_before = qemu_count();
+    let qemus_before = qemu_processes();
     let work = tempfile::Builder::new()
         .prefix("kvmio-bench-libvirt")
         .tempdir()
@@ -745,7 +635,7 @@ fn main() {
             .filter(|&&p| kvmio_e2e::pid_exists(p))
             .map(|p| format!("{p} (still running)")),
     );
-    let qemus_after = qemu_count();
+    let qemus_after = qemu_processes();
 
     // --- the report --------------------------------------------------------------------------
     println!(
@@ -784,13 +674,13 @@ fn main() {
         ms(idle[3])
     );
     println!();
-    let floor_col = if a.floor {
-        " virsh domstats --state --block --backing (one call, all domains; a new process each) |"
-    } else {
-        ""
-    };
-    println!("| measure | kvmio-exporter | {REFERENCE} | kvmio / reference |{floor_col}");
-    println!("|---|---|---|---|{}", if a.floor { "---|" } else { "" });
+    let mut columns = vec!["measure", "kvmio-exporter", REFERENCE, "kvmio / reference"];
+    if a.floor {
+        columns.push(
+            "virsh domstats --state --block --backing (one call, all domains; a new process each)",
+        );
+    }
+    table_head(&columns);
     let row = |what: &str, f: &dyn Fn(&Target) -> f64| {
         let v: Vec<f64> = targets.iter().map(f).collect();
         let floor = v
@@ -805,42 +695,55 @@ fn main() {
         );
     };
     let of = |t: &Target, f: fn(&Scrape) -> f64| -> Vec<f64> { t.scrapes.iter().map(f).collect() };
-    row("**scrape, median**", &|t| median(&of(t, |s| s.wall)));
-    row("scrape, p99", &|t| {
-        percentile(&sorted(of(t, |s| s.wall)), 0.99)
-    });
-    row("scrape, min", &|t| {
-        percentile(&sorted(of(t, |s| s.wall)), 0.0)
-    });
-    row(
-        "exporter CPU per scrape, median (/proc/PID/stat, ticks)",
-        &|t| median(&of(t, |s| s.cpu)),
-    );
-    row("exporter CPU per scrape, mean over all rounds", &|t| {
-        mean(&of(t, |s| s.cpu))
-    });
-    row(
-        "exporter CPU per scrape, median (thread schedstat, ns)",
-        &|t| median(&of(t, |s| s.cpu_fine)),
-    );
-    row(
-        "libvirtd CPU per scrape, median (/proc/PID/stat, ticks)",
-        &|t| median(&of(t, |s| s.libvirtd_cpu)),
-    );
-    row("libvirtd CPU per scrape, mean over all rounds", &|t| {
-        mean(&of(t, |s| s.libvirtd_cpu))
-    });
-    row(
-        "libvirtd CPU per scrape, median (thread schedstat, ns)",
-        &|t| median(&of(t, |s| s.libvirtd_fine)),
-    );
-    row(
-        &format!("all {} QEMUs' CPU per scrape, mean", a.domains),
-        &|t| mean(&of(t, |s| s.qemu_cpu)),
-    );
-    row("exporter + libvirtd + QEMUs CPU per scrape, mean", &|t| {
-        mean(&of(t, |s| s.cpu + s.libvirtd_cpu + s.qemu_cpu))
-    });
+    let p99 = |v: &[f64]| percentile(&sorted(v.to_vec()), 0.99);
+    let min = |v: &[f64]| percentile(&sorted(v.to_vec()), 0.0);
+    let qemus = format!("all {} QEMUs' CPU per scrape, mean", a.domains);
+    // (measure, statistic, what of each scrape)
+    type Row<'a> = (&'a str, &'a dyn Fn(&[f64]) -> f64, fn(&Scrape) -> f64);
+    let rows: [Row; 11] = [
+        ("**scrape, median**", &median, |s| s.wall),
+        ("scrape, p99", &p99, |s| s.wall),
+        ("scrape, min", &min, |s| s.wall),
+        (
+            "exporter CPU per scrape, median (/proc/PID/stat, ticks)",
+            &median,
+            |s| s.cpu,
+        ),
+        (
+            "exporter CPU per scrape, mean over all rounds",
+            &mean,
+            |s| s.cpu,
+        ),
+        (
+            "exporter CPU per scrape, median (thread schedstat, ns)",
+            &median,
+            |s| s.cpu_fine,
+        ),
+        (
+            "libvirtd CPU per scrape, median (/proc/PID/stat, ticks)",
+            &median,
+            |s| s.libvirtd_cpu,
+        ),
+        (
+            "libvirtd CPU per scrape, mean over all rounds",
+            &mean,
+            |s| s.libvirtd_cpu,
+        ),
+        (
+            "libvirtd CPU per scrape, median (thread schedstat, ns)",
+            &median,
+            |s| s.libvirtd_fine,
+        ),
+        (&qemus, &mean, |s| s.qemu_cpu),
+        (
+            "exporter + libvirtd + QEMUs CPU per scrape, mean",
+            &mean,
+            |s| s.cpu + s.libvirtd_cpu + s.qemu_cpu,
+        ),
+    ];
+    for (what, stat, field) in rows {
+        row(what, &|t| stat(&of(t, field)));
+    }
     println!(
         "| RSS at the end, current / peak (anonymous + file) | {:.1} / {:.1} MiB ({:.1} + {:.1}) | {:.1} / {:.1} MiB ({:.1} + {:.1}) | {:.2}x |{}",
         rss[0].0,
