@@ -8,9 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    parse_duration, Config, ConfigFile, HostDevices, LatencyBuckets, Layout, LibvirtConfig,
-    DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS, DEFAULT_LISTEN_ADDRESS,
+    parse_duration, parse_telemetry_path, Config, ConfigFile, HostDevices, LatencyBuckets, Layout,
+    LibvirtConfig, DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS, DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_TELEMETRY_PATH,
 };
+pub use crate::logging::{LogFormat, LogLevel};
 
 /// kvmio-exporter: Prometheus metrics for every layer of KVM/QEMU VM storage IO (guest disk,
 /// QEMU device and block nodes, image file, host block device), joined across layers.
@@ -77,6 +79,20 @@ pub struct Cli {
     /// (DIR/crashtest.prom or DIR/*/crashtest.prom) is re-served (kvmio_crashtest_* only).
     #[arg(long = "crashtest.results-dir", value_name = "DIR")]
     pub crashtest_results_dir: Option<PathBuf>,
+
+    /// Path under which the metrics are served.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = DEFAULT_TELEMETRY_PATH,
+          value_parser = parse_telemetry_path)]
+    pub telemetry_path: String,
+
+    /// Only log messages with this level or above (error, warn, info, debug). RUST_LOG, when
+    /// set, takes precedence (it also selects per module).
+    #[arg(long = "log.level", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log line format: logfmt (key=value, as Prometheus' exporters log) or json.
+    #[arg(long = "log.format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
 
     /// Scrape the domains of this libvirt (e.g. qemu:///system) through libvirt's own
     /// connection: block statistics, domain XML and guest disk info, without tainting domains.
@@ -168,6 +184,7 @@ impl Cli {
             qga_max_disks: usize::from(self.qga_max_disks),
             qmp_persistent: self.qmp_persistent,
             crashtest_results_dir: self.crashtest_results_dir,
+            telemetry_path: self.telemetry_path,
             libvirt: self.libvirt_uri.map(|uri| LibvirtConfig {
                 uri,
                 qmp_passthrough: self.libvirt_qmp_passthrough,

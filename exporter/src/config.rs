@@ -62,6 +62,21 @@ impl Layout {
     }
 }
 
+/// Default `--web.telemetry-path`.
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+
+/// Checks `--web.telemetry-path`: an absolute path other than `/` (the landing page), without
+/// query, fragment or whitespace.
+pub fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s == "/" || s.contains(['?', '#']) || s.contains(char::is_whitespace)
+    {
+        return Err(format!(
+            "{s:?} is not a path for the metrics (e.g. /metrics): absolute, not /, no ? or #"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// The libvirt source (`--libvirt.uri` and its options).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibvirtConfig {
@@ -171,6 +186,8 @@ pub struct Config {
     pub crashtest_results_dir: Option<PathBuf>,
     /// The libvirt source, if any.
     pub libvirt: Option<LibvirtConfig>,
+    /// Where the metrics are served (`--web.telemetry-path`).
+    pub telemetry_path: String,
 }
 
 impl Default for Config {
@@ -192,6 +209,7 @@ impl Default for Config {
             qmp_persistent: false,
             crashtest_results_dir: None,
             libvirt: None,
+            telemetry_path: DEFAULT_TELEMETRY_PATH.to_owned(),
         }
     }
 }
@@ -305,6 +323,18 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn telemetry_paths() {
+        assert_eq!(parse_telemetry_path("/metrics").unwrap(), "/metrics");
+        assert_eq!(
+            parse_telemetry_path("/kvmio/metrics").unwrap(),
+            "/kvmio/metrics"
+        );
+        for bad in ["", "/", "metrics", "/m?x", "/m#x", "/a b"] {
+            assert!(parse_telemetry_path(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -107,8 +107,9 @@ async fn handle(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    match req.uri().path() {
-        "/metrics" => {
+    let path = req.uri().path();
+    match path {
+        p if p == exporter.config().telemetry_path => {
             // HEAD answers with the headers only, without running a scrape.
             let body = if is_get {
                 exporter.render().await
@@ -134,12 +135,15 @@ async fn handle(
             );
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("not found: try {}\n", exporter.config().telemetry_path),
+        ),
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -169,6 +173,7 @@ pub fn landing_page(exporter: &Exporter, host: &str) -> String {
     let host = html_escape(host);
     let collectors = exporter.collector_names().join(", ");
     let timeout = exporter.config().scrape_timeout;
+    let metrics_path = html_escape(&exporter.config().telemetry_path);
     format!(
         "<!DOCTYPE html>
 <html lang=\"en\">
@@ -177,11 +182,12 @@ pub fn landing_page(exporter: &Exporter, host: &str) -> String {
 <h1>kvmio-exporter {version}</h1>
 <p>Prometheus exporter for every layer of KVM/QEMU VM storage IO: guest disks, QEMU devices and
 block nodes, image files and host block devices.</p>
-<p><a href=\"/metrics\">Metrics</a> (text exposition format 0.0.4)</p>
+<p><a href=\"{metrics_path}\">Metrics</a> (text exposition format 0.0.4)</p>
 <h2>Scraping with Prometheus</h2>
 <p>Add this job to <code>prometheus.yml</code>:</p>
 <pre>scrape_configs:
   - job_name: kvmio
+    metrics_path: {metrics_path}
     scrape_timeout: 10s   # the exporter bounds its scrapes to {timeout:?} (--scrape.timeout)
     static_configs:
       - targets: ['{host}']</pre>

@@ -24,6 +24,7 @@
 //! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
 //! - [`errors`]: errors printed as one line with their sources;
 //! - [`http`]: the hyper server;
+//! - [`logging`]: `--log.level`, `--log.format` (logfmt, json);
 //! - [`permissions`]: which families the process's privileges cost, said once at start-up.
 
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod errors;
 pub mod glob;
 pub mod host;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod permissions;
 pub mod scrape;

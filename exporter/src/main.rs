@@ -1,6 +1,5 @@
 //! `kvmio-exporter` binary: parse flags, bind, serve until SIGINT/SIGTERM.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 fn main() -> ExitCode {
     // clap prints usage errors in one line and exits with code 2.
     let cli = Cli::parse();
+    let cli_log = (cli.log_level, cli.log_format);
     let config = match cli.into_config() {
         Ok(c) => Arc::new(c),
         Err(msg) => {
@@ -20,14 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    kvmio_exporter::logging::init(cli_log.0, cli_log.1);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .thread_name("kvmio-exporter")
@@ -78,8 +71,9 @@ async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         collectors = ?exporter.collector_names(),
-        "listening on http://{}/metrics",
-        listener.local_addr()?
+        "listening on http://{}{}",
+        listener.local_addr()?,
+        config.telemetry_path
     );
     kvmio_exporter::http::serve(listener, exporter, async move {
         tokio::select! {

@@ -101,3 +101,97 @@ fn serves_and_stops_on_sigterm() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("SIGTERM"), "{rest}");
 }
+
+/// `--web.telemetry-path` moves the metrics (the old path is a 404 that names the new one),
+/// `--log.format json` writes one JSON object a line, and `--log.level warn` hides info lines.
+#[test]
+fn telemetry_path_and_log_flags() {
+    let fixtures = common::fixtures();
+    let mut child = Command::new(BIN)
+        .args([
+            "--web.listen-address=127.0.0.1:0",
+            "--host.devices=all",
+            "--web.telemetry-path=/kvmio/metrics",
+            "--log.format=json",
+        ])
+        .arg(format!(
+            "--path.procfs={}",
+            fixtures.join("linux-6.18/proc").display()
+        ))
+        .arg(format!(
+            "--path.sysfs={}",
+            fixtures.join("linux-6.18/sys").display()
+        ))
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+    let first: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let msg = first["message"].as_str().unwrap();
+    let addr = msg
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.strip_suffix("/kvmio/metrics"))
+        .unwrap_or_else(|| panic!("{msg}"))
+        .to_owned();
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let reply = get("/kvmio/metrics");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("kvmio_host_disk_reads_completed_total{device=\"vda\"}"));
+    let reply = get("/metrics");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(reply.contains("try /kvmio/metrics"), "{reply}");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // --log.level warn: no info line (the start-up line is info), still serving.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let quiet = Command::new(BIN)
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(["--host.devices=none", "--log.level=warn"])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(quiet.id() as i32), Signal::SIGTERM).unwrap();
+    let out = quiet.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("listening on"), "info lines at warn: {log}");
+
+    let out = Command::new(BIN)
+        .args([
+            "--web.listen-address=127.0.0.1:0",
+            "--host.devices=none",
+            "--log.level=warn",
+            "--web.telemetry-path=metrics",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a relative telemetry path is refused"
+    );
+}
