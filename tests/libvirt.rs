@@ -8,14 +8,15 @@
 //!   domain XML (cache, format, bus, driver), image sizes, the join guest disk <-> device <->
 //!   image <-> host device with the guest's disk names, host page cache and QEMU process IO;
 //!   what libvirt's statistics lack (node stats, failed operations, guest diskstats) is absent,
-//!   not zero; libvirt's log shows no taint, and libvirt's own agent use keeps working;
+//!   not zero; libvirt's log shows no taint, and libvirt's own agent use (`virsh guestinfo`)
+//!   keeps working;
 //! - lifecycle: a domain started between scrapes appears, a destroyed one disappears, a
 //!   suspended one stays with its QEMU layer; libvirtd killed -> `kvmio_libvirt_up 0` with a
 //!   prompt 200 answer, and everything back after libvirtd restarts.
 //!
 //! Passthrough mode (`--libvirt.qmp-passthrough --libvirt.agent-passthrough`): guest diskstats
 //! that rise, per-node stats and the live cache flags, and libvirt's log says the domain is now
-//! tainted.
+//! tainted; `virsh qemu-agent-command` keeps working between kvmio's scrapes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -174,6 +175,18 @@ fn exporter_reads_every_layer_through_libvirt() {
             &[("vm", "lv-a"), ("device", device)]
         )
         .is_some());
+        // The host layer of the device under the image (when it is on a local block device).
+        if let Some(host) = host_device_of(&disk.path) {
+            assert!(
+                find(
+                    &first,
+                    "kvmio_host_disk_writes_completed_total",
+                    &[("device", &host)]
+                )
+                .is_some(),
+                "host device {host} under {path}"
+            );
+        }
     }
     assert!(find(
         &first,
@@ -319,6 +332,16 @@ fn exporter_reads_every_layer_through_libvirt() {
     let t = taints(&lv, "lv-a");
     assert!(t.contains("custom-monitor"), "{t}");
     assert!(t.contains("custom-ga-command"), "{t}");
+    // libvirt's own agent commands keep working while kvmio uses the agent through libvirt.
+    for _ in 0..3 {
+        let (status, out, err) =
+            lv.virsh(["qemu-agent-command", "lv-a", r#"{"execute":"guest-ping"}"#]);
+        assert!(status.success(), "virsh qemu-agent-command: {out} {err}");
+        assert_eq!(
+            value(&scrape(&addr), "kvmio_qga_up", &[("vm", "lv-a")]),
+            1.0
+        );
+    }
     exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
 
     let dir = lv.dir().to_string_lossy().into_owned();
