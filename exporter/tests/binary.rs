@@ -22,6 +22,23 @@ fn run_expecting_usage_error(args: &[&str]) -> String {
     first
 }
 
+/// The exporter on a loopback port over the captured host trees, with `extra` flags.
+fn on_fixtures(extra: &[&str]) -> Command {
+    let fixtures = common::fixtures();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--web.listen-address=127.0.0.1:0", "--host.devices=all"])
+        .arg(format!(
+            "--path.procfs={}",
+            fixtures.join("linux-6.18/proc").display()
+        ))
+        .arg(format!(
+            "--path.sysfs={}",
+            fixtures.join("linux-6.18/sys").display()
+        ))
+        .args(extra);
+    cmd
+}
+
 #[test]
 fn invalid_flags_exit_2_with_a_clear_line() {
     let line = run_expecting_usage_error(&["--host.devices=sometimes"]);
@@ -50,17 +67,7 @@ fn bad_config_file_exits_2_naming_the_line() {
 
 #[test]
 fn serves_and_stops_on_sigterm() {
-    let fixtures = common::fixtures();
-    let mut child = Command::new(BIN)
-        .args(["--web.listen-address=127.0.0.1:0", "--host.devices=all"])
-        .arg(format!(
-            "--path.procfs={}",
-            fixtures.join("linux-6.18/proc").display()
-        ))
-        .arg(format!(
-            "--path.sysfs={}",
-            fixtures.join("linux-6.18/sys").display()
-        ))
+    let mut child = on_fixtures(&[])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -106,22 +113,7 @@ fn serves_and_stops_on_sigterm() {
 /// `--log.format json` writes one JSON object a line, and `--log.level warn` hides info lines.
 #[test]
 fn telemetry_path_and_log_flags() {
-    let fixtures = common::fixtures();
-    let mut child = Command::new(BIN)
-        .args([
-            "--web.listen-address=127.0.0.1:0",
-            "--host.devices=all",
-            "--web.telemetry-path=/kvmio/metrics",
-            "--log.format=json",
-        ])
-        .arg(format!(
-            "--path.procfs={}",
-            fixtures.join("linux-6.18/proc").display()
-        ))
-        .arg(format!(
-            "--path.sysfs={}",
-            fixtures.join("linux-6.18/sys").display()
-        ))
+    let mut child = on_fixtures(&["--web.telemetry-path=/kvmio/metrics", "--log.format=json"])
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
