@@ -54,17 +54,16 @@ async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
     if config.has_vm_sources() {
         kvmio_exporter::permissions::report(&config.procfs);
     }
-    if let Some(lc) = &config.libvirt {
-        // A separate short-lived connection: say at start-up what the connection allows.
-        let check = kvmio_exporter::vm::libvirt::Libvirt::new(lc.clone());
+    if let Some(libvirt) = exporter.libvirt() {
+        // The source's own connection, opened now: what it allows is said at start-up.
         let deadline = tokio::time::Instant::now() + config.scrape_timeout;
-        match check.check(deadline).await {
-            Ok(true) => tracing::info!(uri = %lc.uri, "libvirt: read-write connection"),
+        match libvirt.check(deadline).await {
+            Ok(true) => tracing::info!(uri = libvirt.uri(), "libvirt: read-write connection"),
             // The source has said what read-only costs.
             Ok(false) => {}
             Err(e) => tracing::warn!(
                 "libvirt {}: {e}; kvmio_libvirt_up stays 0 until it answers",
-                lc.uri
+                libvirt.uri()
             ),
         }
     }

@@ -223,10 +223,7 @@ pub trait AgentCommands: Send {
         command: &str,
         arguments: Option<Value>,
     ) -> impl Future<Output = Result<Value>> + Send {
-        async move {
-            let raw = self.execute_raw(command, arguments).await?;
-            reply::decode(command, &raw)
-        }
+        self.execute::<Value>(command, arguments)
     }
 
     /// Runs a command and decodes its `return` value.

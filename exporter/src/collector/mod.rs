@@ -120,20 +120,29 @@ impl Drop for ProviderGuard {
 /// guest-agent collectors (sharing one [`crate::vm::Fleet`]) when sockets or targets are
 /// configured; the crash-test results with `--crashtest.results-dir`.
 pub fn default_collectors(config: &Config) -> Vec<Arc<dyn Collector>> {
+    collectors_and_fleet(config).0
+}
+
+/// [`default_collectors`] and the fleet the VM collectors share, if any.
+fn collectors_and_fleet(
+    config: &Config,
+) -> (Vec<Arc<dyn Collector>>, Option<Arc<crate::vm::Fleet>>) {
     let mut list: Vec<Arc<dyn Collector>> = Vec::new();
     if config.host_devices != HostDevices::None {
         list.push(Arc::new(host_diskstats::HostDiskstats::new()));
     }
     list.push(Arc::new(host_image::HostImage));
+    let mut shared = None;
     if config.has_vm_sources() {
         let fleet = Arc::new(crate::vm::Fleet::for_config(config));
         list.push(Arc::new(qmp::Qmp::new(fleet.clone())));
-        list.push(Arc::new(qga::Qga::new(fleet)));
+        list.push(Arc::new(qga::Qga::new(fleet.clone())));
+        shared = Some(fleet);
     }
     if let Some(dir) = &config.crashtest_results_dir {
         list.push(Arc::new(crashtest::Crashtest::new(dir.clone())));
     }
-    list
+    (list, shared)
 }
 
 /// Runs scrapes: the set of collectors and the configuration.
@@ -143,6 +152,8 @@ pub struct Exporter {
     /// One scrape at a time: a QMP monitor serves one client, so two overlapping scrapes would
     /// make each other's connections fail. A waiting scrape's budget counts from its request.
     scrape_lock: tokio::sync::Mutex<()>,
+    /// The libvirt source of the default collectors' fleet (for the start-up check).
+    libvirt: Option<Arc<crate::vm::libvirt::Libvirt>>,
 }
 
 impl fmt::Debug for Exporter {
@@ -183,13 +194,22 @@ impl Exporter {
             config,
             collectors,
             scrape_lock: tokio::sync::Mutex::new(()),
+            libvirt: None,
         }
     }
 
     /// An exporter running [`default_collectors`].
     pub fn with_default_collectors(config: Arc<Config>) -> Self {
-        let collectors = default_collectors(&config);
-        Self::new(config, collectors)
+        let (collectors, fleet) = collectors_and_fleet(&config);
+        let mut exporter = Self::new(config, collectors);
+        exporter.libvirt = fleet.and_then(|f| f.libvirt().cloned());
+        exporter
+    }
+
+    /// The libvirt source, if the default collectors have one: the start-up check uses the
+    /// same connection the scrapes will.
+    pub fn libvirt(&self) -> Option<&Arc<crate::vm::libvirt::Libvirt>> {
+        self.libvirt.as_ref()
     }
 
     /// The configuration.

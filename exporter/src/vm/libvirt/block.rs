@@ -143,22 +143,14 @@ pub fn device_label(disk: &DiskXml) -> &str {
     }
 }
 
-/// Builds a domain's QEMU-layer snapshot from its XML disks and libvirt's statistics.
-/// `disks` without a source (an empty CD-ROM tray) get no backend, as in `query-block`.
-pub fn snapshot(disks: &[DiskXml], stats: &BTreeMap<String, DiskStats>) -> QmpSnapshot {
-    let mut snap = QmpSnapshot {
-        origin: QemuOrigin::LibvirtStats,
-        ..QmpSnapshot::default()
-    };
-    for disk in disks {
-        let label = device_label(disk);
-        if label.is_empty() {
-            continue;
-        }
-        let s = stats.get(&disk.target);
-        snap.configured.insert(
-            label.to_owned(),
-            Arc::new(ConfiguredDisk {
+/// Each disk's configuration from the XML, by `device` label (also used beside the monitor's own
+/// snapshot with `--libvirt.qmp-passthrough`).
+pub fn configured(disks: &[DiskXml]) -> HashMap<String, Arc<ConfiguredDisk>> {
+    disks
+        .iter()
+        .filter(|d| !device_label(d).is_empty())
+        .map(|disk| {
+            let c = ConfiguredDisk {
                 drive: DriveConfig {
                     cache_mode: configured_cache_mode(&disk.cache),
                     aio: (!disk.io.is_empty()).then(|| disk.io.clone()),
@@ -167,8 +159,26 @@ pub fn snapshot(disks: &[DiskXml], stats: &BTreeMap<String, DiskStats>) -> QmpSn
                 },
                 bus: bus_label(&disk.bus).to_owned(),
                 protocol_driver: disk.protocol_driver(),
-            }),
-        );
+            };
+            (device_label(disk).to_owned(), Arc::new(c))
+        })
+        .collect()
+}
+
+/// Builds a domain's QEMU-layer snapshot from its XML disks and libvirt's statistics.
+/// `disks` without a source (an empty CD-ROM tray) get no backend, as in `query-block`.
+pub fn snapshot(disks: &[DiskXml], stats: &BTreeMap<String, DiskStats>) -> QmpSnapshot {
+    let mut snap = QmpSnapshot {
+        origin: QemuOrigin::LibvirtStats,
+        configured: configured(disks),
+        ..QmpSnapshot::default()
+    };
+    for disk in disks {
+        let label = device_label(disk);
+        if label.is_empty() {
+            continue;
+        }
+        let s = stats.get(&disk.target);
         if disk.source.is_empty() {
             continue;
         }

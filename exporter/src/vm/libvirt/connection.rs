@@ -16,10 +16,6 @@ pub(super) struct Conn {
     pub(super) read_only: bool,
 }
 
-/// Whether the read-only fallback has been reported: once per process, shared by the start-up
-/// check's connection and the source's own (and its reconnections).
-static WARNED_READ_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 impl Libvirt {
     /// Opens the connection: read-write (guest info and passthrough need it), else read-only.
     /// Blocking: runs in the pool.
@@ -55,7 +51,11 @@ impl Libvirt {
             .run(deadline, move || Self::open(&uri))
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.config.uri))??;
-        if conn.read_only && !WARNED_READ_ONLY.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if conn.read_only
+            && !self
+                .warned_read_only
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 uri = %self.config.uri,
                 families = "kvmio_qga_up, kvmio_guest_disk_*, kvmio_disk_layer_info{disk}",

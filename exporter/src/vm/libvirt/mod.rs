@@ -71,6 +71,8 @@ pub struct Libvirt {
     conn: Mutex<Option<Conn>>,
     /// The last discovery: `Ok(domains)` or why it failed (`kvmio_libvirt_up`).
     status: Mutex<Option<Result<usize, String>>>,
+    /// Whether the read-only fallback has been reported (once, also across reconnections).
+    warned_read_only: std::sync::atomic::AtomicBool,
 }
 
 /// What the libvirt source's last discovery found (for `kvmio_libvirt_up`).
@@ -118,6 +120,7 @@ impl Libvirt {
             config,
             conn: Mutex::new(None),
             status: Mutex::new(None),
+            warned_read_only: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -82,7 +82,7 @@ impl Libvirt {
             let mut snap = qmp::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
                 .await
                 .map_err(|e| format!("monitor passthrough: {}", chain(&e)))?;
-            snap.configured = block::snapshot(disks, &per_disk).configured;
+            snap.configured = block::configured(disks);
             snap
         } else {
             let mut snap = block::snapshot(disks, &per_disk);
