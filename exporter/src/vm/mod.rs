@@ -22,6 +22,7 @@ mod socket;
 mod target;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -84,7 +85,10 @@ pub struct Fleet {
     current: Mutex<Option<CurrentRun>>,
     libvirt: Option<Arc<Libvirt>>,
     /// VMs already reported as found by two sources.
-    reported_twice: Mutex<std::collections::HashSet<String>>,
+    /// Monitor sockets found to belong to a libvirt domain's QEMU (socket -> QEMU PID): not
+    /// connected to again while that QEMU lives. libvirtd holds its own monitor; a client
+    /// waiting on it at every scrape was seen to delay libvirt's answers for other domains.
+    also_libvirt: Mutex<HashMap<PathBuf, u32>>,
 }
 
 impl Fleet {
@@ -149,6 +153,7 @@ impl Fleet {
         tokio::spawn(async move {
             let mut targets: Vec<VmTarget> = discover(&config)
                 .into_iter()
+                .filter(|t| !fleet.known_libvirt_socket(&t.key, &config))
                 .map(VmTarget::Socket)
                 .collect();
             if let Some(libvirt) = &fleet.libvirt {
@@ -187,8 +192,23 @@ impl Fleet {
         rx
     }
 
+    /// Whether `socket` is a libvirt domain's monitor whose QEMU still runs (then it is not
+    /// scraped as a socket VM); forgets it once that QEMU is gone.
+    fn known_libvirt_socket(&self, socket: &std::path::Path, config: &Config) -> bool {
+        let mut known = self.also_libvirt.lock().unwrap_or_else(|e| e.into_inner());
+        match known.get(socket) {
+            Some(pid) if config.procfs.join(pid.to_string()).exists() => true,
+            Some(_) => {
+                known.remove(socket);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// The same QEMU found by two sources (a libvirt domain whose QEMU also has a monitor
-    /// socket kvmio globs): kept once, from libvirt, and said once.
+    /// socket kvmio globs): kept once, from libvirt, and said once; the socket is not connected
+    /// to again while that QEMU runs.
     fn drop_duplicates(&self, outcomes: &mut Vec<VmOutcome>) {
         let libvirt_pids: HashMap<u32, String> = outcomes
             .iter()
@@ -205,11 +225,9 @@ impl Fleet {
             let Some(domain) = o.pid.and_then(|p| libvirt_pids.get(&p)) else {
                 return true;
             };
-            let mut reported = self
-                .reported_twice
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if reported.insert(t.key.display().to_string()) {
+            let pid = o.pid.unwrap_or_default();
+            let mut known = self.also_libvirt.lock().unwrap_or_else(|e| e.into_inner());
+            if known.insert(t.key.clone(), pid) != Some(pid) {
                 tracing::warn!(
                     socket = %t.key.display(),
                     domain = %domain,
