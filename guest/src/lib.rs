@@ -8,6 +8,7 @@
 //! The crash tester's record format ([`record`]) and writer parameters ([`writer`]) live here
 //! too, so that the guest writer and the host verifier share one definition.
 
+pub mod bench;
 pub mod protocol;
 pub mod record;
 pub mod writer;

@@ -9,6 +9,9 @@
 //!   — writes N blocks; the exporter's end-to-end test runs it through `guest-exec` so it knows
 //!   exactly how many 4 KiB O_DIRECT writes the guest issued.
 //!
+//! * `kvmio-guest bench --dev DEV --op read|write --pattern seq|rand ...` — one IO workload for
+//!   the seed-claims experiment (`kvmio_guest::bench`), one result line.
+//!
 //! Kept free of heavy dependencies: it is copied into every guest initramfs.
 
 use std::fs::{self, File, OpenOptions};
@@ -28,11 +31,14 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("boot") => boot(),
         Some("write") => write_cmd(&args[1..]),
+        Some("bench") => kvmio_guest::bench::BenchSpec::from_args(&args[1..])
+            .and_then(|spec| kvmio_guest::bench::run(&spec))
+            .map(|result| println!("{result}")),
         Some("port") => find_port(args.get(1).map(String::as_str).unwrap_or(CONTROL_PORT))
             .map(|p| println!("{}", p.display())),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: kvmio-guest boot | write --dev DEV --count N [--block-size B] [--offset O] [--direct] [--sync] | port NAME",
+            "usage: kvmio-guest boot | write --dev DEV --count N [--block-size B] [--offset O] [--direct] [--sync] | bench --dev DEV ... | port NAME",
         )),
     };
     match result {
