@@ -160,22 +160,33 @@ fn first_existing(paths: &[&str]) -> Option<PathBuf> {
     paths.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-/// `$KVMIO_GUEST_BIN`, else `kvmio-guest` beside the current executable (cargo puts all of a
-/// workspace's binaries in one directory; test binaries live one level down, in `deps/`).
+/// `$KVMIO_GUEST_BIN`, else the `kvmio-guest` that goes with the current executable
+/// ([`guest_program_for`]).
 pub fn default_guest_program() -> PathBuf {
     if let Some(p) = std::env::var_os("KVMIO_GUEST_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().unwrap_or_default();
+    guest_program_for(&std::env::current_exe().unwrap_or_default())
+}
+
+/// The `kvmio-guest` that goes with the executable `exe`: beside it (cargo puts all of a
+/// workspace's binaries in one directory; test binaries live one level down, in `deps/`), else
+/// in `../lib/kvmio/` (the Debian package's layout, `/usr/bin` and `/usr/lib/kvmio`: the guest
+/// program is no command for users). When neither exists, the path beside `exe` (for the error).
+pub fn guest_program_for(exe: &Path) -> PathBuf {
     let dir = exe.parent().unwrap_or(Path::new("."));
     let beside = dir.join("kvmio-guest");
-    if beside.is_file() {
-        return beside;
+    let mut candidates = vec![beside.clone()];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        candidates.push(dir.parent().unwrap_or(dir).join("kvmio-guest"));
     }
-    match dir.file_name() {
-        Some(n) if n == "deps" => dir.parent().unwrap_or(dir).join("kvmio-guest"),
-        _ => beside,
+    if let Some(prefix) = dir.parent() {
+        candidates.push(prefix.join("lib/kvmio/kvmio-guest"));
     }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or(beside)
 }
 
 /// Files of the image, by absolute guest path.
@@ -369,4 +380,43 @@ fn write_archive<W: Write>(w: &mut CpioWriter<W>, contents: &Contents) -> std::i
         w.file(path, *mode, data)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where each layout keeps the guest program, as seen from its `kvmio-crashtest`.
+    #[test]
+    fn guest_program_for_each_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let at = |p: &str| root.path().join(p);
+        let touch = |p: &str| {
+            std::fs::create_dir_all(at(p).parent().unwrap()).unwrap();
+            std::fs::write(at(p), b"").unwrap();
+        };
+        // Nothing installed: the path beside the binary, for the error message.
+        assert_eq!(
+            guest_program_for(&at("usr/bin/kvmio-crashtest")),
+            at("usr/bin/kvmio-guest")
+        );
+        // The Debian package: /usr/bin and /usr/lib/kvmio.
+        touch("usr/lib/kvmio/kvmio-guest");
+        assert_eq!(
+            guest_program_for(&at("usr/bin/kvmio-crashtest")),
+            at("usr/lib/kvmio/kvmio-guest")
+        );
+        // By hand, both in one directory: beside wins.
+        touch("usr/bin/kvmio-guest");
+        assert_eq!(
+            guest_program_for(&at("usr/bin/kvmio-crashtest")),
+            at("usr/bin/kvmio-guest")
+        );
+        // cargo: a test binary in target/debug/deps, the guest program in target/debug.
+        touch("target/debug/kvmio-guest");
+        assert_eq!(
+            guest_program_for(&at("target/debug/deps/e2e-0123")),
+            at("target/debug/kvmio-guest")
+        );
+    }
 }

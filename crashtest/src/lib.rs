@@ -10,13 +10,15 @@
 //!   boot → ack → fault → verify), with [`oracle`] saying what each cell promises, [`acklog`]
 //!   the record of what the guest acknowledged, [`verify`] the checker and [`report`] the
 //!   outputs;
-//! * shared: [`qemu_img`] (qemu-img, run one way), [`paths`], and [`out_of_space`].
+//! * shared: [`qemu_img`] (qemu-img, run one way), [`paths`], and [`out_of_space`];
+//! * the command line: [`cli`] (the binary's flags, also read by the man-page generator).
 //!
 //! Errors follow the `kvmio-qemu` convention: one variant per failing step, the inner error only
 //! in `#[source]`; the binary prints the chain on one line.
 
 pub mod accel;
 pub mod acklog;
+pub mod cli;
 pub mod cpio;
 pub mod guest_image;
 pub mod kernel;

@@ -17,9 +17,7 @@ use kvmio_crashtest::run::{self, Guest, RunError};
 use kvmio_crashtest::verify;
 use kvmio_crashtest::vm::VmError;
 
-mod args;
-
-use args::{
+use kvmio_crashtest::cli::{
     default_image_dir, run_options, Cli, Command, GuestArgs, GuestCommand, LabArgs, RunArgs,
     VerifyArgs,
 };

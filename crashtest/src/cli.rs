@@ -1,14 +1,15 @@
-//! The command line: subcommands and their flags, and `run`'s flags turned into
-//! [`RunOptions`], checked and with their defaults, in one place.
+//! `kvmio-crashtest`'s command line: subcommands and their flags, and `run`'s flags turned into
+//! [`RunOptions`], checked and with their defaults, in one place. In the library (not the
+//! binary) so that the man-page generator (`deploy/mangen`) renders the same definitions.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::accel::AccelChoice;
+use crate::oracle::{Cell, Fault};
+use crate::run::RunOptions;
+use crate::vm::ImageFormat;
 use clap::{Args, Parser, Subcommand};
-use kvmio_crashtest::accel::AccelChoice;
-use kvmio_crashtest::oracle::{Cell, Fault};
-use kvmio_crashtest::run::RunOptions;
-use kvmio_crashtest::vm::ImageFormat;
 use kvmio_guest::writer::SyncPolicy;
 use kvmio_qemu::CacheMode;
 
@@ -182,7 +183,8 @@ pub struct GuestArgs {
     /// Modules directory for that kernel (e.g. /lib/modules/$(uname -r)); .ko, .ko.xz and .ko.zst.
     #[arg(long, value_name = "DIR")]
     pub modules: Option<PathBuf>,
-    /// The kvmio-guest program to put in the guest (default: beside this binary).
+    /// The kvmio-guest program to put in the guest (default: $KVMIO_GUEST_BIN, else beside this
+    /// binary, else ../lib/kvmio/kvmio-guest from its directory, as the Debian package has it).
     #[arg(long, value_name = "PATH")]
     pub guest_bin: Option<PathBuf>,
     /// Cache directory for kernels and guest images.
