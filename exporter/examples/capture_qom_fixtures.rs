@@ -1,5 +1,5 @@
-//! Captures the `qom-get` replies the QMP collector asks for (`type`, `serial`, `iothread` of
-//! each disk's device model) from the installed QEMU into
+//! Captures the `qom-get` replies the QMP collector asks for (`type`, `serial`, `iothread`,
+//! `write-cache` of each disk's device model, and the `type` of its virtio transport) from the installed QEMU into
 //! `exporter/tests/fixtures/qemu-7.2/qom-get.json`, for the golden test, which serves them
 //! beside the `kvmio-qemu` crate's captured replies (`qemu/tests/fixtures`).
 //!
@@ -105,8 +105,15 @@ async fn main() {
     };
     let mut entries = Vec::new();
     for dev in ["vd0", "vd1", "vd2", "vd3"] {
-        let path = format!("/machine/peripheral/{dev}/virtio-backend");
-        for property in ["type", "serial", "iothread"] {
+        let backend = format!("/machine/peripheral/{dev}/virtio-backend");
+        let proxy = format!("/machine/peripheral/{dev}");
+        for (path, property) in [
+            (&backend, "type"),
+            (&backend, "serial"),
+            (&backend, "iothread"),
+            (&backend, "write-cache"),
+            (&proxy, "type"),
+        ] {
             let reply = match qmp
                 .execute_value("qom-get", Some(json!({"path": path, "property": property})))
                 .await

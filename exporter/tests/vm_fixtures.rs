@@ -74,8 +74,8 @@ async fn per_process_facts_are_asked_once_and_stats_every_scrape() {
     assert_eq!(count(&q, "query-named-block-nodes"), 1);
     assert_eq!(
         count(&q, "qom-get"),
-        9,
-        "type, serial, iothread of 3 devices"
+        15,
+        "type, serial, iothread, write-cache and the virtio transport's type of 3 devices"
     );
     let g = qga.commands();
     assert_eq!(count(&g, "guest-sync-delimited"), 3);

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::line::LineReader;
 use crate::types::{
-    BlockDeviceInfo, BlockInfo, BlockStats, Event, Greeting, NameInfo, PciInfo, StatusInfo,
-    VersionInfo,
+    BlockDeviceInfo, BlockInfo, BlockStats, Event, Greeting, NameInfo, ObjectPropertyInfo, PciInfo,
+    StatusInfo, VersionInfo,
 };
 
 /// How many unread events are kept; older ones are dropped first. Events are a side channel
@@ -336,6 +336,17 @@ pub trait QmpCommands: Send {
     ) -> impl Future<Output = Result<Vec<BlockDeviceInfo>>> + Send {
         async move {
             self.execute("query-named-block-nodes", Some(json!({ "flat": true })))
+                .await
+        }
+    }
+
+    /// `qom-list`: the properties (children, links) of the QOM object at `path`.
+    fn qom_list(
+        &mut self,
+        path: &str,
+    ) -> impl Future<Output = Result<Vec<ObjectPropertyInfo>>> + Send {
+        async move {
+            self.execute("qom-list", Some(json!({ "path": path })))
                 .await
         }
     }

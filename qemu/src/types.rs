@@ -229,6 +229,23 @@ pub struct SnapshotInfo {
     pub icount: Option<i64>,
 }
 
+/// One property of a QOM object (`ObjectPropertyInfo`, `qom-list`): children are of type
+/// `child<TYPE>`, links `link<TYPE>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ObjectPropertyInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+}
+
+impl ObjectPropertyInfo {
+    /// The type of a `child<TYPE>` property.
+    pub fn child_type(&self) -> Option<&str> {
+        self.type_.strip_prefix("child<")?.strip_suffix('>')
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // QMP: query-blockstats
 // ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@
 //!
 //! It publishes every image for the host collectors.
 
+mod backend;
 mod config;
 mod stats;
 
@@ -132,8 +133,8 @@ pub(super) fn node_driver(s: &BlockStats, snap: &QmpSnapshot) -> String {
     }
     s.node_name
         .as_deref()
-        .and_then(|n| snap.node_drivers.get(n))
-        .cloned()
+        .and_then(|n| snap.nodes.get(n))
+        .map(|n| n.drv.clone())
         .unwrap_or_default()
 }
 
@@ -171,11 +172,18 @@ impl Collector for Qmp {
             for o in outcomes.iter() {
                 if let Some(Ok(snap)) = &o.qmp {
                     for (device, _, inserted) in snap.backends() {
-                        images.push(ImageRef {
-                            vm: o.vm.clone(),
-                            device: device.to_owned(),
-                            image: PathBuf::from(image_path(inserted)),
-                        });
+                        let view = backend::backend(snap, device, inserted);
+                        let mut paths = vec![view.path.clone()];
+                        paths.extend(view.images.iter().skip(1).map(|(p, _)| p.clone()));
+                        paths.extend(view.data_file.clone());
+                        paths.dedup();
+                        for p in paths {
+                            images.push(ImageRef {
+                                vm: o.vm.clone(),
+                                device: device.to_owned(),
+                                image: PathBuf::from(p),
+                            });
+                        }
                     }
                 }
             }
@@ -210,11 +218,19 @@ pub fn emit_vm(
     buckets_ns: Option<&[u64]>,
 ) {
     let vm = o.vm.as_str();
+    let socket = o.target.socket();
     out.info(
         "kvmio_vm_info",
-        "A VM kvmio scrapes: where it was found (source: socket, proxmox, libvirt) and its UUID \
-         where known (libvirt; else QEMU's -uuid or SMBIOS UUID).",
-        &[("vm", vm), ("source", o.source), ("uuid", &o.uuid)],
+        "A VM kvmio scrapes: where it was found (source: socket, proxmox, libvirt; socket: the \
+         monitor socket), its own name (vm is that name, suffixed when another VM has it) and \
+         its UUID where known (libvirt; else QEMU's -uuid or SMBIOS UUID).",
+        &[
+            ("vm", vm),
+            ("source", o.source),
+            ("uuid", &o.uuid),
+            ("name", &o.name),
+            ("socket", &socket),
+        ],
     );
     let Some(result) = &o.qmp else { return };
     out.gauge(
@@ -225,7 +241,9 @@ pub fn emit_vm(
     );
     let Ok(snap) = result else { return };
 
+    config::emit_state(out, vm, snap);
     let stats_by_label = stats::emit_devices(out, vm, snap, buckets_ns);
+    config::emit_devices(out, vm, snap);
     config::emit_backends(out, o, snap, &stats_by_label, resolved);
     stats::emit_process(out, vm, snap);
 }

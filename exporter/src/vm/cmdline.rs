@@ -8,10 +8,13 @@
 //!
 //! - `-drive id=D,file=...,cache=none,aio=native,discard=unmap` (Proxmox, plain QEMU): the
 //!   backend `D`; unset options have QEMU's defaults (`cache=writeback`, `aio=threads`,
-//!   `discard=ignore`);
-//! - `-blockdev` in key=value or JSON form (libvirt): the format node's `file` child is the
-//!   protocol node with `aio`, and `cache.direct` / `cache.no-flush` on either; the guest-visible
-//!   write cache is the `-device` option `write-cache` (default on);
+//!   `discard=ignore`). A `-drive` without `id=` (and `-hda`..`-hdd`, `-cdrom`) gets the name
+//!   QEMU gives it (`virtio0`, `ide0-hd1`; see [`QemuCmdline::drive_id`]); failing that, it is
+//!   the one `-drive` whose `file=` is the backend's image;
+//! - `-blockdev` in key=value or JSON form (libvirt): `aio` and `discard` are read on the
+//!   protocol node QEMU reports under the backend (a `-blockdev` of its own, or nested `file.*`
+//!   options, which inherit `discard` from their parent); the guest-visible write cache is the
+//!   `-device` option `write-cache` (default on);
 //! - `-device ...,drive=X,iothread=T`.
 //!
 //! Drives added later over QMP (`blockdev-add`, `drive_add`) are not on the command line: their
@@ -34,6 +37,8 @@ pub struct QemuCmdline {
     /// The VM's UUID: `-uuid`, else `-smbios type=1,uuid=` (Proxmox).
     pub uuid: Option<String>,
     drives: Vec<Opts>,
+    /// The name QEMU gives each of `drives` (its `id=`, or the generated one).
+    drive_ids: Vec<String>,
     blockdevs: Vec<Opts>,
     devices: Vec<Opts>,
 }
@@ -167,10 +172,62 @@ fn normalise_discard(v: &str) -> String {
     }
 }
 
+/// The names QEMU (`drive_new` in `blockdev.c`) gives drives without `id=`: per interface
+/// (`if=`, default `ide` on PC machines), a bus and unit from `index=` (with the interface's units
+/// per bus: IDE 2, or 1 on q35, whose AHCI ports are buses; SCSI 7) or from `bus=`/`unit=`, else
+/// the first free unit on the bus; then `IF BUS -hd|-cd UNIT` for IDE and SCSI (`ide0-hd1`,
+/// `ide2-cd0`), `IF[-media]UNIT` for the others (`virtio0`, `none0`).
+fn drive_ids(drives: &[Opts], machine: &str) -> Vec<String> {
+    let q35 = machine.contains("q35");
+    let mut used: Vec<(String, u32, u32)> = Vec::new();
+    let mut ids = Vec::with_capacity(drives.len());
+    for d in drives {
+        let iface = d.get("if").map(String::as_str).unwrap_or("ide").to_owned();
+        let max_devs: u32 = match iface.as_str() {
+            "ide" if q35 => 1,
+            "ide" => 2,
+            "scsi" => 7,
+            _ => 0,
+        };
+        let num = |k: &str| d.get(k).and_then(|v| v.parse::<u32>().ok());
+        let (bus, unit) = match num("index") {
+            Some(i) if max_devs > 0 => (i / max_devs, i % max_devs),
+            Some(i) => (0, i),
+            None => {
+                let bus = num("bus").unwrap_or(0);
+                let unit = num("unit").unwrap_or_else(|| {
+                    (0..)
+                        .find(|u| !used.iter().any(|x| x.0 == iface && x.1 == bus && x.2 == *u))
+                        .unwrap_or(0)
+                });
+                (bus, unit)
+            }
+        };
+        used.push((iface.clone(), bus, unit));
+        if let Some(id) = d.get("id") {
+            ids.push(id.clone());
+            continue;
+        }
+        let cdrom = d.get("media").map(String::as_str) == Some("cdrom");
+        let media = match iface.as_str() {
+            "ide" | "scsi" if cdrom => "-cd",
+            "ide" | "scsi" => "-hd",
+            _ => "",
+        };
+        ids.push(if max_devs > 0 {
+            format!("{iface}{bus}{media}{unit}")
+        } else {
+            format!("{iface}{media}{unit}")
+        });
+    }
+    ids
+}
+
 impl QemuCmdline {
     /// Parses QEMU's arguments (without the program name).
     pub fn parse(args: &[String]) -> Self {
         let mut out = QemuCmdline::default();
+        let mut machine = String::from("pc");
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             // QEMU accepts both -opt and --opt.
@@ -190,6 +247,34 @@ impl QemuCmdline {
                     }
                     continue;
                 }
+                "hda" | "hdb" | "hdc" | "hdd" | "cdrom" => {
+                    if let Some(file) = it.next() {
+                        // QEMU's -hdX/-cdrom are `-drive file=F,index=N,media=...` (if=ide).
+                        let index = match opt {
+                            "hda" => 0,
+                            "hdb" => 1,
+                            "hdc" | "cdrom" => 2,
+                            _ => 3,
+                        };
+                        let mut o = Opts::new();
+                        o.insert("file".into(), file.clone());
+                        o.insert("index".into(), index.to_string());
+                        if opt == "cdrom" {
+                            o.insert("media".into(), "cdrom".into());
+                        }
+                        out.drives.push(o);
+                    }
+                    continue;
+                }
+                "M" | "machine" => {
+                    if let Some(value) = it.next() {
+                        let o = parse_keyval(value, Some("type"));
+                        if let Some(t) = o.get("type") {
+                            machine = t.clone();
+                        }
+                    }
+                    continue;
+                }
                 "drive" => &mut out.drives,
                 "blockdev" => &mut out.blockdevs,
                 "device" => &mut out.devices,
@@ -200,7 +285,13 @@ impl QemuCmdline {
                 list.push(parse_opts(value, implied));
             }
         }
+        out.drive_ids = drive_ids(&out.drives, &machine);
         out
+    }
+
+    /// The name QEMU gives the `-drive` at `index` in command-line order.
+    pub fn drive_id(&self, index: usize) -> Option<&str> {
+        self.drive_ids.get(index).map(String::as_str)
     }
 
     fn blockdev(&self, node: &str) -> Option<&Opts> {
@@ -216,35 +307,28 @@ impl QemuCmdline {
         })
     }
 
-    /// The configuration of the drive whose backend is `device` (the `-drive id=`), whose top
-    /// node is `node`, attached to the device with id `qdev_id`.
+    /// The configuration of the drive whose backend is `device` (QEMU's name for a `-drive`),
+    /// whose nodes are `chain` (top node first, down through `file` children to the protocol
+    /// node), attached to the device with id `qdev_id`, on the image file `file`.
     pub fn drive_config(
         &self,
         device: &str,
-        node: Option<&str>,
+        chain: &[&str],
         qdev_id: Option<&str>,
+        file: &str,
     ) -> DriveConfig {
         let mut names: Vec<&str> = Vec::new();
         if !device.is_empty() {
             names.push(device);
         }
-        if let Some(n) = node {
-            names.push(n);
-        }
+        names.extend(chain.first());
         let dev = self.device_for(&names, qdev_id);
         let iothread = dev.and_then(|d| d.get("iothread")).cloned();
         let write_cache = dev
             .and_then(|d| d.get("write-cache"))
             .and_then(|v| is_on(v));
 
-        if let Some(drive) = (!device.is_empty())
-            .then(|| {
-                self.drives
-                    .iter()
-                    .find(|d| d.get("id").map(String::as_str) == Some(device))
-            })
-            .flatten()
-        {
+        if let Some(drive) = self.drive_for(device, file) {
             let mut flags = match drive.get("cache").and_then(|c| c.parse::<CacheMode>().ok()) {
                 Some(mode) => mode.flags(),
                 None => CacheMode::Writeback.flags(),
@@ -261,75 +345,81 @@ impl QemuCmdline {
             if let Some(wc) = write_cache {
                 flags.writeback = wc;
             }
+            // -drive options reach the protocol node (`file.aio` where given so).
+            let get = |k: &str| {
+                drive
+                    .get(&format!("file.{k}"))
+                    .or_else(|| drive.get(k))
+                    .map(String::as_str)
+            };
             return DriveConfig {
                 cache_mode: CacheMode::from_flags(flags),
-                aio: Some(
-                    drive
-                        .get("aio")
-                        .cloned()
-                        .unwrap_or_else(|| "threads".to_owned()),
-                ),
-                discard: Some(normalise_discard(
-                    drive.get("discard").map(String::as_str).unwrap_or("ignore"),
-                )),
+                aio: Some(get("aio").unwrap_or("threads").to_owned()),
+                discard: Some(normalise_discard(get("discard").unwrap_or("ignore"))),
                 iothread,
             };
         }
 
-        // -blockdev: the format node, and its protocol child (a node name, or nested `file.*`).
-        let Some(format) = node.and_then(|n| self.blockdev(n)) else {
+        // -blockdev: the protocol node (the bottom of the chain) is a -blockdev of its own, or
+        // nested `file.*` options of the nearest one above it.
+        let Some((named_at, named)) = chain
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, n)| Some((i, self.blockdev(n)?)))
+        else {
             return DriveConfig {
                 iothread,
                 ..DriveConfig::default()
             };
         };
-        let nested: Opts = format
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("file.").map(|k| (k.to_owned(), v.clone())))
-            .collect();
-        let protocol: Option<&Opts> = match format.get("file") {
-            Some(child) => self.blockdev(child),
-            None if !nested.is_empty() => Some(&nested),
-            None => None,
-        };
-        // A raw format node directly on a file: `driver=file` is itself the protocol.
-        let protocol = protocol.or_else(|| {
-            matches!(
-                format.get("driver").map(String::as_str),
-                Some("file" | "host_device" | "host_cdrom")
-            )
-            .then_some(format)
-        });
+        let depth = chain.len().saturating_sub(1).saturating_sub(named_at);
+        let prefix = "file.".repeat(depth);
+        // A nested node inherits `discard` and the cache flags from the nodes above it.
         let get = |key: &str| {
-            protocol
-                .and_then(|p| p.get(key))
-                .or_else(|| format.get(key))
-                .map(String::as_str)
+            (0..=depth).rev().find_map(|d| {
+                named
+                    .get(&format!("{}{key}", "file.".repeat(d)))
+                    .map(String::as_str)
+            })
         };
+        let driver = named.get(&format!("{prefix}driver")).map(String::as_str);
         let flags = CacheFlags {
             writeback: write_cache.unwrap_or(true),
             direct: get("cache.direct").and_then(is_on).unwrap_or(false),
             no_flush: get("cache.no-flush").and_then(is_on).unwrap_or(false),
         };
-        let aio = protocol.and_then(|p| match p.get("aio") {
+        let aio = match named.get(&format!("{prefix}aio")) {
             Some(a) => Some(a.clone()),
-            None => matches!(
-                p.get("driver").map(String::as_str),
-                Some("file" | "host_device" | "host_cdrom")
-            )
-            .then(|| "threads".to_owned()),
-        });
+            None => matches!(driver, Some("file" | "host_device" | "host_cdrom"))
+                .then(|| "threads".to_owned()),
+        };
         DriveConfig {
             cache_mode: CacheMode::from_flags(flags),
             aio,
-            discard: Some(normalise_discard(
-                format
-                    .get("discard")
-                    .or_else(|| protocol.and_then(|p| p.get("discard")))
-                    .map(String::as_str)
-                    .unwrap_or("ignore"),
-            )),
+            discard: Some(normalise_discard(get("discard").unwrap_or("ignore"))),
             iothread,
+        }
+    }
+
+    /// The `-drive` of backend `device`: by its name (`id=` or QEMU's), else the only one
+    /// whose `file=` is `file`.
+    fn drive_for(&self, device: &str, file: &str) -> Option<&Opts> {
+        if !device.is_empty() {
+            if let Some(i) = self.drive_ids.iter().position(|id| id == device) {
+                return self.drives.get(i);
+            }
+        }
+        if file.is_empty() {
+            return None;
+        }
+        let mut same_file = self
+            .drives
+            .iter()
+            .filter(|d| d.get("file").map(String::as_str) == Some(file));
+        match (same_file.next(), same_file.next()) {
+            (Some(d), None) => Some(d),
+            _ => None,
         }
     }
 }
@@ -372,20 +462,21 @@ mod tests {
         ]));
         let d0 = c.drive_config(
             "drive-virtio-disk0",
-            Some("#block184"),
+            &["#block184"],
             Some("virtio-disk0"),
+            "",
         );
         assert_eq!(d0.cache_mode, Some(CacheMode::None));
         assert_eq!(d0.aio.as_deref(), Some("threads"));
         assert_eq!(d0.discard.as_deref(), Some("ignore"));
         assert_eq!(d0.iothread, None);
-        let d1 = c.drive_config("d1", None, Some("vd1"));
+        let d1 = c.drive_config("d1", &[], Some("vd1"), "");
         assert_eq!(d1.cache_mode, Some(CacheMode::Unsafe));
         assert_eq!(d1.aio.as_deref(), Some("io_uring"));
         assert_eq!(d1.discard.as_deref(), Some("unmap"));
         assert_eq!(d1.iothread.as_deref(), Some("io1"));
         assert_eq!(
-            c.drive_config("hotplugged", None, None),
+            c.drive_config("hotplugged", &[], None, ""),
             DriveConfig::default()
         );
     }
@@ -401,7 +492,12 @@ mod tests {
             "-device",
             r#"{"driver":"virtio-blk-pci","bus":"pci.4","addr":"0x0","drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1,"write-cache":"on","iothread":"iothread1"}"#,
         ]));
-        let d = c.drive_config("", Some("libvirt-1-format"), Some("virtio-disk0"));
+        let d = c.drive_config(
+            "",
+            &["libvirt-1-format", "libvirt-1-storage"],
+            Some("virtio-disk0"),
+            "",
+        );
         assert_eq!(d.cache_mode, Some(CacheMode::None));
         assert_eq!(d.aio.as_deref(), Some("native"));
         assert_eq!(d.discard.as_deref(), Some("unmap"));
@@ -416,10 +512,61 @@ mod tests {
             "-device",
             "scsi-hd,drive=n0,id=sd0,write-cache=off",
         ]));
-        let d = c.drive_config("", Some("n0"), Some("sd0"));
+        let d = c.drive_config("", &["n0", "#block1"], Some("sd0"), "");
         assert_eq!(d.cache_mode, Some(CacheMode::Writethrough));
         assert_eq!(d.aio.as_deref(), Some("threads"));
         assert_eq!(d.discard.as_deref(), Some("ignore"));
+    }
+
+    /// Drives without `id=`: QEMU's names (as `query-block` showed them for QEMU 7.2: `-drive
+    /// if=virtio` is `virtio0`, `-hdb` on q35 is `ide1-hd0`), and the file as the fallback.
+    #[test]
+    fn drives_without_id() {
+        let c = QemuCmdline::parse(&args(&[
+            "-M",
+            "q35",
+            "-drive",
+            "file=/a.qcow2,if=virtio,cache=none,aio=native,discard=unmap",
+            "-hdb",
+            "/b.raw",
+            "-drive",
+            "file=/c.raw,media=cdrom",
+        ]));
+        assert_eq!(c.drive_id(0), Some("virtio0"));
+        assert_eq!(c.drive_id(1), Some("ide1-hd0"));
+        assert_eq!(c.drive_id(2), Some("ide0-cd0"));
+        let d = c.drive_config("virtio0", &["#block157", "#block064"], None, "");
+        assert_eq!(d.cache_mode, Some(CacheMode::None));
+        assert_eq!(d.aio.as_deref(), Some("native"));
+        assert_eq!(d.discard.as_deref(), Some("unmap"));
+        let b = c.drive_config("ide1-hd0", &[], None, "");
+        assert_eq!(b.cache_mode, Some(CacheMode::Writeback));
+        let by_file = c.drive_config("renamed", &[], None, "/a.qcow2");
+        assert_eq!(by_file.aio.as_deref(), Some("native"));
+        let pc = QemuCmdline::parse(&args(&["-hdb", "/b.raw", "-hdc", "/c.raw"]));
+        assert_eq!(pc.drive_id(0), Some("ide0-hd1"));
+        assert_eq!(pc.drive_id(1), Some("ide1-hd0"));
+    }
+
+    /// Settings on the protocol node of a separate -blockdev are read there, not on the format
+    /// node above it; nested `file.*` options inherit `discard` from their parent.
+    #[test]
+    fn blockdev_settings_on_the_protocol_node() {
+        let c = QemuCmdline::parse(&args(&[
+            "-blockdev",
+            "driver=file,node-name=f2,filename=/c.raw,cache.direct=on,discard=unmap,aio=native",
+            "-blockdev",
+            "driver=qcow2,node-name=r2,file=f2",
+            "-blockdev",
+            "driver=raw,node-name=r3,discard=unmap,file.driver=file,file.filename=/d.raw",
+        ]));
+        let d = c.drive_config("", &["r2", "f2"], None, "");
+        assert_eq!(d.cache_mode, Some(CacheMode::None));
+        assert_eq!(d.aio.as_deref(), Some("native"));
+        assert_eq!(d.discard.as_deref(), Some("unmap"));
+        let n = c.drive_config("", &["r3", "#block9"], None, "");
+        assert_eq!(n.discard.as_deref(), Some("unmap"));
+        assert_eq!(n.aio.as_deref(), Some("threads"));
     }
 
     #[test]
@@ -436,7 +583,7 @@ mod tests {
         .unwrap();
         let c = read_proc(dir.path(), 42).unwrap();
         assert_eq!(
-            c.drive_config("d", None, None).cache_mode,
+            c.drive_config("d", &[], None, "").cache_mode,
             Some(CacheMode::Directsync)
         );
         assert!(read_proc(dir.path(), 43).is_none());

@@ -5,8 +5,16 @@
 //! - `query-name` (the `vm` label);
 //! - `query-pci` (for the guest disk join; only for VMs with an agent, refreshed when a guest disk
 //!   does not match);
-//! - `qom-get` of each device's `type` (the `bus` label), `serial` and `iothread`;
-//! - `query-named-block-nodes` (drivers of nodes `query-blockstats` does not name);
+//! - `query-status` (the run state) at every scrape;
+//! - `qom-get` of each device's `type`, `serial`, `iothread` and `write-cache`; for a virtio
+//!   backend its transport's type (the model, `virtio-blk-pci`); for a SCSI disk its bus's owner
+//!   (the controller and its iothread, or the `usb-storage` holding it);
+//! - `query-named-block-nodes` (every node's driver, filename, cache flags and detect-zeroes:
+//!   the settings effective where QEMU applies them), asked again when a new node appears; the
+//!   limits of the throttle groups that throttle nodes name (`qom-get /objects/GROUP limits`);
+//! - the devices without a block backend here (`qom-list` of `/machine/peripheral` and
+//!   `/machine/peripheral-anon`: `vhost-user-blk*`, `vhost-*scsi*`, `vfio-pci`), with the
+//!   socket of a vhost-user device's chardev (`qom-get /chardevs/ID addr`);
 //! - the command line from `<procfs>/PID/cmdline` ([`super::cmdline`]);
 //! - with `--qmp.latency-buckets`, the latency histograms this exporter set.
 
@@ -14,14 +22,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvmio_qemu::types::{flatten_pci, BlockInfo, BlockStats, PciFunction};
+use kvmio_qemu::types::{flatten_pci, BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
 use kvmio_qemu::{Error as QemuError, QmpCommands};
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::cmdline::{self, QemuCmdline};
 use super::qmp::{
-    device_label, read_process_io, DeviceFacts, HistogramBase, QemuOrigin, QmpSnapshot,
+    device_label, read_process_io, DeviceFacts, HistogramBase, NodeFacts, OtherDevice, QemuOrigin,
+    QmpSnapshot, RunState, ThrottleLimits,
 };
 use crate::config::Config;
 
@@ -40,7 +49,11 @@ pub(crate) struct Cache {
     cmdline: Option<Option<Arc<QemuCmdline>>>,
     pci: Option<(Instant, Arc<Vec<PciFunction>>)>,
     devices: HashMap<String, Arc<DeviceFacts>>,
-    node_drivers: HashMap<String, String>,
+    /// `None`: a node QEMU did not list (not asked for again).
+    nodes: HashMap<String, Option<Arc<NodeFacts>>>,
+    other_devices: Option<Arc<Vec<OtherDevice>>>,
+    /// `None`: a group whose limits QEMU did not give.
+    throttle_groups: HashMap<String, Option<Arc<ThrottleLimits>>>,
     histograms: HashMap<String, HistogramBase>,
     histogram_failed: HashMap<String, Instant>,
 }
@@ -79,13 +92,25 @@ pub(crate) async fn queries(
             Err(e) => return Err(e),
         });
     }
+    let run_state = match qmp.query_status().await {
+        Ok(s) => Some(RunState {
+            state: s.status,
+            reason: String::new(),
+        }),
+        Err(e) if e.is_command() => None,
+        Err(e) => return Err(e),
+    };
     let mut blockstats = qmp.query_blockstats().await?;
     let block = qmp.query_block().await?;
     if has_agent {
         refresh_pci(qmp, cache, pci_stale).await?;
     }
     let devices = device_facts(qmp, cache, &block).await?;
-    node_drivers(qmp, cache, &blockstats).await?;
+    node_facts(qmp, cache, &blockstats, &block).await?;
+    throttle_groups(qmp, cache).await?;
+    if cache.other_devices.is_none() {
+        cache.other_devices = Some(Arc::new(other_devices(qmp).await?));
+    }
     if let Some(boundaries) = config.qmp_latency_boundaries_ns() {
         set_histograms(qmp, cache, &mut blockstats, &boundaries).await?;
     }
@@ -103,11 +128,15 @@ pub(crate) async fn queries(
         .and(pid)
         .and_then(|p| read_process_io(&config.procfs, p));
 
-    let node_drivers = cache
-        .node_drivers
+    let nodes = cache
+        .nodes
         .iter()
-        .filter(|(_, d)| !d.is_empty())
-        .map(|(n, d)| (n.clone(), d.clone()))
+        .filter_map(|(n, f)| Some((n.clone(), f.clone()?)))
+        .collect();
+    let throttle_groups = cache
+        .throttle_groups
+        .iter()
+        .filter_map(|(g, l)| Some((g.clone(), l.clone()?)))
         .collect();
     let histograms = if config.qmp_latency_buckets.is_some() {
         cache.histograms.clone()
@@ -126,7 +155,10 @@ pub(crate) async fn queries(
             .map(|(_, p)| p.clone())
             .unwrap_or_default(),
         devices,
-        node_drivers,
+        nodes,
+        other_devices: cache.other_devices.clone().unwrap_or_default(),
+        throttle_groups,
+        run_state,
         cmdline,
         process_io,
         histograms,
@@ -168,13 +200,7 @@ async fn device_facts(
             continue;
         };
         if !cache.devices.contains_key(qdev) {
-            let facts = DeviceFacts {
-                type_name: qom_string(qmp, qdev, "type").await?,
-                serial: qom_string(qmp, qdev, "serial").await?,
-                iothread: qom_string(qmp, qdev, "iothread")
-                    .await?
-                    .map(|t| t.strip_prefix("/objects/").map(str::to_owned).unwrap_or(t)),
-            };
+            let facts = facts_of(qmp, &qom_path(qdev)).await?;
             cache.devices.insert(qdev.to_owned(), Arc::new(facts));
         }
         devices.insert(qdev.to_owned(), cache.devices[qdev].clone());
@@ -182,33 +208,223 @@ async fn device_facts(
     Ok(devices)
 }
 
-/// Drivers of nodes without `driver-specific` (format nodes in backing chains, protocol drivers
-/// without statistics): one `query-named-block-nodes` when an unknown one appears.
-async fn node_drivers(
+/// The QOM path of a `qdev` as `query-block` gives it: a path, or a `-device id=` (for which
+/// `qom-get` by partial path fails where a bus has the same name, as an NVMe controller's
+/// does), which lives under `/machine/peripheral`.
+fn qom_path(qdev: &str) -> String {
+    if qdev.starts_with('/') {
+        qdev.to_owned()
+    } else {
+        format!("/machine/peripheral/{qdev}")
+    }
+}
+
+/// An iothread link's id (`/objects/io1` -> `io1`).
+fn iothread_id(path: String) -> String {
+    path.strip_prefix("/objects/")
+        .map(str::to_owned)
+        .unwrap_or(path)
+}
+
+async fn facts_of(qmp: &mut impl QmpCommands, path: &str) -> Result<DeviceFacts, QemuError> {
+    let type_name = qom_string(qmp, path, "type").await?;
+    let mut facts = DeviceFacts {
+        serial: qom_string(qmp, path, "serial").await?,
+        iothread: qom_string(qmp, path, "iothread").await?.map(iothread_id),
+        write_cache: qom_string(qmp, path, "write-cache").await?,
+        model: type_name.clone(),
+        type_name,
+        controller: None,
+    };
+    // A virtio backend's model is its transport proxy (virtio-blk-pci, -ccw...).
+    if let Some(proxy) = path.strip_suffix("/virtio-backend") {
+        if let Some(t) = qom_string(qmp, proxy, "type").await? {
+            facts.model = Some(t);
+        }
+    }
+    // A SCSI disk runs in its controller's iothread (virtio-scsi dataplane), or sits inside
+    // a usb-storage device.
+    if facts
+        .type_name
+        .as_deref()
+        .is_some_and(|t| t.starts_with("scsi-"))
+    {
+        let bus = qom_string(qmp, path, "parent_bus").await?;
+        if let Some((owner, _)) = bus.as_deref().and_then(|b| b.rsplit_once('/')) {
+            match qom_string(qmp, owner, "type").await? {
+                Some(t) if t.starts_with("usb-") => facts.model = Some(t),
+                Some(t) => {
+                    let controller = match owner.strip_suffix("/virtio-backend") {
+                        Some(proxy) => qom_string(qmp, proxy, "type").await?.unwrap_or(t),
+                        None => t,
+                    };
+                    facts.controller = Some(controller);
+                    if facts.iothread.is_none() {
+                        facts.iothread = qom_string(qmp, owner, "iothread").await?.map(iothread_id);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(facts)
+}
+
+/// At most this many devices without a backend are listed per VM.
+const MAX_OTHER_DEVICES: usize = 256;
+
+/// Devices whose disk has no block backend in this QEMU: vhost-user (the disk is another
+/// process's export), vhost-scsi and VFIO passthrough.
+async fn other_devices(qmp: &mut impl QmpCommands) -> Result<Vec<OtherDevice>, QemuError> {
+    let mut out = Vec::new();
+    for parent in ["/machine/peripheral", "/machine/peripheral-anon"] {
+        let children = match qmp.qom_list(parent).await {
+            Ok(c) => c,
+            Err(e) if e.is_command() => continue,
+            Err(e) => return Err(e),
+        };
+        for c in children {
+            let Some(t) = c.child_type() else { continue };
+            let wanted = t.starts_with("vhost-user-blk")
+                || t.starts_with("vhost-scsi")
+                || t.starts_with("vhost-user-scsi")
+                || t.starts_with("vfio-pci");
+            if !wanted || out.len() >= MAX_OTHER_DEVICES {
+                continue;
+            }
+            let path = format!("{parent}/{}", c.name);
+            let id = if parent == "/machine/peripheral" {
+                c.name.clone()
+            } else {
+                path.clone()
+            };
+            let chardev = if t.starts_with("vhost-user") {
+                qom_string(qmp, &path, "chardev").await?
+            } else {
+                None
+            };
+            out.push((
+                OtherDevice {
+                    id,
+                    model: t.to_owned(),
+                    socket: String::new(),
+                },
+                chardev,
+            ));
+        }
+    }
+    // The chardev's socket address (`query-chardev` shows a client socket as `unix:` only).
+    for (dev, chardev) in &mut out {
+        let Some(c) = chardev.as_deref() else {
+            continue;
+        };
+        let addr = match qmp
+            .execute_value(
+                "qom-get",
+                Some(json!({"path": format!("/chardevs/{c}"), "property": "addr"})),
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_command() => continue,
+            Err(e) => return Err(e),
+        };
+        if addr.get("type").and_then(|t| t.as_str()) == Some("unix") {
+            if let Some(path) = addr.get("path").and_then(|p| p.as_str()) {
+                dev.socket = path.to_owned();
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(d, _)| d).collect())
+}
+
+/// Every node under the backends (`query-named-block-nodes`), when one is not yet known.
+async fn node_facts(
     qmp: &mut impl QmpCommands,
     cache: &mut Cache,
     blockstats: &[BlockStats],
+    block: &[BlockInfo],
 ) -> Result<(), QemuError> {
     let mut unknown = Vec::new();
     for s in blockstats {
-        collect_unnamed_nodes(s, true, &cache.node_drivers, &mut unknown, 0);
+        collect_unknown_nodes(s, &cache.nodes, &mut unknown, 0);
     }
-    if !unknown.is_empty() {
-        match qmp.query_named_block_nodes().await {
-            Ok(nodes) => {
-                for n in nodes {
-                    if let Some(name) = n.node_name {
-                        cache.node_drivers.insert(name, n.drv);
-                    }
+    for b in block {
+        if let Some(name) = b.inserted.as_ref().and_then(|i| i.node_name.as_deref()) {
+            if !cache.nodes.contains_key(name) {
+                unknown.push(name.to_owned());
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    match qmp.query_named_block_nodes().await {
+        Ok(nodes) => {
+            for n in nodes {
+                if let Some(name) = n.node_name.clone() {
+                    cache.nodes.insert(name, Some(Arc::new(node_facts_of(&n))));
                 }
             }
-            Err(e) if e.is_command() => {}
+        }
+        Err(e) if e.is_command() => {}
+        Err(e) => return Err(e),
+    }
+    for name in unknown {
+        // Remember nodes QEMU did not list either, so they are not asked for again.
+        cache.nodes.entry(name).or_insert(None);
+    }
+    Ok(())
+}
+
+/// What a node runs with, from its `query-named-block-nodes` entry.
+pub(crate) fn node_facts_of(n: &BlockDeviceInfo) -> NodeFacts {
+    let json = n
+        .file
+        .strip_prefix("json:")
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+    let str_of = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    NodeFacts {
+        drv: n.drv.clone(),
+        file: n.file.clone(),
+        direct: n.cache.is_some_and(|c| c.direct),
+        no_flush: n.cache.is_some_and(|c| c.no_flush),
+        detect_zeroes: n.detect_zeroes.clone(),
+        throttle_group: (n.drv == "throttle")
+            .then(|| str_of(json.as_ref().and_then(|j| j.get("throttle-group"))))
+            .flatten(),
+        data_file: str_of(
+            n.image
+                .as_ref()
+                .and_then(|i| i.format_specific.as_ref())
+                .and_then(|f| f.get("data"))
+                .and_then(|d| d.get("data-file")),
+        ),
+    }
+}
+
+/// The limits of the throttle groups throttle nodes name, once per group.
+async fn throttle_groups(qmp: &mut impl QmpCommands, cache: &mut Cache) -> Result<(), QemuError> {
+    let groups: Vec<String> = cache
+        .nodes
+        .values()
+        .flatten()
+        .filter_map(|n| n.throttle_group.clone())
+        .filter(|g| !cache.throttle_groups.contains_key(g))
+        .collect();
+    for g in groups {
+        let limits = match qmp
+            .execute::<ThrottleLimits>(
+                "qom-get",
+                Some(json!({"path": format!("/objects/{g}"), "property": "limits"})),
+            )
+            .await
+        {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) if e.is_command() || matches!(e, QemuError::Decode { .. }) => None,
             Err(e) => return Err(e),
-        }
-        for name in unknown {
-            // Remember nodes QEMU did not list either, so they are not asked for again.
-            cache.node_drivers.entry(name).or_default();
-        }
+        };
+        cache.throttle_groups.insert(g, limits);
     }
     Ok(())
 }
@@ -281,32 +497,23 @@ async fn set_histograms(
     Ok(())
 }
 
-/// Node names below a backend whose driver neither `query-blockstats` (`driver-specific`) nor
-/// `query-block` (the top node's `drv`) gives.
-fn collect_unnamed_nodes(
+/// Node names in a backend's `query-blockstats` tree not yet in the cache.
+fn collect_unknown_nodes(
     s: &BlockStats,
-    top: bool,
-    known: &HashMap<String, String>,
+    known: &HashMap<String, Option<Arc<NodeFacts>>>,
     out: &mut Vec<String>,
     depth: usize,
 ) {
     if depth > 32 {
         return;
     }
-    if !top {
-        if let Some(name) = s.node_name.as_deref() {
-            let named = s
-                .driver_specific
-                .as_ref()
-                .and_then(|d| d.get("driver"))
-                .is_some();
-            if !named && !known.contains_key(name) {
-                out.push(name.to_owned());
-            }
+    if let Some(name) = s.node_name.as_deref() {
+        if !known.contains_key(name) && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
         }
     }
     for child in [&s.parent, &s.backing].into_iter().flatten() {
-        collect_unnamed_nodes(child, false, known, out, depth + 1);
+        collect_unknown_nodes(child, known, out, depth + 1);
     }
 }
 

@@ -25,12 +25,22 @@ pub(crate) const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// Facts about one guest device model, from `qom-get` (static for the device's life).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
-    /// The QOM type (`virtio-blk-device`, `scsi-hd`, `ide-hd`, `nvme`...).
+    /// The QOM type of the device the backend is attached to (`virtio-blk-device`, `scsi-hd`,
+    /// `ide-hd`, `nvme`...).
     pub type_name: Option<String>,
+    /// The device model an operator configured (`-device` driver): the transport proxy of a
+    /// virtio backend (`virtio-blk-pci`), `usb-storage` for the SCSI disk inside one, else the
+    /// type itself.
+    pub model: Option<String>,
+    /// The QOM type of the controller whose bus the device sits on, for SCSI disks
+    /// (`virtio-scsi-pci`, `lsi53c895a`...).
+    pub controller: Option<String>,
     /// The `serial` property, if set.
     pub serial: Option<String>,
-    /// The iothread id the device runs in, if any.
+    /// The iothread id the device runs in, if any: its own, or (SCSI disks) its controller's.
     pub iothread: Option<String>,
+    /// The `write-cache` property (`on`, `off`, `auto`: then the backend's setting).
+    pub write_cache: Option<String>,
 }
 
 impl DeviceFacts {
@@ -40,28 +50,148 @@ impl DeviceFacts {
         let Some(t) = self.type_name.as_deref() else {
             return String::new();
         };
-        let bus = if t.starts_with("virtio-blk") {
-            "virtio"
-        } else if t.starts_with("vhost-user-blk") {
-            "vhost-user"
-        } else if t.starts_with("scsi-") {
-            "scsi"
-        } else if t.starts_with("ide-") {
-            "ide"
-        } else if t.starts_with("nvme") {
-            "nvme"
-        } else if t.starts_with("usb-") {
-            "usb"
-        } else if t == "floppy" {
-            "floppy"
-        } else if t.starts_with("xen-") {
-            "xen"
-        } else {
-            t
-        };
-        bus.to_owned()
+        if self.model.as_deref().is_some_and(|m| m.starts_with("usb-")) {
+            return "usb".to_owned();
+        }
+        bus_of(t).to_owned()
+    }
+
+    /// The storage mode ([`storage_mode`]).
+    pub fn storage_mode(&self) -> &str {
+        let model = self
+            .model
+            .as_deref()
+            .or(self.type_name.as_deref())
+            .unwrap_or("");
+        storage_mode(
+            model,
+            self.type_name.as_deref().unwrap_or(model),
+            self.controller.as_deref(),
+            self.iothread.is_some(),
+        )
     }
 }
+
+fn bus_of(t: &str) -> &str {
+    if t.starts_with("virtio-blk") {
+        "virtio"
+    } else if t.starts_with("vhost-user-blk") {
+        "vhost-user"
+    } else if t.starts_with("scsi-") {
+        "scsi"
+    } else if t.starts_with("ide-") {
+        "ide"
+    } else if t.starts_with("nvme") {
+        "nvme"
+    } else if t.starts_with("usb-") {
+        "usb"
+    } else if t == "floppy" {
+        "floppy"
+    } else if t.starts_with("xen-") {
+        "xen"
+    } else {
+        t
+    }
+}
+
+/// The storage mode of a disk as the seed article lists them (threads, dataplane, vhost,
+/// passthrough): `virtio-blk`, `virtio-blk-dataplane` (an iothread), `virtio-scsi`,
+/// `virtio-scsi-dataplane` (the controller's iothread), `vhost-user-blk`, `vhost-scsi`,
+/// `scsi-passthrough` (`scsi-block`, `scsi-generic`), `scsi` (an emulated HBA), `nvme`, `ide`
+/// (IDE and AHCI), `usb`, `pci-passthrough` (`vfio-pci`), `floppy`; else the model itself.
+pub fn storage_mode<'a>(
+    model: &'a str,
+    type_name: &'a str,
+    controller: Option<&str>,
+    iothread: bool,
+) -> &'a str {
+    if model.starts_with("usb-") {
+        return "usb";
+    }
+    if model.starts_with("vfio-") {
+        return "pci-passthrough";
+    }
+    if model.starts_with("vhost-user-blk") {
+        return "vhost-user-blk";
+    }
+    if model.starts_with("vhost-scsi") || model.starts_with("vhost-user-scsi") {
+        return "vhost-scsi";
+    }
+    if type_name.starts_with("virtio-blk") {
+        return if iothread {
+            "virtio-blk-dataplane"
+        } else {
+            "virtio-blk"
+        };
+    }
+    if type_name == "scsi-block" || type_name == "scsi-generic" {
+        return "scsi-passthrough";
+    }
+    if type_name.starts_with("scsi-") {
+        return match controller {
+            Some(c) if c.starts_with("virtio-scsi") => {
+                if iothread {
+                    "virtio-scsi-dataplane"
+                } else {
+                    "virtio-scsi"
+                }
+            }
+            _ => "scsi",
+        };
+    }
+    if type_name.starts_with("nvme") {
+        return "nvme";
+    }
+    if type_name.starts_with("ide-") {
+        return "ide";
+    }
+    if type_name == "floppy" {
+        return "floppy";
+    }
+    model
+}
+
+/// A guest device with no block backend in this QEMU (`vhost-user-blk-pci`: its disk is served
+/// by another process; `vfio-pci`: a host device passed through), from QEMU's QOM tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtherDevice {
+    /// The `-device id=`, else the QOM path.
+    pub id: String,
+    /// The QOM type.
+    pub model: String,
+    /// vhost-user: the chardev's socket path (the storage daemon's export), if known.
+    pub socket: String,
+}
+
+/// What a block node says about the settings it runs with (`query-named-block-nodes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub drv: String,
+    /// The node's filename (plain path for protocol nodes; `json:{...}` for some others).
+    pub file: String,
+    /// O_DIRECT (`cache.direct`) and `cache.no-flush` of this node.
+    pub direct: bool,
+    pub no_flush: bool,
+    /// `off`, `on` or `unmap`.
+    pub detect_zeroes: String,
+    /// The throttle group of a `throttle` filter node.
+    pub throttle_group: Option<String>,
+    /// A qcow2 node's external data file (`data-file` in its format-specific information).
+    pub data_file: Option<String>,
+}
+
+/// The run state of a VM: QEMU's `RunState` (`running`, `paused`, `prelaunch`, `io-error`...)
+/// from `query-status`, or libvirt's domain state and reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunState {
+    pub state: String,
+    /// libvirt's reason (`ioerror`, `user`...); empty from QMP.
+    pub reason: String,
+}
+
+/// A throttle group's limits (`-object throttle-group`, read with `qom-get GROUP limits`), in
+/// QEMU's property names (`iops-total`, `bps-write`...): 0 is no limit.
+pub type ThrottleLimits = std::collections::BTreeMap<String, i64>;
 
 /// Device totals when this exporter set the latency histograms: the `_sum` of each histogram is
 /// the latency accounted since.
@@ -118,8 +248,14 @@ pub struct QmpSnapshot {
     pub pci: Arc<Vec<PciFunction>>,
     /// By qdev path.
     pub devices: HashMap<String, Arc<DeviceFacts>>,
-    /// Node name -> driver, for nodes `query-blockstats` does not name the driver of.
-    pub node_drivers: HashMap<String, String>,
+    /// Node name -> what it runs with (`query-named-block-nodes`).
+    pub nodes: HashMap<String, Arc<NodeFacts>>,
+    /// Devices without a block backend here (vhost-user-blk, vfio-pci).
+    pub other_devices: Arc<Vec<OtherDevice>>,
+    /// Throttle group (`-object throttle-group`) -> limits.
+    pub throttle_groups: HashMap<String, Arc<ThrottleLimits>>,
+    /// The VM's run state, if known.
+    pub run_state: Option<RunState>,
     pub cmdline: Option<Arc<QemuCmdline>>,
     pub process_io: Option<ProcessIo>,
     /// Devices (by `device` label) whose latency histograms this exporter set in an earlier scrape.
@@ -279,6 +415,28 @@ mod tests {
         assert_eq!(f("ide-hd").bus(), "ide");
         assert_eq!(f("nvme-ns").bus(), "nvme");
         assert_eq!(f("sd-card").bus(), "sd-card");
+        let usb = DeviceFacts {
+            type_name: Some("scsi-hd".into()),
+            model: Some("usb-storage".into()),
+            ..DeviceFacts::default()
+        };
+        assert_eq!(usb.bus(), "usb");
+        assert_eq!(usb.storage_mode(), "usb");
+        let scsi = |iothread: Option<&str>| DeviceFacts {
+            type_name: Some("scsi-hd".into()),
+            controller: Some("virtio-scsi-pci".into()),
+            iothread: iothread.map(str::to_owned),
+            ..DeviceFacts::default()
+        };
+        assert_eq!(scsi(None).storage_mode(), "virtio-scsi");
+        assert_eq!(scsi(Some("io1")).storage_mode(), "virtio-scsi-dataplane");
+        assert_eq!(f("scsi-block").storage_mode(), "scsi-passthrough");
+        assert_eq!(f("nvme").storage_mode(), "nvme");
+        assert_eq!(f("ide-cd").storage_mode(), "ide");
+        assert_eq!(
+            storage_mode("vfio-pci", "vfio-pci", None, false),
+            "pci-passthrough"
+        );
         assert_eq!(DeviceFacts::default().bus(), "");
     }
 

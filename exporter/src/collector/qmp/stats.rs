@@ -74,7 +74,8 @@ pub(super) fn emit_devices<'s>(
             .find(|(label, _, _)| *label == device)
             .map(|(_, _, i)| i.drv.clone())
             .unwrap_or_default();
-        emit_nodes(out, vm, device, s, &top_driver, snap, 0);
+        let mut seen = std::collections::HashSet::new();
+        emit_nodes(out, vm, device, s, &top_driver, snap, &mut seen, 0);
     }
     stats_by_label
 }
@@ -235,19 +236,26 @@ fn emit_histogram(
     );
 }
 
-fn emit_nodes(
+/// A node's series, then its children's. A filter node (copy-on-read, throttle) shows its child
+/// as both `parent` and `backing` in `query-blockstats`: each node is exported once (`seen`).
+#[allow(clippy::too_many_arguments)]
+fn emit_nodes<'s>(
     out: &mut Metrics,
     vm: &str,
     device: &str,
-    s: &BlockStats,
+    s: &'s BlockStats,
     driver: &str,
     snap: &QmpSnapshot,
+    seen: &mut std::collections::HashSet<&'s str>,
     depth: usize,
 ) {
     if depth > 32 {
         return;
     }
     if let Some(node) = s.node_name.as_deref().filter(|n| !n.is_empty()) {
+        if !seen.insert(node) {
+            return;
+        }
         let labels = [
             ("vm", vm),
             ("device", device),
@@ -285,11 +293,11 @@ fn emit_nodes(
     }
     if let Some(parent) = s.parent.as_deref() {
         let d = node_driver(parent, snap);
-        emit_nodes(out, vm, device, parent, &d, snap, depth + 1);
+        emit_nodes(out, vm, device, parent, &d, snap, seen, depth + 1);
     }
     if let Some(backing) = s.backing.as_deref() {
         let d = node_driver(backing, snap);
-        emit_nodes(out, vm, device, backing, &d, snap, depth + 1);
+        emit_nodes(out, vm, device, backing, &d, snap, seen, depth + 1);
     }
 }
 

@@ -21,7 +21,7 @@ use kvmio_qemu::CacheMode;
 use super::domxml::DiskXml;
 use super::ffi::Params;
 use crate::vm::cmdline::DriveConfig;
-use crate::vm::qmp::{ConfiguredDisk, QemuOrigin, QmpSnapshot};
+use crate::vm::qmp::{ConfiguredDisk, QemuOrigin, QmpSnapshot, RunState};
 
 /// At most this many images per disk's backing chain.
 pub const MAX_CHAIN: usize = 32;
@@ -163,6 +163,74 @@ pub fn configured(disks: &[DiskXml]) -> HashMap<String, Arc<ConfiguredDisk>> {
             (device_label(disk).to_owned(), Arc::new(c))
         })
         .collect()
+}
+
+/// The domain's state and reason from the statistics' `state.state` and `state.reason`
+/// (`VIR_DOMAIN_STATS_STATE`: what `virDomainGetState` returns), named as `virsh domstate
+/// --reason` names them; a number libvirt may add later stays a number.
+pub fn run_state(params: &Params) -> Option<RunState> {
+    let state = params.get("state.state")?.as_u64()?;
+    let reason = params
+        .get("state.reason")
+        .and_then(|r| r.as_u64())
+        .unwrap_or(0);
+    const STATES: [&str; 8] = [
+        "nostate",
+        "running",
+        "blocked",
+        "paused",
+        "shutdown",
+        "shutoff",
+        "crashed",
+        "pmsuspended",
+    ];
+    // virDomainRunningReason and virDomainPausedReason (libvirt-domain.h).
+    const RUNNING: [&str; 12] = [
+        "unknown",
+        "booted",
+        "migrated",
+        "restored",
+        "from_snapshot",
+        "unpaused",
+        "migration_canceled",
+        "save_canceled",
+        "wakeup",
+        "crashed",
+        "postcopy",
+        "postcopy_failed",
+    ];
+    const PAUSED: [&str; 15] = [
+        "unknown",
+        "user",
+        "migration",
+        "save",
+        "dump",
+        "ioerror",
+        "watchdog",
+        "from_snapshot",
+        "shutting_down",
+        "snapshot",
+        "crashed",
+        "starting_up",
+        "postcopy",
+        "postcopy_failed",
+        "api_error",
+    ];
+    let name = |list: &[&str], i: u64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| list.get(i))
+            .map_or_else(|| i.to_string(), |s| (*s).to_owned())
+    };
+    let reason = match state {
+        1 => name(&RUNNING, reason),
+        3 => name(&PAUSED, reason),
+        _ => reason.to_string(),
+    };
+    Some(RunState {
+        state: name(&STATES, state),
+        reason,
+    })
 }
 
 /// Builds a domain's QEMU-layer snapshot from its XML disks and libvirt's statistics.
@@ -312,6 +380,26 @@ mod tests {
             snap.configured["virtio-disk1"].drive.cache_mode,
             Some(CacheMode::Writeback)
         );
+    }
+
+    #[test]
+    fn run_states() {
+        let captured = from_virsh(include_str!(
+            "../../../tests/fixtures/libvirt/domstats-block-backing.txt"
+        ));
+        assert_eq!(
+            run_state(&captured),
+            Some(RunState {
+                state: "running".into(),
+                reason: "booted".into()
+            })
+        );
+        let paused = params(&[
+            ("state.state", Value::Int(3)),
+            ("state.reason", Value::Int(5)),
+        ]);
+        assert_eq!(run_state(&paused).unwrap().reason, "ioerror");
+        assert_eq!(run_state(&params(&[])), None);
     }
 
     #[test]

@@ -89,6 +89,10 @@ impl Libvirt {
             snap.pid = pid;
             snap
         };
+        // libvirt's state carries the reason (paused: ioerror, user...), QMP's does not.
+        if let Some(state) = block::run_state(&stats) {
+            snapshot.run_state = Some(state);
+        }
         if snapshot.process_io.is_none() {
             snapshot.process_io = pid.and_then(|p| qmp::read_process_io(&config.procfs, p));
         }
