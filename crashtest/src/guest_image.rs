@@ -272,7 +272,11 @@ pub fn build(inputs: &GuestInputs, cache_dir: &Path) -> Result<GuestImage, Build
     contents.add_program(&inputs.busybox, "/bin/busybox")?;
     contents.add_program(&inputs.qemu_ga, "/usr/bin/qemu-ga")?;
     contents.add_program(&inputs.guest_program, "/bin/kvmio-guest")?;
-    let mods = modules::resolve(&inputs.kernel.modules, modules::REQUIRED)?;
+    let mods = modules::resolve_with_optional(
+        &inputs.kernel.modules,
+        modules::REQUIRED,
+        modules::OPTIONAL,
+    )?;
     let order: String = mods.iter().map(|m| format!("{}\n", m.name)).collect();
     contents.add_file("/etc/kvmio/modules", 0o644, order.into_bytes());
     for m in mods {

@@ -14,6 +14,12 @@ use std::path::{Path, PathBuf};
 /// that carry the guest agent and kvmio's control channel.
 pub const REQUIRED: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console"];
 
+/// Modules the guest uses when the kernel has them: the IO schedulers the seed-claims
+/// experiment compares (`mq-deadline` is built into Debian's kernel; `bfq` and `kyber` are
+/// modules). A kernel without them still boots a working guest; the experiment reads which
+/// schedulers the guest offers from `/sys/block/*/queue/scheduler`.
+pub const OPTIONAL: &[&str] = &["mq-deadline", "bfq", "kyber-iosched"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("kernel module {name} is neither in {dir} nor built in (modules.builtin): pass --modules for this kernel")]
@@ -64,6 +70,28 @@ pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<Module>, Modul
         )?;
     }
     Ok(ordered)
+}
+
+/// Like [`resolve`] for `required`, plus those of `optional` that this kernel has (as a module
+/// file or built in); an optional module whose own dependencies are missing is an error, since
+/// that is a broken module tree rather than a kernel without the feature.
+pub fn resolve_with_optional(
+    modules_dir: &Path,
+    required: &[&str],
+    optional: &[&str],
+) -> Result<Vec<Module>, ModuleError> {
+    let index = index_modules(modules_dir)?;
+    let builtin = builtin_modules(modules_dir);
+    let present: Vec<&str> = optional
+        .iter()
+        .copied()
+        .filter(|m| {
+            let name = normalise(m);
+            index.contains_key(&name) || builtin.contains(&name)
+        })
+        .collect();
+    let wanted: Vec<&str> = required.iter().copied().chain(present).collect();
+    resolve(modules_dir, &wanted)
 }
 
 /// Module names use `_` and `-` interchangeably; the kernel normalises to `_`.
@@ -197,5 +225,35 @@ mod tests {
         assert_eq!(depends(obj), vec!["virtio", "virtio_ring"]);
         assert!(depends(b"\0depends=\0name=x\0").is_empty());
         assert!(depends(b"no modinfo here").is_empty());
+    }
+
+    #[test]
+    fn optional_modules_are_taken_when_present_and_skipped_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = dir.path().join("kernel/block");
+        std::fs::create_dir_all(&block).unwrap();
+        std::fs::write(block.join("bfq.ko"), b"\x7fELF\0depends=\0").unwrap();
+        std::fs::write(
+            dir.path().join("kernel/req.ko"),
+            b"\x7fELF\0depends=\0",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/block/mq-deadline.ko\n",
+        )
+        .unwrap();
+        let mods = resolve_with_optional(
+            dir.path(),
+            &["req"],
+            &["mq-deadline", "bfq", "kyber-iosched"],
+        )
+        .unwrap();
+        let names: Vec<_> = mods.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["req", "bfq"]);
+        assert!(matches!(
+            resolve_with_optional(dir.path(), &["absent"], &[]),
+            Err(ModuleError::NotFound { .. })
+        ));
     }
 }

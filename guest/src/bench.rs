@@ -31,7 +31,9 @@ pub enum Op {
     Write,
 }
 
-/// Sequential (each job through its own slice) or random offsets.
+/// Sequential or random offsets. Sequential jobs interleave: job `j` of `n` takes blocks `j`,
+/// `j + n`, `j + 2n`, ..., so concurrent requests are adjacent on the disk: the case where an
+/// IO scheduler can merge what the jobs issue one at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
     Seq,
@@ -352,11 +354,11 @@ fn job_run(spec: &BenchSpec, file: &File, job: usize, count: u64) -> io::Result<
         rng.fill(buf.as_mut());
     }
     let blocks = spec.size / bs;
-    let slice_start = spec.offset + job as u64 * count * bs;
+    let jobs = spec.jobs as u64;
     let mut lat = Vec::with_capacity(count as usize);
     for i in 0..count {
         let at = match spec.pattern {
-            Pattern::Seq => slice_start + i * bs,
+            Pattern::Seq => spec.offset + (i * jobs + job as u64) * bs,
             Pattern::Rand => spec.offset + rng.random_range(0..blocks) * bs,
         };
         let t = Instant::now();
