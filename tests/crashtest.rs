@@ -7,6 +7,10 @@
 //! * Bad input fails at once with one line; Ctrl-C reaps every QEMU, shuts the NBD server down
 //!   and removes the temporary files.
 //!
+//! * Runs restore their guests from a state saved once per VM configuration (`--boot auto`, the
+//!   default), so the checker-can-fail tests run restored; the lying NBD server and the full
+//!   image dir boot every guest (`--boot always`), so both ways stay covered.
+//!
 //! Small disks, short write windows and one iteration per cell keep this to about two minutes
 //! on two cores; the full matrix is the benchmark's job (BENCHMARKS.md).
 
@@ -187,6 +191,29 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// Every iteration of the report started its guest `how` (`restored` or `booted`), and the
+/// writer's `STATE` was that of a fresh boot: no disk data cached, the fresh disk's size, the
+/// cache mode's write cache.
+#[track_caller]
+fn assert_started(report: &Value, how: &str) {
+    let disk = u(&report["run"]["disk_size_mib"]) << 20;
+    for c in report["cells"].as_array().unwrap() {
+        let write_back = c["cache_mode"] != "writethrough" && c["cache_mode"] != "directsync";
+        for it in c["results"].as_array().unwrap() {
+            assert_eq!(it["started"], how, "{it}");
+            let g = &it["guest_check"];
+            assert_eq!(g["cached_kib"], 0, "{it}");
+            assert_eq!(g["partitions"], 0, "{it}");
+            assert_eq!(u(&g["disk_bytes"]), disk, "{it}");
+            assert_eq!(g["write_cache"], write_back, "{it}");
+            if how == "restored" {
+                assert_eq!(it["timings"]["boot"], 0.0, "{it}");
+                assert!(it["timings"]["restore"].as_f64().unwrap() > 0.0, "{it}");
+            }
+        }
+    }
+}
+
 /// Nothing of the run is left: no process, no socket, no file in TMPDIR.
 fn assert_clean(tmp: &Path) {
     let left = processes_mentioning(&tmp.to_string_lossy());
@@ -210,7 +237,7 @@ fn a_lying_nbd_server_is_a_violation() {
     let (out, tmp) = (&t.out, &t.tmp);
     let cmd = t.matrix(
         ["none", "power", "fdatasync", "raw"],
-        &["--lie-about-flush"],
+        &["--lie-about-flush", "--boot", "always"],
     );
     let (_, stderr) = run_expecting(cmd, EXIT_VIOLATION);
     assert!(stderr.contains("VIOLATION"), "{stderr}");
@@ -219,6 +246,7 @@ fn a_lying_nbd_server_is_a_violation() {
     assert_eq!(c["verdict"], "VIOLATION");
     assert!(u(&c["acked"]) > 0 && u(&c["lost"]) > 0, "{c}");
     assert_eq!(r["violations"], 1);
+    assert_started(&r, "booted");
     let prom = std::fs::read_to_string(out.path().join("crashtest.prom")).unwrap();
     assert!(prom.contains(
         "kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"fdatasync\",format=\"raw\"} 1"
@@ -241,6 +269,8 @@ fn a_writer_that_acks_before_its_durability_point_is_a_violation() {
     let c = cell(&r, "writeback", "power", "fdatasync", "qcow2");
     assert_eq!(c["verdict"], "VIOLATION", "{c}");
     assert_eq!(r["run"]["ack_early"], true);
+    // ack_early reached the writer in its START line, after the restore.
+    assert_started(&r, "restored");
     assert_clean(tmp.path());
 }
 
@@ -260,11 +290,24 @@ fn a_corrupted_acked_record_in_a_kept_image_is_a_violation() {
     let r = report(out.path());
     let c = cell(&r, "none", "kill", "fdatasync", "raw");
     assert_eq!(c["verdict"], "ok");
+    assert_started(&r, "restored");
     let it = &c["results"][0];
     let image = PathBuf::from(it["kept_image"].as_str().expect("kept image"));
     let acks = PathBuf::from(it["kept_acks"].as_str().expect("kept ack log"));
     assert!(image.starts_with(images.path()), "{image:?}");
     assert!(acks.is_file());
+    // The saved guest went with the run; the kept images stay.
+    let kept_dir = image.parent().unwrap();
+    let saved: Vec<PathBuf> = files_in(kept_dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snapshots-")
+        })
+        .collect();
+    assert!(saved.is_empty(), "saved guests left: {saved:?}");
     let acked = u(&it["acked"]);
     assert!(acked >= 2, "{it}");
 
@@ -336,6 +379,7 @@ fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
         r["qemu_version"]
     );
     assert_eq!(r["cells"].as_array().unwrap().len(), 8);
+    assert_started(&r, "restored");
     for c in r["cells"].as_array().unwrap() {
         assert_ne!(c["verdict"], "VIOLATION", "{c}");
         assert_eq!(c["qmp_confirmed"], true, "QMP flags: {c}");
@@ -384,6 +428,7 @@ fn the_honest_stack_reports_no_violation_and_the_expected_shape() {
     run_expecting(cmd, 0);
     let r = report(out2.path());
     assert_eq!(r["violations"], 0);
+    assert_started(&r, "restored");
     for c in r["cells"].as_array().unwrap() {
         let it = &c["results"][0];
         assert_eq!(it["writer_done"], true, "1 MiB fills up: {it}");
@@ -457,9 +502,10 @@ fn an_image_dir_that_fills_up_mid_run_stops_with_one_line() {
     let (out, tmp) = (&t.out, &t.tmp);
     let mnt = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(mnt.path(), "40M");
+    // Booted: a saved guest (~70 MB) would not fit the 40 MB file system.
     let mut cmd = t.matrix(
         ["writeback", "power", "fdatasync", "raw"],
-        &["--window-ms", "60000", "--image-dir"],
+        &["--window-ms", "60000", "--boot", "always", "--image-dir"],
     );
     cmd.arg(mnt.path());
     let (mut child, qemu) = t.start_until_qemu(cmd);
@@ -521,6 +567,7 @@ fn bad_input_fails_with_one_line_that_says_what_to_do() {
     assert_rejected(&["--record-size", "1000"], "multiple of 512");
     assert_rejected(&["--parallel", "0"], "--parallel");
     assert_rejected(&["--iterations", "0"], "--iterations");
+    assert_rejected(&["--boot", "sometimes"], "always or auto");
     // An image dir under /proc (nothing can be created there, even by root), and one so full
     // for this matrix (64 parallel 1 TiB disks) that no machine has the space.
     assert_rejected(&["--image-dir", "/proc/kvmio-not-writable"], "--image-dir");

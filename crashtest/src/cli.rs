@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::accel::AccelChoice;
 use crate::oracle::{Cell, Fault};
-use crate::run::RunOptions;
+use crate::run::{BootPolicy, RunOptions};
 use crate::vm::ImageFormat;
 use clap::{Args, Parser, Subcommand};
 use kvmio_guest::writer::SyncPolicy;
@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// (MIN..MAX, or one value).
     #[arg(long, value_name = "MIN..MAX", default_value = "100..1000", value_parser = parse_window)]
     pub window_ms: (u64, u64),
+    /// How iterations start their guest: auto restores a guest saved once per VM configuration
+    /// (write cache, format, disk size) onto each iteration's fresh disk, booting only where no
+    /// state could be saved; always boots every iteration (as before; slower, for comparison).
+    #[arg(long, value_name = "always|auto", default_value = "auto")]
+    pub boot: BootPolicy,
     /// Self-test: the NBD server acknowledges FLUSH and FUA without persisting.
     #[arg(long, hide = true)]
     pub lie_about_flush: bool,
@@ -279,6 +284,7 @@ pub fn run_options(args: &RunArgs, out: &Path) -> Result<RunOptions, String> {
         ready_timeout: Duration::from_secs(args.qemu.ready_timeout),
         lie_about_flush: args.lie_about_flush,
         ack_early: args.ack_early,
+        boot: args.boot,
     })
 }
 

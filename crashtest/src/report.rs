@@ -29,7 +29,7 @@ use kvmio_qemu::{CacheFlags, CacheMode};
 use serde::Serialize;
 
 use crate::oracle::{Cell, Verdict};
-use crate::run::{IterationResult, RunOptions, Timings};
+use crate::run::{BootPolicy, GuestCheck, IterationResult, RunOptions, Started, Timings};
 use crate::vm::Accel;
 
 /// Run-wide facts for the report.
@@ -50,6 +50,8 @@ pub struct RunInfo {
     /// Self-test switches (false in real runs).
     pub lie_about_flush: bool,
     pub ack_early: bool,
+    /// `--boot`: `auto` restores saved guests, `always` boots every iteration.
+    pub boot: BootPolicy,
 }
 
 impl RunInfo {
@@ -70,6 +72,7 @@ impl RunInfo {
             finished_unix,
             lie_about_flush: opts.lie_about_flush,
             ack_early: opts.ack_early,
+            boot: opts.boot,
         }
     }
 }
@@ -145,6 +148,12 @@ pub struct IterationSummary {
     pub writer_done: bool,
     pub fault_delay_ms: u64,
     pub timings: Timings,
+    /// `restored` from the configuration's saved guest, or `booted`.
+    pub started: Started,
+    /// Why the guest was booted although `--boot auto` restores where it can.
+    pub boot_reason: Option<String>,
+    /// What the writer reported after `START`, as checked against a fresh boot.
+    pub guest_check: GuestCheck,
     pub power_fail: Option<crate::run::PowerFailSummary>,
     /// The simulated host ignored FLUSH/FUA (power faults under cache=unsafe).
     pub host_ignores_flush: bool,
@@ -161,7 +170,9 @@ fn mean_timings(ts: &[Timings]) -> Timings {
     let sum = |f: fn(&Timings) -> f64| ts.iter().map(f).sum::<f64>() / n;
     Timings {
         create: sum(|t| t.create),
+        snapshot: sum(|t| t.snapshot),
         boot: sum(|t| t.boot),
+        restore: sum(|t| t.restore),
         first_ack: sum(|t| t.first_ack),
         window: sum(|t| t.window),
         fault: sum(|t| t.fault),
@@ -330,18 +341,37 @@ impl Report {
             .collect();
         if !all.is_empty() {
             let m = mean_timings(&all);
+            let started = |how: Started| {
+                self.cells
+                    .iter()
+                    .flat_map(|c| &c.results)
+                    .filter(|r| r.started == how)
+                    .count()
+            };
             let _ = writeln!(
                 s,
-                "\nmean seconds per iteration ({} iterations): create {:.2}  boot {:.2}  first-ack {:.2}  window {:.2}  fault {:.2}  verify {:.3}  total {:.2}  (total / boot-to-first-ack = {:.2})",
+                "\nguests (--boot {}): {} restored from a saved state, {} booted",
+                serde_json::to_value(r.boot)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                started(Started::Restored),
+                started(Started::Booted)
+            );
+            let _ = writeln!(
+                s,
+                "mean seconds per iteration ({} iterations): create {:.2}  snapshot-wait {:.2}  boot {:.2}  restore {:.2}  first-ack {:.2}  window {:.2}  fault {:.2}  verify {:.3}  total {:.2}  (total / start-to-first-ack = {:.2})",
                 all.len(),
                 m.create,
+                m.snapshot,
                 m.boot,
+                m.restore,
                 m.first_ack,
                 m.window,
                 m.fault,
                 m.verify,
                 m.total,
-                m.total / (m.boot + m.first_ack).max(f64::EPSILON)
+                m.total / (m.boot + m.restore + m.first_ack).max(f64::EPSILON)
             );
         }
         let _ = writeln!(s, "\npromises:");
@@ -501,6 +531,9 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
                 writer_done: r.verification.writer_done,
                 fault_delay_ms: r.fault_delay_ms,
                 timings: r.timings,
+                started: r.started,
+                boot_reason: r.boot_reason.clone(),
+                guest_check: r.guest_check,
                 power_fail: r.power_fail.clone(),
                 host_ignores_flush: r.host_ignores_flush,
                 image_check: r.verification.image_check.clone(),
@@ -552,6 +585,16 @@ mod tests {
                 ..Verification::default()
             },
             timings: Timings::default(),
+            started: Started::Restored,
+            boot_reason: None,
+            guest_check: GuestCheck {
+                write_cache: cache.flags().writeback,
+                disk_bytes: 64 << 20,
+                partitions: 0,
+                cached_kib: 0,
+                clock_lag_ms: 0.5,
+                uptime_ms: 4000,
+            },
             fault_delay_ms: 100,
             power_fail: None,
             host_ignores_flush: false,
@@ -579,6 +622,7 @@ mod tests {
             finished_unix: 1700000000.5,
             lie_about_flush: false,
             ack_early: false,
+            boot: BootPolicy::Auto,
         }
     }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kvmio_guest::protocol::GuestMessage;
+use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use rand::{Rng, SeedableRng};
@@ -100,13 +100,19 @@ fn kernel_param(key: &str) -> Option<String> {
 fn boot() -> io::Result<()> {
     let port_path = find_port(CONTROL_PORT)?;
     let mut port = OpenOptions::new().read(true).write(true).open(&port_path)?;
+    let role = kernel_param(ROLE_PARAM).unwrap_or_else(|| "idle".to_string());
+    if role == "writer" {
+        // The crash tester may save the guest right after READY and restore it onto a fresh
+        // disk: hold no disk data read at boot (the partition scan), so nothing the guest read
+        // before can differ from what the disk it is restored onto holds.
+        drop_disk_cache()?;
+    }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let ready = GuestMessage::Ready {
         kernel_release: release.trim().to_string(),
     };
     writeln!(port, "{ready}")?;
     port.flush()?;
-    let role = kernel_param(ROLE_PARAM).unwrap_or_else(|| "idle".to_string());
     let outcome = match role.as_str() {
         "idle" => loop {
             std::thread::sleep(Duration::from_secs(3600));
@@ -135,13 +141,100 @@ fn send(port: &mut File, message: &GuestMessage) -> io::Result<()> {
     port.write_all(format!("{message}\n").as_bytes())
 }
 
-/// The crash tester's writer (`kvmio.role=writer`): records slot after slot, an `ACK` after
-/// each record's durability point, `DONE` when the disk is full; then idles until the host
-/// injects its fault.
+/// Writes back dirty pages and drops the clean page cache, block devices' included; fails if
+/// block-device data stays cached (`Buffers:` in /proc/meminfo).
+fn drop_disk_cache() -> io::Result<()> {
+    let _ = std::process::Command::new("/bin/sync").status();
+    fs::write("/proc/sys/vm/drop_caches", "1\n")?;
+    match cached_disk_kib()? {
+        0 => Ok(()),
+        kib => Err(io::Error::other(format!(
+            "{kib} KiB of block-device data stay cached after drop_caches"
+        ))),
+    }
+}
+
+/// `Buffers:` of /proc/meminfo: block-device pages in the page cache, in KiB.
+fn cached_disk_kib() -> io::Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Buffers:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::other("no Buffers: line in /proc/meminfo"))
+}
+
+/// The host's `START`: sets the wall clock, mixes the entropy into the kernel's pool (the
+/// writer's own randomness is the seed in its parameters), and says what the guest now sees.
+fn apply_start(port: &mut File) -> io::Result<WriterParams> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let line = read_host_line(port)?
+        .ok_or_else(|| io::Error::other("the control port closed before START"))?;
+    let HostMessage::Start {
+        writer,
+        now_ns,
+        entropy,
+    } = HostMessage::parse(&line).map_err(invalid)?;
+    set_wall_clock(now_ns)?;
+    fs::write("/dev/urandom", entropy)?;
+    let dev = Path::new(&writer.dev)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sys = Path::new("/sys/block").join(&dev);
+    let sectors: u64 = fs::read_to_string(sys.join("size"))?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("bad {}/size", sys.display())))?;
+    let partitions = fs::read_dir(&sys)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&dev))
+        .count() as u32;
+    let write_cache = fs::read_to_string(sys.join("queue/write_cache"))?;
+    let uptime = fs::read_to_string("/proc/uptime")?;
+    let uptime_s: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let clock_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let state = GuestState {
+        write_cache: write_cache.trim() == "write back",
+        disk_bytes: sectors * 512,
+        partitions,
+        cached_kib: cached_disk_kib()?,
+        clock_ns,
+        uptime_ms: (uptime_s * 1000.0) as u64,
+    };
+    send(port, &GuestMessage::State(state))?;
+    Ok(writer)
+}
+
+/// clock_settime(CLOCK_REALTIME): a restored guest's clock is the snapshot's until set.
+fn set_wall_clock(now_ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (now_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (now_ns % 1_000_000_000) as libc::c_long,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: clock_settime only reads the timespec, which lives on this stack frame.
+    let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The crash tester's writer (`kvmio.role=writer`): waits for the host's `START`, answers
+/// `STATE`, then records slot after slot, an `ACK` after each record's durability point,
+/// `DONE` when the disk is full; then idles until the host injects its fault.
 fn crash_writer(port: &mut File) -> io::Result<()> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-    let params =
-        WriterParams::from_cmdline(&fs::read_to_string("/proc/cmdline")?).map_err(invalid)?;
+    let params = apply_start(port)?;
     let spec = params.spec().map_err(invalid)?;
     // The broken self-test writer keeps the policy's flush for the very end.
     let sync_each = !params.ack_early;

@@ -1,9 +1,11 @@
-//! Parameters of the crash-test writer role (`kvmio.role=writer`), passed on the guest kernel's
-//! command line. The host builds them with [`WriterParams::kernel_params`]; the guest reads them
-//! back with [`WriterParams::from_cmdline`].
+//! Parameters of the crash-test writer role (`kvmio.role=writer`). They reach the guest over the
+//! control port after it is ready (the `START` line of [`crate::protocol`]), never on the kernel
+//! command line: the crash tester may restore one saved guest for many iterations, and what
+//! varies per iteration must not be baked into that guest. The host writes them with
+//! [`WriterParams::words`]; the guest reads them back with [`WriterParams::from_words`].
 //!
-//! The writer writes records (see [`crate::record`]) to the raw disk `kvmio.dev`, slot after
-//! slot, and after each record's durability point under `kvmio.sync` it sends
+//! The writer writes records (see [`crate::record`]) to the raw disk `dev`, slot after slot,
+//! and after each record's durability point under `sync` it sends
 //! [`crate::protocol::GuestMessage::Ack`] on the control port:
 //!
 //! * `fdatasync`: O_DIRECT write, then `fdatasync` (the guest flushes the disk's write cache);
@@ -11,7 +13,7 @@
 //!   virtio disk has a volatile cache);
 //! * `none`: O_DIRECT write, no flush: the ack means only "the device completed the write".
 //!
-//! `kvmio.ack_early=1` is a deliberately broken writer for the checker's self-test: it acks as
+//! `ack_early=1` is a deliberately broken writer for the checker's self-test: it acks as
 //! soon as the write returns and postpones the policy's flush to the end of the run.
 
 use std::fmt;
@@ -19,13 +21,16 @@ use std::str::FromStr;
 
 use crate::record::{self, RecordSpec};
 
-pub const RUN_PARAM: &str = "kvmio.run";
-pub const SEED_PARAM: &str = "kvmio.seed";
-pub const SYNC_PARAM: &str = "kvmio.sync";
-pub const RECORD_PARAM: &str = "kvmio.record";
-pub const DEV_PARAM: &str = "kvmio.dev";
-pub const RECORDS_PARAM: &str = "kvmio.records";
-pub const ACK_EARLY_PARAM: &str = "kvmio.ack_early";
+pub const RUN_PARAM: &str = "run";
+pub const SEED_PARAM: &str = "seed";
+pub const SYNC_PARAM: &str = "sync";
+pub const RECORD_PARAM: &str = "record";
+pub const DEV_PARAM: &str = "dev";
+pub const RECORDS_PARAM: &str = "records";
+pub const ACK_EARLY_PARAM: &str = "ack_early";
+
+/// The longest device path the writer takes.
+const MAX_DEV_BYTES: usize = 256;
 
 /// When the writer considers a record durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,8 +88,8 @@ impl WriterParams {
         RecordSpec::new(self.run_id, self.seed, self.record_size)
     }
 
-    /// `key=value` words for the kernel command line.
-    pub fn kernel_params(&self) -> Vec<String> {
+    /// `key=value` words for the control line (see [`crate::protocol::HostMessage`]).
+    pub fn words(&self) -> Vec<String> {
         let mut p = vec![
             format!("{RUN_PARAM}={:016x}", self.run_id),
             format!("{SEED_PARAM}={}", self.seed),
@@ -101,15 +106,9 @@ impl WriterParams {
         p
     }
 
-    /// Reads the parameters from a kernel command line (`/proc/cmdline`).
-    pub fn from_cmdline(cmdline: &str) -> Result<WriterParams, String> {
-        let get = |key: &str| {
-            cmdline.split_whitespace().find_map(|w| {
-                w.strip_prefix(key)
-                    .and_then(|rest| rest.strip_prefix('='))
-                    .map(str::to_string)
-            })
-        };
+    /// Reads the parameters back from [`WriterParams::words`] (other words are ignored).
+    pub fn from_words(line: &str) -> Result<WriterParams, String> {
+        let get = |key: &str| crate::protocol::word(line, key).map(str::to_string);
         let need = |key: &str| get(key).ok_or_else(|| format!("{key}= missing"));
         let run_id = u64::from_str_radix(&need(RUN_PARAM)?, 16)
             .map_err(|_| format!("{RUN_PARAM} takes 16 hex digits"))?;
@@ -124,6 +123,11 @@ impl WriterParams {
             None => record::DEFAULT_RECORD_SIZE,
         };
         let dev = get(DEV_PARAM).unwrap_or_else(|| "/dev/vda".to_string());
+        if dev.len() > MAX_DEV_BYTES || !dev.starts_with("/dev/") {
+            return Err(format!(
+                "{DEV_PARAM} takes a device path under /dev/ of at most {MAX_DEV_BYTES} bytes"
+            ));
+        }
         let records = match get(RECORDS_PARAM) {
             Some(v) => Some(
                 v.parse()
@@ -151,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_params_round_trip() {
+    fn words_round_trip() {
         for (records, ack_early) in [(None, false), (Some(10), true)] {
             let p = WriterParams {
                 run_id: 0x0123_4567_89ab_cdef,
@@ -162,26 +166,21 @@ mod tests {
                 records,
                 ack_early,
             };
-            let cmdline = format!(
-                "console=ttyS0 quiet kvmio.role=writer {}",
-                p.kernel_params().join(" ")
-            );
-            assert_eq!(WriterParams::from_cmdline(&cmdline), Ok(p));
+            let line = format!("START {} now_ns=1", p.words().join(" "));
+            assert_eq!(WriterParams::from_words(&line), Ok(p));
         }
     }
 
     #[test]
     fn bad_params_are_reported() {
-        assert!(WriterParams::from_cmdline("kvmio.seed=1 kvmio.sync=none")
+        assert!(WriterParams::from_words("seed=1 sync=none")
             .unwrap_err()
-            .contains("kvmio.run"));
-        let e = WriterParams::from_cmdline("kvmio.run=1 kvmio.seed=1 kvmio.sync=sometimes")
-            .unwrap_err();
+            .contains("run="));
+        let e = WriterParams::from_words("run=1 seed=1 sync=sometimes").unwrap_err();
         assert!(e.contains("fdatasync, dsync or none"), "{e}");
-        let e = WriterParams::from_cmdline(
-            "kvmio.run=1 kvmio.seed=1 kvmio.sync=none kvmio.record=1000",
-        )
-        .unwrap_err();
+        let e = WriterParams::from_words("run=1 seed=1 sync=none record=1000").unwrap_err();
         assert!(e.contains("multiple of 512"), "{e}");
+        let e = WriterParams::from_words("run=1 seed=1 sync=none dev=/etc/passwd").unwrap_err();
+        assert!(e.contains("under /dev/"), "{e}");
     }
 }

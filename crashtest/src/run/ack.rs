@@ -1,7 +1,9 @@
-//! The guest control protocol, host side: the writer's lines on its own virtio-serial port
-//! (`org.kvmio.ctl`), never on the disk under test.
+//! The guest control protocol, host side (the protocol itself is `kvmio_guest::protocol`): the
+//! writer's lines on its own virtio-serial port (`org.kvmio.ctl`), never on the disk under test.
 //!
-//! After each record's durability point the writer sends `ACK <sequence> <slot> <sha256>`; when
+//! The host starts the writer with one line, `START` (the writer's parameters, the host's wall
+//! clock, fresh entropy), and the writer answers `STATE` (what it sees of its disk, page cache
+//! and clock; [`super::snapshot::check_state`] checks it). After each record's durability point the writer sends `ACK <sequence> <slot> <sha256>`; when
 //! the disk is full, `DONE <records>`; if it fails, `ERROR <message>`. The host appends every
 //! `ACK` and `DONE`, as received, to the iteration's ack log, which is what verification (and
 //! `kvmio-crashtest verify`) reads. While it waits, the host also asks QEMU twice a second
@@ -11,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvmio_guest::protocol::GuestMessage;
+use kvmio_guest::protocol::{GuestMessage, GuestState, HostMessage};
 use kvmio_qemu::QmpCommands;
 
 use super::RunError;
@@ -91,27 +93,63 @@ impl<'a> Acks<'a> {
         }
     }
 
-    /// Waits for the writer's first ack, which starts the write window.
-    pub async fn first(&mut self, vm: &mut Vm) -> Result<(), RunError> {
-        let deadline = tokio::time::Instant::now() + FIRST_ACK_TIMEOUT;
+    /// The next control line before `deadline`, asking QEMU meanwhile whether it paused the
+    /// VM; `what` names the line awaited, for the errors.
+    async fn next_line(
+        &self,
+        vm: &mut Vm,
+        deadline: tokio::time::Instant,
+        what: &str,
+    ) -> Result<String, RunError> {
         let mut tick = status_ticks();
         loop {
-            let line = tokio::select! {
-                line = vm.next_control_line() => match line {
-                    Ok(Some(line)) => line,
-                    _ => return Err(self.guest_gone(vm, "QEMU exited before the first ack")),
+            tokio::select! {
+                line = vm.next_control_line() => return match line {
+                    Ok(Some(line)) => Ok(line),
+                    _ => Err(self.guest_gone(vm, &format!("QEMU exited before {what}"))),
                 },
-                _ = tick.tick() => {
-                    disk_error(vm, self.cell).await?;
-                    continue;
-                }
+                _ = tick.tick() => disk_error(vm, self.cell).await?,
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(self.guest_gone(
                         vm,
-                        &format!("no ack from the writer within {FIRST_ACK_TIMEOUT:?}"),
+                        &format!("no {what} from the writer within {FIRST_ACK_TIMEOUT:?}"),
                     ));
                 }
-            };
+            }
+        }
+    }
+
+    /// Starts the writer (`START`) and returns what it says it sees (`STATE`).
+    pub async fn start(
+        &mut self,
+        vm: &mut Vm,
+        start: &HostMessage,
+    ) -> Result<GuestState, RunError> {
+        if vm.send_control_line(&start.to_string()).await.is_err() {
+            return Err(self.guest_gone(vm, "the control port closed before START"));
+        }
+        let deadline = tokio::time::Instant::now() + FIRST_ACK_TIMEOUT;
+        loop {
+            let line = self.next_line(vm, deadline, "STATE").await?;
+            match GuestMessage::parse(&line) {
+                Some(GuestMessage::State(state)) => return Ok(state),
+                Some(GuestMessage::Error { message }) => {
+                    return Err(RunError::Writer {
+                        cell: self.cell.to_string(),
+                        message,
+                        console: vm.console_tail(15),
+                    })
+                }
+                _ => tracing::debug!("{}: ignored control line {line:?}", self.cell),
+            }
+        }
+    }
+
+    /// Waits for the writer's first ack, which starts the write window.
+    pub async fn first(&mut self, vm: &mut Vm) -> Result<(), RunError> {
+        let deadline = tokio::time::Instant::now() + FIRST_ACK_TIMEOUT;
+        loop {
+            let line = self.next_line(vm, deadline, "the first ack").await?;
             match self.handle(&line, vm)? {
                 Line::Ack => return Ok(()),
                 Line::Done => return Err(self.guest_gone(

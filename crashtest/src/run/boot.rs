@@ -1,61 +1,48 @@
 //! The guest of one iteration: the lab's kernel and initramfs, booted with the iteration's disk
 //! as `vda` under the cell's cache mode, `kvmio-guest` in the writer role.
 //!
-//! The writer's parameters (run id, payload seed, sync policy, record size) go on the kernel
-//! command line, so the guest needs nothing from the disk under test. Booting ends at the
-//! guest's READY; then QEMU is asked what it really runs (its version, and the cache flags
-//! `query-block` reports once the guest driver has negotiated its write cache), for the report.
+//! Nothing that varies per iteration is on the kernel command line: the writer's parameters go
+//! over the control port once the guest is ready ([`super::ack`]'s `START`), so a booted guest
+//! and one restored from a saved state ([`super::snapshot`]) run the same command line and the
+//! same protocol. Booting ends at the guest's READY; then QEMU is asked what it really runs
+//! ([`qemu_facts`]: its version, and the cache flags `query-block` reports once the guest driver
+//! has negotiated its write cache), for the report.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmio_guest::writer::WriterParams;
-use kvmio_qemu::{CacheFlags, QmpCommands};
+use kvmio_qemu::{CacheFlags, CacheMode, QmpCommands};
 
-use super::{Guest, IterationSeeds, RunError, RunOptions};
-use crate::oracle::Cell;
+use super::{Guest, RunError, RunOptions};
 use crate::vm::{Disk, DiskSource, Vm, VmConfig};
 
-/// A booted writer guest, and what QEMU says it runs.
+/// A booted (or restored) writer guest, and what QEMU says it runs.
 pub(super) struct Booted {
     pub vm: Vm,
+    /// QEMU start to READY (booted), or to the restored guest running (restored).
     pub boot: Duration,
-    /// When the guest said READY.
-    pub ready: Instant,
     pub guest_kernel: String,
     pub qemu_version: String,
     pub qmp_cache: Option<CacheFlags>,
 }
 
-/// The VM of iteration `index` (its sockets named after it in `sockets`).
+/// The VM named `name` (its sockets in `sockets`): the writer role on `disk` under `cache`.
 pub(super) fn config(
     opts: &RunOptions,
     guest: &Guest,
-    index: usize,
-    sockets: &Path,
-    cell: &Cell,
-    seeds: &IterationSeeds,
+    name: &str,
+    sockets: &std::path::Path,
     disk: DiskSource,
+    cache: CacheMode,
 ) -> VmConfig {
-    let params = WriterParams {
-        run_id: seeds.run_id,
-        seed: seeds.payload,
-        sync: cell.sync_policy(),
-        record_size: opts.record_size,
-        dev: "/dev/vda".into(),
-        records: None,
-        ack_early: opts.ack_early,
-    };
-    let mut config = VmConfig::new(&format!("ct{index}"), guest.image.clone(), sockets);
+    let mut config = VmConfig::new(name, guest.image.clone(), sockets);
     config.qemu = opts.qemu.clone();
     config.accel = guest.accel;
     config.memory_mib = opts.memory_mib;
     config.role = "writer".into();
-    config.kernel_params = params.kernel_params();
     config.public_sockets = false;
     config.disks = vec![Disk {
         source: disk,
-        cache: cell.cache_mode,
+        cache,
     }];
     config
 }
@@ -74,8 +61,19 @@ pub(super) async fn boot(
     let mut vm = Vm::launch(config).await.map_err(vm_err)?;
     let guest_kernel = vm.wait_ready(ready_timeout).await.map_err(vm_err)?;
     let boot = t.elapsed();
-    let ready = Instant::now();
-    // The guest driver is up: the cache flags now include what it negotiated.
+    let (qemu_version, qmp_cache) = qemu_facts(&mut vm).await;
+    Ok(Booted {
+        vm,
+        boot,
+        guest_kernel,
+        qemu_version,
+        qmp_cache,
+    })
+}
+
+/// QEMU's version, and the disk's cache flags as `query-block` reports them (the guest driver
+/// is up: they include the write cache it negotiated).
+pub(super) async fn qemu_facts(vm: &mut Vm) -> (String, Option<CacheFlags>) {
     let qemu_version = {
         let v = &vm.qmp().greeting().version;
         if v.package.trim().is_empty() {
@@ -93,12 +91,5 @@ pub(super) async fn boot(
                 .and_then(|i| i.cache),
             _ => None,
         };
-    Ok(Booted {
-        vm,
-        boot,
-        ready,
-        guest_kernel,
-        qemu_version,
-        qmp_cache,
-    })
+    (qemu_version, qmp_cache)
 }

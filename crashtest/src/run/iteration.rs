@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvmio_guest::protocol::HostMessage;
 use kvmio_guest::record::RecordSpec;
+use kvmio_guest::writer::WriterParams;
 use kvmio_qemu::CacheFlags;
 use tokio::sync::watch;
 
@@ -17,7 +19,10 @@ use super::boot::{self, Booted};
 use super::fault::{self, Host};
 use super::image::{self, IterFiles};
 use super::plan::RunDirs;
-use super::{Guest, IterationResult, IterationSeeds, RunError, RunOptions, Timings};
+use super::snapshot::{self, GuestCheck, Key, Prepared, Snapshots};
+use super::{
+    BootPolicy, Guest, IterationResult, IterationSeeds, RunError, RunOptions, Started, Timings,
+};
 use crate::acklog::{AckLog, AckLogHeader};
 use crate::oracle::Cell;
 use crate::out_of_space;
@@ -28,7 +33,31 @@ use crate::vm::VmConfig;
 pub(super) struct Ctx {
     pub opts: RunOptions,
     pub guest: Guest,
+    /// The saved guests (`--boot auto`); before `dirs`, so they go first.
+    snapshots: Option<Snapshots>,
     pub dirs: RunDirs,
+}
+
+impl Ctx {
+    pub fn new(opts: RunOptions, guest: Guest, dirs: RunDirs) -> Result<Ctx, RunError> {
+        let snapshots = match opts.boot {
+            BootPolicy::Always => None,
+            BootPolicy::Auto => {
+                Some(
+                    Snapshots::create(dirs.images()).map_err(|source| RunError::ImageDir {
+                        dir: opts.image_dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+        };
+        Ok(Ctx {
+            opts,
+            guest,
+            snapshots,
+            dirs,
+        })
+    }
 }
 
 /// Iteration `iteration` (from 0) of `cell`, the `index`th job of the run; `stop` turning true
@@ -86,20 +115,29 @@ async fn steps(
     let host = Host::start(cell, &files.image, socket, opts.lie_about_flush, label)?;
     let create = t.elapsed();
 
-    // Boot, acks, fault; then the power failure, and the NBD server gone on every path.
+    // Restore or boot, start, acks, fault; then the power failure, and the NBD server gone on
+    // every path.
     let config = boot::config(
         opts,
         &ctx.guest,
-        index,
+        &format!("ct{index}"),
         ctx.dirs.sockets(),
-        &cell,
-        &seeds,
         host.disk_source(),
+        cell.cache_mode,
     );
     let console_log = config.console_log();
     let delay = seeds.delay_in(opts.window);
+    let writer = WriterParams {
+        run_id: seeds.run_id,
+        seed: seeds.payload,
+        sync: cell.sync_policy(),
+        record_size: opts.record_size,
+        dev: "/dev/vda".into(),
+        records: None,
+        ack_early: opts.ack_early,
+    };
     let phase = tokio::select! {
-        r = guest_phase(config, acks, delay, opts.ready_timeout, label) => r,
+        r = guest_phase(ctx, cell, config, writer, acks, delay, label) => r,
         _ = stop.wait_for(|s| *s) => Err(RunError::Interrupted),
     };
     let (power_fail, power_time) = host.power_fail(phase.is_ok(), seeds.power, label).await;
@@ -135,13 +173,24 @@ async fn steps(
         verification,
         timings: Timings {
             create: create.as_secs_f64(),
-            boot: phase.boot.as_secs_f64(),
+            snapshot: phase.snapshot.as_secs_f64(),
+            boot: match phase.started {
+                Started::Booted => phase.boot.as_secs_f64(),
+                Started::Restored => 0.0,
+            },
+            restore: match phase.started {
+                Started::Booted => 0.0,
+                Started::Restored => phase.boot.as_secs_f64(),
+            },
             first_ack: phase.first_ack.as_secs_f64(),
             window: phase.window.as_secs_f64(),
             fault: (phase.fault + power_time).as_secs_f64(),
             verify: verify_time.as_secs_f64(),
             total: total.elapsed().as_secs_f64(),
         },
+        started: phase.started,
+        boot_reason: phase.boot_reason,
+        guest_check: phase.guest_check,
         fault_delay_ms: delay.as_millis() as u64,
         power_fail,
         host_ignores_flush: fault::host_ignores_flush(&cell),
@@ -178,6 +227,11 @@ fn ack_log_header(
 
 /// What the guest phase measured and learnt.
 struct Phase {
+    snapshot: Duration,
+    started: Started,
+    boot_reason: Option<String>,
+    guest_check: GuestCheck,
+    /// QEMU start to READY, or to the restored guest running.
     boot: Duration,
     first_ack: Duration,
     window: Duration,
@@ -187,24 +241,74 @@ struct Phase {
     guest_kernel: String,
 }
 
-/// Boot, the first ack, the write window, the SIGKILL; the ack log is complete after it.
+/// Restore (or boot), `START` and the writer's `STATE` checked, the first ack, the write
+/// window, the SIGKILL; the ack log is complete after it.
 async fn guest_phase(
+    ctx: &Ctx,
+    cell: Cell,
     config: VmConfig,
+    writer: WriterParams,
     mut acks: Acks<'_>,
     delay: Duration,
-    ready_timeout: Duration,
     label: &str,
 ) -> Result<Phase, RunError> {
+    let opts = &ctx.opts;
+    let disk_bytes = opts.disk_size_mib << 20;
+    let t = Instant::now();
+    let prepared = match &ctx.snapshots {
+        Some(s) => Some(
+            s.get(
+                Key::of(&cell, disk_bytes),
+                opts,
+                &ctx.guest,
+                ctx.dirs.sockets(),
+            )
+            .await,
+        ),
+        None => None,
+    };
+    let snapshot = t.elapsed();
+    let (booted, started, boot_reason) = match prepared.as_ref().and_then(|p| p.get()) {
+        Some(Prepared::Saved(saved)) => (
+            snapshot::restore(config, saved, label).await?,
+            Started::Restored,
+            None,
+        ),
+        Some(Prepared::Unavailable(why)) => (
+            boot::boot(config, opts.ready_timeout, label).await?,
+            Started::Booted,
+            Some(why.clone()),
+        ),
+        None => (
+            boot::boot(config, opts.ready_timeout, label).await?,
+            Started::Booted,
+            None,
+        ),
+    };
     let Booted {
         mut vm,
         boot,
-        ready,
         guest_kernel,
         qemu_version,
         qmp_cache,
-    } = boot::boot(config, ready_timeout, label).await?;
+    } = booted;
+    let t = Instant::now();
+    let sent_ns = snapshot::unix_ns();
+    let start = HostMessage::Start {
+        writer,
+        now_ns: sent_ns,
+        entropy: rand::random(),
+    };
+    let state = acks.start(&mut vm, &start).await?;
+    let guest_check =
+        snapshot::check_state(&state, &cell, disk_bytes, sent_ns, snapshot::unix_ns()).map_err(
+            |what| RunError::Unfaithful {
+                cell: label.to_string(),
+                what,
+            },
+        )?;
     acks.first(&mut vm).await?;
-    let first_ack = ready.elapsed();
+    let first_ack = t.elapsed();
     let t = Instant::now();
     acks.window(&mut vm, delay).await?;
     let window = t.elapsed();
@@ -214,6 +318,10 @@ async fn guest_phase(
     drop(vm);
     acks.finish()?;
     Ok(Phase {
+        snapshot,
+        started,
+        boot_reason,
+        guest_check,
         boot,
         first_ack,
         window,

@@ -8,8 +8,13 @@
 //! 3. [`fault`] (its first half): the host the disk lives on: the image file itself (`kill`),
 //!    or kvmio's volatile-cache NBD server over it (`power*`; for qcow2 the export is the qcow2
 //!    file and QEMU runs its qcow2 driver over it);
-//! 4. [`boot`]: the guest booted with that disk under the cell's cache mode, writer role;
-//! 5. [`ack`]: the guest control protocol: the writer's acks appended to the ack log as they
+//! 4. [`snapshot`] or [`boot`]: the guest started with that disk under the cell's cache mode,
+//!    writer role: restored from the state saved once per VM configuration the guest can observe
+//!    (write cache, format, disk size; saved by booting once, when first needed), or booted
+//!    (`--boot always`, or where no state could be saved);
+//! 5. [`ack`]: the guest control protocol: `START` with the iteration's parameters, the host's
+//!    clock and entropy, the writer's `STATE` checked ([`snapshot::check_state`]: the guest is
+//!    the one a fresh boot would give), then the writer's acks appended to the ack log as they
 //!    arrive, until a seeded delay after the first one;
 //! 6. [`fault`]: SIGKILL of QEMU, the acks already in flight, and for power the NBD server's
 //!    power failure (drop-all, subset, subset-torn);
@@ -31,6 +36,7 @@ pub mod image;
 mod iteration;
 pub mod plan;
 mod schedule;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +55,36 @@ pub use fault::host_ignores_flush;
 pub use image::qcow2_headroom;
 pub use plan::{cell_seed, preflight, IterationSeeds};
 pub use schedule::{run, RunOutcome};
+pub use snapshot::{GuestCheck, SnapshotError};
+
+/// How iterations start their guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootPolicy {
+    /// Boot every iteration's guest.
+    Always,
+    /// Restore a guest saved once per VM configuration; boot where none could be saved.
+    Auto,
+}
+
+impl std::str::FromStr for BootPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(BootPolicy::Always),
+            "auto" => Ok(BootPolicy::Auto),
+            _ => Err(format!("unknown boot policy {s:?}: use always or auto")),
+        }
+    }
+}
+
+/// How an iteration's guest started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Started {
+    Booted,
+    Restored,
+}
 
 /// What to run: the matrix and how each iteration's VM is made. The guest image and the
 /// accelerator are separate ([`Guest`]): building and probing them takes time, and a bad option
@@ -74,6 +110,8 @@ pub struct RunOptions {
     pub lie_about_flush: bool,
     /// Self-test: the writer acks before its durability point.
     pub ack_early: bool,
+    /// Boot every guest, or restore saved ones.
+    pub boot: BootPolicy,
 }
 
 /// What every iteration boots.
@@ -127,6 +165,14 @@ pub enum RunError {
         #[source]
         source: VmError,
     },
+    #[error("{cell}: cannot restore the saved guest")]
+    Restore {
+        cell: String,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("{cell}: the guest is not the one a fresh boot gives: {what}")]
+    Unfaithful { cell: String, what: String },
     #[error("{cell}: the guest writer failed: {message}; last console lines:\n{console}")]
     Writer {
         cell: String,
@@ -183,9 +229,14 @@ pub enum RunError {
 pub struct Timings {
     /// Creating the image (and starting the NBD server).
     pub create: f64,
-    /// QEMU start to the guest's READY.
+    /// Waiting for the guest's saved state (its one boot and save, if this iteration came
+    /// first; 0 when booting).
+    pub snapshot: f64,
+    /// QEMU start to the guest's READY (0 when restored).
     pub boot: f64,
-    /// READY to the first ack.
+    /// QEMU start to the restored guest running (0 when booted).
+    pub restore: f64,
+    /// `START` to the first ack (the writer's `STATE` included).
     pub first_ack: f64,
     /// First ack to the fault (the seeded delay).
     pub window: f64,
@@ -229,6 +280,12 @@ pub struct IterationResult {
     pub verdict: Verdict,
     pub verification: Verification,
     pub timings: Timings,
+    /// Whether the guest was restored from a saved state or booted.
+    pub started: Started,
+    /// Why a guest was booted where `--boot auto` would restore it.
+    pub boot_reason: Option<String>,
+    /// What the writer reported after `START`, as checked.
+    pub guest_check: GuestCheck,
     pub fault_delay_ms: u64,
     pub power_fail: Option<PowerFailSummary>,
     /// The power fault's NBD server ignored FLUSH and FUA ([`host_ignores_flush`]).

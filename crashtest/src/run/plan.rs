@@ -13,7 +13,8 @@ use std::time::Duration;
 use kvmio_guest::record::SplitMix64;
 
 use super::image::qcow2_headroom;
-use super::{RunError, RunOptions};
+use super::snapshot::{self, Key};
+use super::{BootPolicy, RunError, RunOptions};
 use crate::oracle::Cell;
 use crate::vm::ImageFormat;
 
@@ -83,6 +84,16 @@ pub fn space_needed(opts: &RunOptions) -> (u64, String) {
         detail.push_str(&format!(
             " plus {total} kept image(s) of up to {} MiB",
             image >> 20
+        ));
+    }
+    if opts.boot == BootPolicy::Auto {
+        // One saved guest per configuration, each saved from a scratch disk of its own.
+        let keys = Key::all(&opts.cells, disk).len() as u64;
+        let state = snapshot::state_bytes_max(opts.memory_mib);
+        needed += keys * (state + image);
+        detail.push_str(&format!(
+            " plus {keys} saved guest(s) of up to {} MiB with their scratch disks",
+            (state + image) >> 20
         ));
     }
     (needed + (1 << 20), detail)

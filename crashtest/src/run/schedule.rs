@@ -43,7 +43,7 @@ pub async fn run(
             jobs.push_back((jobs.len(), *cell, iteration));
         }
     }
-    let ctx = Arc::new(Ctx { opts, guest, dirs });
+    let ctx = Arc::new(Ctx::new(opts, guest, dirs)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut set = JoinSet::new();
     let mut results = Vec::new();
