@@ -80,6 +80,12 @@ pub struct Cli {
     #[arg(long = "crashtest.results-dir", value_name = "DIR")]
     pub crashtest_results_dir: Option<PathBuf>,
 
+    /// TLS, client certificates, basic authentication and response headers, in Prometheus'
+    /// exporter-toolkit format (as node_exporter's --web.config.file). Re-read at every
+    /// connection and request: renewed certificates and changed passwords need no restart.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Path under which the metrics are served.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = DEFAULT_TELEMETRY_PATH,
           value_parser = parse_telemetry_path)]

@@ -1,5 +1,7 @@
 //! The HTTP server (hyper 1, HTTP/1.1): `GET /metrics`, a landing page at `/`, 404 elsewhere,
-//! graceful shutdown.
+//! graceful shutdown. With `--web.config.file` ([`crate::web`]): TLS (the configuration taken
+//! afresh at each connection), basic authentication in front of every path, and the file's
+//! response headers.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,17 +11,20 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::collector::Exporter;
 use crate::metrics::TEXT_CONTENT_TYPE;
+use crate::web::auth::Verdict;
+use crate::web::WebConfig;
 
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,10 +33,21 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-/// (bounded by a grace period) and returns.
+/// (bounded by a grace period) and returns. Plain HTTP, no authentication.
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_web(listener, exporter, None, shutdown).await
+}
+
+/// [`serve`] under a web configuration (`--web.config.file`): TLS if it has a
+/// `tls_server_config`, basic authentication if it has users.
+pub async fn serve_web(
+    listener: TcpListener,
+    exporter: Arc<Exporter>,
+    web: Option<Arc<WebConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
@@ -52,27 +68,28 @@ pub async fn serve(
                     }
                 };
                 let exporter = exporter.clone();
-                let mut stop = stop_rx.clone();
+                let web = web.clone();
+                let stop = stop_rx.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let exporter = exporter.clone();
-                        async move { Ok::<_, Infallible>(handle(&exporter, local, req).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    let result = tokio::select! {
-                        r = conn.as_mut() => r,
-                        // (the watch guard must not live across the await below)
-                        () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
+                    // The TLS configuration as the files are now (a renewed certificate applies
+                    // from the next connection on).
+                    let tls = web.as_ref().and_then(|w| w.current().tls.clone());
+                    let Some(tls) = tls else {
+                        return serve_connection(TokioIo::new(stream), exporter, web, local, peer, stop)
+                            .await;
                     };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection: {e}");
+                    let mut stream = stream;
+                    if refused_plain_http(&mut stream).await {
+                        return;
+                    }
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), exporter, web, local, peer, stop)
+                                .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake: timed out"),
                     }
                 });
             }
@@ -93,6 +110,95 @@ pub async fn serve(
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// One connection, plain or TLS, until it closes or the server stops.
+async fn serve_connection<IO>(
+    io: TokioIo<IO>,
+    exporter: Arc<Exporter>,
+    web: Option<Arc<WebConfig>>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let exporter = exporter.clone();
+        let web = web.clone();
+        async move {
+            Ok::<_, Infallible>(match web {
+                Some(web) => handle_under(&web, &exporter, local, req).await,
+                None => handle(&exporter, local, req).await,
+            })
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        // (the watch guard must not live across the await below)
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection: {e}");
+    }
+}
+
+/// A client that speaks plain HTTP to the TLS port (its first byte is a method's letter, where
+/// a TLS client sends a handshake record, 0x16) gets a 400 saying so, as Go's servers answer,
+/// instead of a closed connection it cannot explain. True if the connection was answered so (or
+/// sent nothing in time).
+async fn refused_plain_http(stream: &mut TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {}
+        Ok(Ok(1)) => return false,
+        _ => return true,
+    }
+    let answer = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                   Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
+        let _ = stream.write_all(answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    true
+}
+
+/// A request under a web configuration: the file's headers on every answer, and every path
+/// (the landing page too) behind basic authentication when users are configured.
+async fn handle_under(
+    web: &WebConfig,
+    exporter: &Exporter,
+    local: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let settings = web.current();
+    let verdict = web
+        .auth()
+        .check(&settings.users, req.headers().get(AUTHORIZATION))
+        .await;
+    let mut r = if verdict == Verdict::Denied {
+        let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"kvmio-exporter\", charset=\"UTF-8\""),
+        );
+        r
+    } else {
+        handle(exporter, local, req).await
+    };
+    for (name, value) in &settings.headers {
+        r.headers_mut().insert(name.clone(), value.clone());
+    }
+    r
 }
 
 async fn handle(

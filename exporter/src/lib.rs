@@ -24,6 +24,7 @@
 //! - [`config`] and [`cli`]: flags, config file, the resolved [`config::Config`];
 //! - [`errors`]: errors printed as one line with their sources;
 //! - [`http`]: the hyper server;
+//! - [`web`]: `--web.config.file` (TLS, client certificates, basic auth, headers);
 //! - [`logging`]: `--log.level`, `--log.format` (logfmt, json);
 //! - [`permissions`]: which families the process's privileges cost, said once at start-up.
 
@@ -41,6 +42,7 @@ pub mod permissions;
 pub mod scrape;
 pub mod textformat;
 pub mod vm;
+pub mod web;
 
 pub use collector::{Collector, CollectorError, Exporter, ImageRef, ScrapeContext};
 pub use config::Config;

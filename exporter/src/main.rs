@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use kvmio_exporter::cli::Cli;
 use kvmio_exporter::collector::Exporter;
+use kvmio_exporter::web::WebConfig;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
     // clap prints usage errors in one line and exits with code 2.
     let cli = Cli::parse();
     let cli_log = (cli.log_level, cli.log_format);
+    let web_config_file = cli.web_config_file.clone();
     let config = match cli.into_config() {
         Ok(c) => Arc::new(c),
         Err(msg) => {
@@ -21,6 +23,18 @@ fn main() -> ExitCode {
         }
     };
     kvmio_exporter::logging::init(cli_log.0, cli_log.1);
+    // A file that cannot be used at start-up stops the exporter (later, the last good one stays).
+    let web = match web_config_file.as_deref().map(WebConfig::load).transpose() {
+        Ok(web) => web.map(Arc::new),
+        Err(e) => {
+            eprintln!(
+                "kvmio-exporter: error: --web.config.file {}: {}",
+                web_config_file.unwrap_or_default().display(),
+                kvmio_exporter::errors::chain(&e)
+            );
+            return ExitCode::from(2);
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .thread_name("kvmio-exporter")
@@ -33,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, web)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvmio-exporter: error: {e:#}");
@@ -42,7 +56,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
+async fn run(
+    config: Arc<kvmio_exporter::Config>,
+    web: Option<Arc<WebConfig>>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     // Install the handlers before binding so a signal right after startup is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -67,14 +84,28 @@ async fn run(config: Arc<kvmio_exporter::Config>) -> anyhow::Result<()> {
             ),
         }
     }
+    if let Some(web) = &web {
+        let settings = web.current();
+        tracing::info!(
+            file = %web.path().display(),
+            tls = web.is_tls(),
+            basic_auth_users = settings.users.len(),
+            "web config file: re-read at every connection and request"
+        );
+    }
+    let scheme = if web.as_ref().is_some_and(|w| w.is_tls()) {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         collectors = ?exporter.collector_names(),
-        "listening on http://{}{}",
+        "listening on {scheme}://{}{}",
         listener.local_addr()?,
         config.telemetry_path
     );
-    kvmio_exporter::http::serve(listener, exporter, async move {
+    kvmio_exporter::http::serve_web(listener, exporter, web, async move {
         tokio::select! {
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

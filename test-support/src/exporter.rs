@@ -9,7 +9,7 @@ use crate::{spawn_tied, wait_for_every, ChildProcess};
 
 /// Starts `cmd` (the exporter binary, or a wrapper such as `setpriv` that execs it) with
 /// `--web.listen-address=127.0.0.1:0` and `args`, `RUST_LOG=info`, stderr to `log`; waits (30 s
-/// at most) for its `listening on http://ADDR/metrics` line. Returns it and `ADDR`. The process
+/// at most) for its `listening on http(s)://ADDR/metrics` line. Returns it and `ADDR`. The process
 /// is tied to the calling thread ([`spawn_tied`]).
 pub fn launch_exporter(mut cmd: Command, args: &[String], log: &Path) -> (ChildProcess, String) {
     cmd.arg("--web.listen-address=127.0.0.1:0")
@@ -33,7 +33,9 @@ pub fn launch_exporter(mut cmd: Command, args: &[String], log: &Path) -> (ChildP
                 );
             }
             let text = std::fs::read_to_string(log).ok()?;
-            let rest = text.split("listening on http://").nth(1)?;
+            // http:// or, with a TLS --web.config.file, https://
+            let rest = text.split("listening on http").nth(1)?;
+            let rest = rest.strip_prefix("s").unwrap_or(rest).strip_prefix("://")?;
             Some(rest.split("/metrics").next()?.to_owned())
         },
     );

@@ -10,7 +10,8 @@
 //! - [`exporter`]: the `kvmio-exporter` binary on a free loopback port;
 //! - [`bench`]: the benches' command line, percentiles, `/proc` readings, results tables;
 //! - [`http`]: blocking `GET`s and a free port; [`metrics`]: the text format parsed into
-//!   [`metrics::Series`].
+//!   [`metrics::Series`];
+//! - [`tls`]: a throw-away PKI (rcgen) and blocking HTTPS `GET`s (rustls).
 
 pub mod bench;
 pub mod exporter;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod process;
 pub mod qemu;
+pub mod tls;
 
 pub use exporter::launch_exporter;
 pub use http::{free_port, http_get, try_http_get};
