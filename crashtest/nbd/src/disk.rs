@@ -1,5 +1,11 @@
 //! The simulated disk: a durable layer (the backing file) under a volatile write cache.
 //!
+//! Both of kvmio's simulated hosts use it: the NBD server (a fixed-size export) and
+//! `kvmio-fusedisk` (a file that grows, shrinks and has holes punched, under QEMU's file driver).
+//! The file's length is volatile too: it becomes durable with the data, at a flush, and a power
+//! failure takes the file back to its last durable length (or to the end of the writes a seeded
+//! subset keeps).
+//!
 //! Every unflushed write is kept, in arrival order, as an [`Entry`]; the data of all of them is
 //! appended to one arena that is reused after each flush, so steady-state writes allocate nothing.
 //! A per-sector index points at the newest entry holding each sector, which is what reads see.
@@ -11,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::{PowerFailMode, PowerFailReport, SECTOR_SIZE};
@@ -61,7 +68,7 @@ type SectorSet = HashSet<u64, BuildHasherDefault<SectorHasher>>;
 
 /// What a disk operation did to the durable layer, for the statistics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Persisted {
+pub struct Persisted {
     pub bytes: u64,
     pub syncs: u64,
 }
@@ -102,11 +109,22 @@ enum Fate {
     Torn(Vec<bool>),
 }
 
+/// A file under a volatile write cache. See the module documentation.
 #[derive(Debug)]
-pub(crate) struct Disk {
+pub struct Disk {
     file: File,
+    /// The length readers see (volatile).
     size: u64,
+    /// The backing file's length: the length a power failure leaves.
+    durable_size: u64,
+    /// Writes may grow the file up to this length.
+    capacity: u64,
     lie_about_flush: bool,
+    /// Test-only misbehaviour: a flush leaves the newest write volatile, as if the disk had
+    /// reordered it after the flush.
+    reorder_flush: bool,
+    /// After [`Disk::freeze`] (the power cut) nothing changes the disk but the power failure.
+    frozen: bool,
     max_volatile_bytes: u64,
     entries: Vec<Entry>,
     /// Number of entries that are not `Durable` barriers.
@@ -125,16 +143,17 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    pub(crate) fn new(
-        file: File,
-        size: u64,
-        lie_about_flush: bool,
-        max_volatile_bytes: u64,
-    ) -> Self {
+    /// A disk of `size` bytes over `file` (whose length must be `size`); it cannot grow until
+    /// [`Disk::with_capacity`].
+    pub fn new(file: File, size: u64, lie_about_flush: bool, max_volatile_bytes: u64) -> Self {
         Disk {
             file,
             size,
+            durable_size: size,
+            capacity: size,
             lie_about_flush,
+            reorder_flush: false,
+            frozen: false,
             max_volatile_bytes,
             entries: Vec::new(),
             volatile_entries: 0,
@@ -147,37 +166,61 @@ impl Disk {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn size(&self) -> u64 {
+    /// Lets writes grow the file up to `capacity` bytes.
+    pub fn with_capacity(mut self, capacity: u64) -> Self {
+        self.capacity = capacity.max(self.size);
+        self
+    }
+
+    /// Test-only misbehaviour: every flush leaves the newest unflushed write volatile.
+    pub fn with_reordered_flush(mut self, reorder: bool) -> Self {
+        self.reorder_flush = reorder;
+        self
+    }
+
+    /// The length readers see now.
+    pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// Defence in depth: the connection checks ranges before calling in.
+    /// The power cut: from now on every write, flush and resize fails with `EIO` and changes
+    /// nothing; only [`Disk::power_fail`] still acts.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    fn check_live(&self) -> io::Result<()> {
+        if self.frozen {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Defence in depth: callers check ranges before calling in. A range past the capacity is
+    /// `EFBIG`.
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "request beyond the end of the export",
-            )),
+            Some(end) if end <= self.capacity => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EFBIG)),
         }
     }
 
     /// Distinct bytes whose newest content is only in the volatile layer.
-    pub(crate) fn volatile_bytes(&self) -> u64 {
+    pub fn volatile_bytes(&self) -> u64 {
         self.index.len() as u64 * SECTOR
     }
 
     /// Unflushed writes that a power failure could lose.
-    pub(crate) fn volatile_writes(&self) -> u64 {
+    pub fn volatile_writes(&self) -> u64 {
         self.volatile_entries
     }
 
     /// Reads `buf.len()` bytes at `offset` (any alignment) as the client sees them: the volatile
-    /// layer over the backing file. The caller checks the range.
-    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    /// layer over the backing file; past the backing file's end, zeroes. The caller checks the
+    /// range.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.file.read_exact_at(buf, offset)?;
+        read_or_zero(&self.file, buf, offset)?;
         if self.index.is_empty() || buf.is_empty() {
             return Ok(());
         }
@@ -207,12 +250,15 @@ impl Disk {
 
     /// Writes `data` at `offset`. Unaligned writes are widened to whole sectors by
     /// read-modify-write, so that the volatile layer (and tearing) works on 512-byte sectors.
-    pub(crate) fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<Persisted> {
+    /// A write past the end grows the file (volatile, like the data).
+    pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<Persisted> {
+        self.check_live()?;
         let len = data.len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(Persisted::default());
         }
+        self.size = self.size.max(offset + len);
         if offset % SECTOR == 0 && len % SECTOR == 0 {
             return self.write_aligned(offset, Some(data), len, fua);
         }
@@ -233,16 +279,13 @@ impl Disk {
     }
 
     /// Zeroes `len` bytes at `offset`; unaligned edges are handled by read-modify-write.
-    pub(crate) fn write_zeroes(
-        &mut self,
-        offset: u64,
-        len: u64,
-        fua: bool,
-    ) -> io::Result<Persisted> {
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, fua: bool) -> io::Result<Persisted> {
+        self.check_live()?;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(Persisted::default());
         }
+        self.size = self.size.max(offset + len);
         let start = offset.div_ceil(SECTOR) * SECTOR;
         let end = (offset + len) / SECTOR * SECTOR;
         if start >= end {
@@ -274,6 +317,15 @@ impl Disk {
             match data {
                 Some(d) => self.file.write_all_at(d, offset)?,
                 None => write_zeroes_at(&self.file, offset, len)?,
+            }
+            // A FUA write past the durable end makes the file's new length durable too (as
+            // O_DSYNC does), but no longer than the file: the last sector may be partial.
+            if offset + len > self.durable_size {
+                let end = (offset + len).min(self.size).max(self.durable_size);
+                if end < offset + len {
+                    self.file.set_len(end)?;
+                }
+                self.durable_size = end;
             }
             self.file.sync_data()?;
             // Did an older unflushed write cover any of these sectors? (The index holds each
@@ -324,17 +376,57 @@ impl Disk {
         Ok(Persisted::default())
     }
 
-    /// NBD_CMD_FLUSH: every write received so far becomes durable (unless the disk lies).
-    pub(crate) fn flush(&mut self) -> io::Result<Persisted> {
+    /// Sets the file's length (volatile): a shrink zeroes what it cuts off, so that a later
+    /// growth reads zeroes there, and a power failure before the next flush keeps the old length.
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.check_live()?;
+        self.check_range(len, 0)?;
+        if len < self.size {
+            let old = self.size;
+            self.write_zeroes(len, old - len, false)?;
+        }
+        self.size = len;
+        Ok(())
+    }
+
+    /// NBD_CMD_FLUSH, fsync: every write received so far becomes durable (unless the disk lies;
+    /// a disk that reorders keeps its newest write volatile).
+    pub fn flush(&mut self) -> io::Result<Persisted> {
+        self.check_live()?;
         if self.lie_about_flush {
             return Ok(Persisted::default());
         }
-        self.persist_all()
+        // Misbehaviour for the checker's tests: the newest write is held back, as if the disk
+        // had written it after the flush. Its sectors keep their durable bytes from before
+        // the flush, and the write stays volatile.
+        let held = match (self.reorder_flush, self.entries.last()) {
+            (
+                true,
+                Some(&Entry {
+                    first,
+                    sectors,
+                    payload: Payload::Arena(start),
+                }),
+            ) => {
+                let data = self.arena[start..start + (sectors * SECTOR) as usize].to_vec();
+                let mut before = vec![0u8; data.len()];
+                read_or_zero(&self.file, &mut before, first * SECTOR)?;
+                Some((first * SECTOR, data, before))
+            }
+            _ => None,
+        };
+        let done = self.persist_all()?;
+        if let Some((offset, data, before)) = held {
+            self.file.write_all_at(&before, offset)?;
+            self.file.sync_data()?;
+            self.write_aligned(offset, Some(&data), data.len() as u64, false)?;
+        }
+        Ok(done)
     }
 
     /// Writes the newest volatile data of every sector to the backing file, syncs it and empties
     /// the volatile layer.
-    pub(crate) fn persist_all(&mut self) -> io::Result<Persisted> {
+    pub fn persist_all(&mut self) -> io::Result<Persisted> {
         let mut sorted = std::mem::take(&mut self.sorted);
         sorted.clear();
         sorted.extend(self.index.iter().map(|(&s, &i)| (s, i)));
@@ -345,7 +437,12 @@ impl Disk {
         self.staging = staging;
         let bytes = result?;
         let mut done = Persisted { bytes, syncs: 0 };
-        if bytes > 0 {
+        let resized = self.durable_size != self.size;
+        if resized {
+            self.file.set_len(self.size)?;
+            self.durable_size = self.size;
+        }
+        if bytes > 0 || resized {
             self.file.sync_data()?;
             done.syncs = 1;
         }
@@ -418,9 +515,12 @@ impl Disk {
         }
     }
 
-    /// Simulates a power failure: decides the fate of every unflushed write according to `mode`,
+    /// Simulates a power failure (frozen or not): decides the fate of every unflushed write according to `mode`,
     /// writes what survives to the backing file, syncs it and empties the volatile layer.
-    pub(crate) fn power_fail(&mut self, mode: PowerFailMode) -> io::Result<PowerFailReport> {
+    ///
+    /// The file's length goes back to its durable length, or, if a kept write reaches past it,
+    /// to that write's end (no further than the length readers saw).
+    pub fn power_fail(&mut self, mode: PowerFailMode) -> io::Result<PowerFailReport> {
         let mut report = PowerFailReport {
             mode,
             unflushed_writes: self.volatile_entries,
@@ -491,11 +591,21 @@ impl Disk {
         let result = self.write_sectors(&survivors, &mut staging);
         self.staging = staging;
         let bytes = result?;
-        if bytes > 0 {
+        let kept_end = survivors.last().map_or(0, |&(s, _)| (s + 1) * SECTOR);
+        let len = self.durable_size.max(kept_end.min(self.size));
+        let resized = self.file.metadata()?.len() != len;
+        if resized {
+            self.file.set_len(len)?;
+        }
+        if bytes > 0 || resized {
             self.file.sync_data()?;
         }
+        self.durable_size = len;
+        self.size = len;
         report.bytes_persisted = bytes;
         self.clear();
+        // The power is back: the disk serves what survived.
+        self.frozen = false;
         Ok(report)
     }
 }
@@ -580,7 +690,36 @@ fn stage(staging: &mut Vec<u8>, piece: Piece<'_>) {
     }
 }
 
-fn write_zeroes_at(file: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
+/// Reads `buf.len()` bytes at `offset`; what lies past the file's end reads as zeroes.
+fn read_or_zero(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+/// Zeroes a range of the backing file: a punched hole where the filesystem can (sparse images
+/// stay sparse), written zeroes where it cannot.
+fn write_zeroes_at(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let file_len = file.metadata()?.len();
+    // Past the end, a hole would not grow the file: write zeroes there.
+    let inside = len.min(file_len.saturating_sub(offset));
+    if inside > 0 && fallocate(file.as_raw_fd(), flags, offset as i64, inside as i64).is_ok() {
+        return write_zeroes_slow(file, offset + inside, len - inside);
+    }
+    write_zeroes_slow(file, offset, len)
+}
+
+fn write_zeroes_slow(file: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
     while len > 0 {
         let n = len.min(ZEROES.len() as u64);
         file.write_all_at(&ZEROES[..n as usize], offset)?;
@@ -805,5 +944,84 @@ mod tests {
             }
         }
         assert_eq!(torn, r.torn_writes);
+    }
+
+    fn growing(cap: u64) -> (tempfile::NamedTempFile, Disk) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let file = tmp.reopen().unwrap();
+        (tmp, Disk::new(file, 0, false, u64::MAX).with_capacity(cap))
+    }
+
+    #[test]
+    fn growth_is_volatile_until_a_flush_and_past_the_capacity_is_efbig() {
+        let (tmp, mut d) = growing(8192);
+        d.write(0, &[1; 1024], false).unwrap();
+        d.flush().unwrap();
+        d.write(4096, &[2; 512], false).unwrap();
+        assert_eq!(d.size(), 4608);
+        let e = d.write(8000, &[3; 512], false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
+        d.power_fail(PowerFailMode::DropAll).unwrap();
+        assert_eq!(backing(&tmp), vec![1; 1024]);
+        assert_eq!(d.size(), 1024);
+    }
+
+    #[test]
+    fn a_shrink_zeroes_what_it_cuts_and_a_subset_keeps_the_length_of_kept_writes() {
+        let (tmp, mut d) = growing(1 << 20);
+        d.write(0, &[1; 4096], false).unwrap();
+        d.flush().unwrap();
+        d.set_len(1000).unwrap();
+        d.set_len(4096).unwrap();
+        assert_eq!(view(&d)[1000..], vec![0; 3096][..]);
+        d.flush().unwrap();
+        assert_eq!(backing(&tmp).len(), 4096);
+        assert!(all_eq(&backing(&tmp)[1000..], 0));
+        for seed in 0..32 {
+            let (tmp, mut d) = growing(1 << 20);
+            d.write(0, &[1; 512], false).unwrap();
+            d.write(512, &[2; 512], false).unwrap();
+            let r = d.power_fail(PowerFailMode::Subset { seed }).unwrap();
+            let b = backing(&tmp);
+            let want = if r.persisted_writes == 0 {
+                0
+            } else if b.len() == 1024 {
+                1024
+            } else {
+                512
+            };
+            assert_eq!(b.len(), want, "seed {seed}: {r:?}");
+            assert_eq!(d.size(), b.len() as u64);
+        }
+    }
+
+    #[test]
+    fn after_the_freeze_nothing_changes_but_the_power_failure() {
+        let (tmp, mut d) = disk(8);
+        d.write(0, &[1; 512], false).unwrap();
+        d.freeze();
+        for e in [
+            d.write(512, &[2; 512], true).unwrap_err(),
+            d.flush().unwrap_err(),
+            d.set_len(0).unwrap_err(),
+        ] {
+            assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        }
+        d.power_fail(PowerFailMode::DropAll).unwrap();
+        assert!(all_eq(&backing(&tmp), 0));
+        d.write(0, &[3; 512], true).unwrap();
+    }
+
+    #[test]
+    fn a_reordering_disk_keeps_the_newest_write_volatile_across_a_flush() {
+        let (tmp, d) = disk(8);
+        let mut d = d.with_reordered_flush(true);
+        d.write(0, &[1; 512], false).unwrap();
+        d.write(512, &[2; 512], false).unwrap();
+        d.flush().unwrap();
+        assert_eq!(d.volatile_writes(), 1);
+        d.power_fail(PowerFailMode::DropAll).unwrap();
+        let b = backing(&tmp);
+        assert!(all_eq(&b[..512], 1) && all_eq(&b[512..], 0));
     }
 }

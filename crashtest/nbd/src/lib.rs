@@ -43,7 +43,7 @@
 //! ```
 
 mod conn;
-mod disk;
+pub mod disk;
 mod proto;
 
 use std::fmt;
@@ -61,7 +61,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::disk::{Disk, Persisted};
+pub use crate::disk::Disk;
+use crate::disk::Persisted;
 
 /// Sector size: the unit of the volatile layer and of torn writes.
 pub const SECTOR_SIZE: u64 = 512;
@@ -602,6 +603,13 @@ impl ServerHandle {
 
     pub fn export_size(&self) -> u64 {
         self.shared.size
+    }
+
+    /// The power cut: from now on no write or flush changes the disk (each gets `EIO`), until
+    /// [`ServerHandle::power_fail`] has dropped the volatile data. The crash tester cuts before it
+    /// kills QEMU, so nothing QEMU sends after the fault instant reaches the disk.
+    pub fn freeze(&self) {
+        self.shared.lock_disk().freeze();
     }
 
     /// Simulates a host power failure: severs any client still connected (the crash tester kills
