@@ -4,13 +4,16 @@
 #   deploy/demo.sh [--run-dir DIR] [--vms N] [--cache MODES] [--listen ADDR] [--accel tcg|kvm|auto]
 #
 # Run by `make demo` after the release build. Both processes are stopped, and every VM reaped,
-# on Ctrl-C, SIGTERM, or when either of them fails.
+# on Ctrl-C, SIGTERM, or when either of them fails. Only processes this script started are ever
+# signalled. The exporter listens on 127.0.0.1:10990 unless something already does (a host's
+# own service): then on the next free port above it, and the banner says which. An address given
+# with --listen is used as given (taken: an error that says so).
 set -euo pipefail
 
 run_dir=/tmp/kvmio-demo
 vms=2
 cache=none,unsafe
-listen=127.0.0.1:10990
+listen=''
 accel=auto
 bin=${KVMIO_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 
@@ -27,6 +30,25 @@ done
 for b in kvmio-crashtest kvmio-exporter kvmio-guest; do
     [ -x "$bin/$b" ] || { echo "demo: $bin/$b missing: run 'cargo build --release --workspace' (make demo does)" >&2; exit 1; }
 done
+
+# Whether something accepts connections on HOST:PORT (bash's /dev/tcp: no extra tool needed).
+in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+if [ -z "$listen" ]; then
+    port=10990
+    while in_use 127.0.0.1 "$port"; do
+        [ "$port" -lt 11090 ] || { echo "demo: ports 10990-11090 on 127.0.0.1 are all in use; pass --listen ADDR" >&2; exit 1; }
+        port=$((port + 1))
+    done
+    [ "$port" = 10990 ] || echo "demo: 127.0.0.1:10990 is in use by another program (left alone); the exporter listens on 127.0.0.1:$port" >&2
+    listen=127.0.0.1:$port
+else
+    host=${listen%:*}; host=${host#[}; host=${host%]}
+    case "$host" in ''|0.0.0.0) host=127.0.0.1 ;; ::) host=::1 ;; esac
+fi
+if [ -n "${host:-}" ] && in_use "$host" "${listen##*:}"; then
+    echo "demo: $listen is in use by another program (left alone); pass a free --listen ADDR, or none to pick one" >&2
+    exit 1
+fi
 
 lab_pid=''
 exporter_pid=''
