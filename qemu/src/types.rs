@@ -552,6 +552,15 @@ pub struct GuestDiskStats {
     pub weight_ticks: Option<u64>,
 }
 
+/// At most this many `dependencies` of a guest disk are kept (LVM over many PVs has dozens).
+pub const MAX_DISK_DEPENDENCIES: usize = 64;
+
+fn bounded_dependencies<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    crate::reply::at_most::<D, String, MAX_DISK_DEPENDENCIES>(d)
+}
+
 /// One entry of `guest-get-disks` (`GuestDiskInfo`, QEMU >= 5.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -559,12 +568,17 @@ pub struct GuestDiskInfo {
     /// The device node (`/dev/vda`) or, on Windows, the UNC path.
     pub name: String,
     pub partition: bool,
-    /// Disks this one is built on (the PVs of an LV, the disk below a LUKS volume).
+    /// Disks this one is built on (the PVs of an LV, the disk below a LUKS volume); at most
+    /// [`MAX_DISK_DEPENDENCIES`], the rest skipped unread.
+    #[serde(deserialize_with = "bounded_dependencies")]
     pub dependencies: Option<Vec<String>>,
     /// Absent for virtual devices (loop, dm).
     pub address: Option<GuestDiskAddress>,
     pub alias: Option<String>,
-    /// SMART data (NVMe only), left untyped.
+    /// SMART data (NVMe only). Not decoded (always `None` from a reply): kvmio does not use it,
+    /// and as an untyped tree a guest could fill it with ~174,000 empty lists within the line
+    /// cap, 16 MiB per VM kept with the cached `guest-get-disks` answer.
+    #[serde(skip_deserializing)]
     pub smart: Option<Value>,
 }
 
