@@ -73,8 +73,9 @@ pub struct QgaState {
     pid: Option<u32>,
     queue: HashMap<String, (Instant, Option<QueueInfo>)>,
     files_forbidden_until: Option<Instant>,
-    /// The last `guest-get-disks` answer, when it was asked, and the disk names the stats had.
-    disks: Option<(Instant, BTreeSet<String>, Vec<GuestDiskInfo>)>,
+    /// The last `guest-get-disks` answer (at most twice `--qga.max-disks` entries, and how many
+    /// more the agent listed), when it was asked, and the disk names the stats had.
+    disks: Option<(Instant, BTreeSet<String>, Vec<GuestDiskInfo>, usize)>,
 }
 
 impl QgaState {
@@ -134,7 +135,7 @@ pub(crate) async fn scrape(
 /// The agent's part of a scrape over any [`AgentCommands`] (a socket or libvirt's passthrough):
 /// diskstats, the cached `guest-get-disks` answer, queue settings. Returns the snapshot and
 /// whether the connection is still in a known state; `Err(None)` is the deadline.
-pub(crate) async fn query(
+pub async fn query(
     agent: &mut impl AgentCommands,
     st: &mut QgaState,
     config: &Config,
@@ -154,20 +155,22 @@ pub(crate) async fn query(
         let names: BTreeSet<String> = diskstats.iter().map(|d| d.name.clone()).collect();
         let fresh = cached_disks
             .as_ref()
-            .is_some_and(|(at, known, _)| *known == names && at.elapsed() < DISKS_TTL);
+            .is_some_and(|(at, known, _, _)| *known == names && at.elapsed() < DISKS_TTL);
         if !fresh {
-            let disks = match agent.get_disks_bounded(max).await {
-                Ok(d) => d.items,
-                Err(e) if e.is_command() => Vec::new(),
+            let (disks, disks_skipped) = match agent.get_disks_bounded(max).await {
+                Ok(d) => (d.items, d.skipped),
+                Err(e) if e.is_command() => (Vec::new(), 0),
                 Err(e) => return Err(e),
             };
-            *cached_disks = Some((Instant::now(), names, disks));
+            *cached_disks = Some((Instant::now(), names, disks, disks_skipped));
         }
-        let disks = cached_disks
+        // The disks past the bound are counted at every scrape the answer is used, like the
+        // diskstats past it.
+        let (disks, disks_skipped) = cached_disks
             .as_ref()
-            .map(|(_, _, d)| d.clone())
+            .map(|(_, _, d, n)| (d.clone(), *n))
             .unwrap_or_default();
-        Ok((diskstats, disks, skipped))
+        Ok((diskstats, disks, skipped.saturating_add(disks_skipped)))
     })
     .await;
     let (diskstats, disks, skipped) = match stats {
