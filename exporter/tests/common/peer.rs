@@ -7,7 +7,8 @@
 //!   were captured on). They replay captures; they do not model QEMU's behaviour.
 //! - [`silent`], [`garbage`] and [`endless_line`] are the hostile agents of the robustness tests:
 //!   one accepts and never answers, one answers every request with junk lines, one sends a line
-//!   that never ends.
+//!   that never ends; [`agent_with`] syncs correctly and answers what the test gives it (the
+//!   longest valid lists: [`huge_lists`], [`capped_list`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -314,44 +315,94 @@ pub fn garbage(path: &Path) -> Peer {
     })
 }
 
-/// A well-formed agent whose lists are as long as the exporter's 512 KiB line limit allows:
-/// `guest-get-diskstats` and `guest-get-disks` answer `{"return":[{},{},...]}` with about
-/// 170,000 empty objects (valid replies: every field is optional). Syncs correctly.
-pub fn huge_lists(path: &Path) -> Peer {
-    spawn(path, |stream, _| async move {
-        let (r, mut w) = stream.into_split();
-        let mut reader = BufReader::new(r);
-        let mut buf = Vec::new();
-        // 512 KiB minus the frame: 3 bytes per "{}," .
-        let mut huge = String::from("{\"return\": [{}");
-        while huge.len() < 512 * 1024 - 16 {
-            huge.push_str(",{}");
+/// The longest agent reply line the exporter accepts (`QGA_MAX_LINE_BYTES`, 512 KiB).
+pub const AGENT_LINE_CAP: usize = 512 * 1024;
+
+/// `{"return": [ITEM,ITEM,...]}` with as many copies of `item` as fit in the exporter's agent
+/// line cap (newline included), and how many that is.
+pub fn capped_list(item: impl Fn(usize) -> String) -> (String, usize) {
+    capped_line("{\"return\": [", item, "]}")
+}
+
+/// `HEAD ITEM,ITEM,... TAIL` and a newline, with as many items as fit in the agent line cap,
+/// and how many that is.
+pub fn capped_line(head: &str, item: impl Fn(usize) -> String, tail: &str) -> (String, usize) {
+    let mut line = String::from(head);
+    let mut n = 0;
+    loop {
+        let next = item(n);
+        // The element, its comma, the tail and the newline.
+        if line.len() + next.len() + 2 + tail.len() > AGENT_LINE_CAP {
+            break;
         }
-        huge.push_str("]}\n");
-        while next_line(&mut reader, &mut buf).await {
-            let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
-            let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
-                continue;
-            };
-            let reply = match req["execute"].as_str().unwrap_or("") {
-                "guest-sync-delimited" => {
-                    format!("\u{ff}{{\"return\": {}}}\n", req["arguments"]["id"])
+        if n > 0 {
+            line.push(',');
+        }
+        line.push_str(&next);
+        n += 1;
+    }
+    line.push_str(tail);
+    line.push('\n');
+    (line, n)
+}
+
+/// A well-formed agent (it answers `guest-sync-delimited` and `guest-sync` correctly) whose
+/// other answers are `answer(command)`: a whole reply line, or `None` for `CommandNotFound`.
+pub fn agent_with(
+    path: &Path,
+    answer: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> Peer {
+    let answer = Arc::new(answer);
+    spawn(path, move |stream, reqs| {
+        let answer = answer.clone();
+        async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = BufReader::new(r);
+            let mut buf = Vec::new();
+            while next_line(&mut reader, &mut buf).await {
+                let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
+                let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
+                    continue;
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let mut out = Vec::new();
+                match req["execute"].as_str().unwrap_or("") {
+                    "guest-sync-delimited" => {
+                        out.push(0xFF);
+                        out.extend(format!("{{\"return\": {}}}\n", req["arguments"]["id"]).bytes());
+                    }
+                    "guest-sync" => {
+                        out.extend(format!("{{\"return\": {}}}\n", req["arguments"]["id"]).bytes())
+                    }
+                    cmd => match answer(cmd) {
+                        Some(line) => out.extend(line.bytes()),
+                        None => out.extend(
+                            reply(
+                                Err((
+                                    "CommandNotFound",
+                                    format!("The command {cmd} has not been found"),
+                                )),
+                                None,
+                            )
+                            .bytes(),
+                        ),
+                    },
                 }
-                "guest-sync" => format!("{{\"return\": {}}}\n", req["arguments"]["id"]),
-                "guest-get-diskstats" | "guest-get-disks" => huge.clone(),
-                _ => "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"no\"}}\n".to_owned(),
-            };
-            let bytes: Vec<u8> = if reply.starts_with('\u{ff}') {
-                std::iter::once(0xFFu8)
-                    .chain(reply['\u{ff}'.len_utf8()..].bytes())
-                    .collect()
-            } else {
-                reply.into_bytes()
-            };
-            if w.write_all(&bytes).await.is_err() {
-                return;
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
             }
         }
+    })
+}
+
+/// A well-formed agent whose lists are as long as the exporter's 512 KiB line limit allows:
+/// `guest-get-diskstats` and `guest-get-disks` answer `{"return":[{},{},...]}` with about
+/// 174,000 empty objects (valid replies: every field is optional).
+pub fn huge_lists(path: &Path) -> Peer {
+    let (huge, _) = capped_list(|_| "{}".to_owned());
+    agent_with(path, move |cmd| {
+        matches!(cmd, "guest-get-diskstats" | "guest-get-disks").then(|| huge.clone())
     })
 }
 
