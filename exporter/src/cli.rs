@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long = "qga.socket-glob", value_name = "GLOB")]
     pub qga_socket_globs: Vec<String>,
 
+    /// Glob of qemu-storage-daemon QMP monitor sockets (repeatable): their block exports
+    /// (vhost-user-blk, NBD, FUSE), joined to the VMs using them.
+    #[arg(long = "qsd.socket-glob", value_name = "GLOB")]
+    pub qsd_socket_globs: Vec<String>,
+
     /// TOML file listing targets explicitly: `[[target]]` tables with qmp, qga and name keys.
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -122,6 +127,16 @@ pub struct Cli {
           default_value_t = DEFAULT_LIBVIRT_MAX_CONCURRENT_CALLS as u16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub libvirt_max_concurrent_calls: u16,
+
+    /// Fail a scrape (HTTP 500 naming them) that made duplicate series, instead of answering
+    /// without them (they are always counted in kvmio_scrape_duplicate_series_total and
+    /// logged). For tests and debugging: a duplicate series is a kvmio bug.
+    /// `KVMIO_FAIL_ON_DUPLICATE_SERIES=1` (as the tests set it) does the same; `0`, `false`,
+    /// `no`, `off` or unset leave it off.
+    #[arg(long = "debug.fail-on-duplicate-series", env = "KVMIO_FAIL_ON_DUPLICATE_SERIES",
+          action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub fail_on_duplicate_series: bool,
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` (all IPv4 interfaces).
@@ -150,11 +165,13 @@ impl Cli {
         qmp.extend(file.qmp_socket_globs);
         let mut qga = self.qga_socket_globs;
         qga.extend(file.qga_socket_globs);
+        let mut qsd = self.qsd_socket_globs;
+        qsd.extend(file.qsd_socket_globs);
         if let Some(layout) = self.layout {
             qmp.push(layout.qmp_glob().to_owned());
             qga.push(layout.qga_glob().to_owned());
         }
-        for glob in qmp.iter().chain(&qga) {
+        for glob in qmp.iter().chain(&qga).chain(&qsd) {
             if glob.is_empty() {
                 return Err("empty socket glob".to_owned());
             }
@@ -181,6 +198,7 @@ impl Cli {
             qmp_socket_globs: qmp,
             qga_socket_globs: qga,
             targets: file.targets,
+            qsd_socket_globs: qsd,
             layout: self.layout,
             host_devices: self.host_devices,
             procfs: self.procfs,
@@ -191,6 +209,7 @@ impl Cli {
             qmp_persistent: self.qmp_persistent,
             crashtest_results_dir: self.crashtest_results_dir,
             telemetry_path: self.telemetry_path,
+            fail_on_duplicate_series: self.fail_on_duplicate_series,
             libvirt: self.libvirt_uri.map(|uri| LibvirtConfig {
                 uri,
                 qmp_passthrough: self.libvirt_qmp_passthrough,

@@ -115,6 +115,7 @@ pub struct Target {
 /// ```toml
 /// qmp_socket_globs = ["/run/kvmio/*.qmp"]   # optional, added to --qmp.socket-glob
 /// qga_socket_globs = ["/run/kvmio/*.qga"]   # optional, added to --qga.socket-glob
+/// qsd_socket_globs = ["/run/qsd/*.qmp"]     # optional, added to --qsd.socket-glob
 ///
 /// [[target]]
 /// qmp = "/run/vm1/qmp.sock"
@@ -130,6 +131,9 @@ pub struct ConfigFile {
     /// Extra guest-agent socket globs.
     #[serde(default)]
     pub qga_socket_globs: Vec<String>,
+    /// Extra qemu-storage-daemon monitor socket globs.
+    #[serde(default)]
+    pub qsd_socket_globs: Vec<String>,
     /// Explicit targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<Target>,
@@ -165,6 +169,8 @@ pub struct Config {
     pub qga_socket_globs: Vec<String>,
     /// Explicit targets from the config file.
     pub targets: Vec<Target>,
+    /// qemu-storage-daemon monitor socket globs (`--qsd.socket-glob`, file): their exports.
+    pub qsd_socket_globs: Vec<String>,
     /// The layout preset, if any (its globs are already in the glob lists).
     pub layout: Option<Layout>,
     /// Host device selection.
@@ -188,6 +194,9 @@ pub struct Config {
     pub libvirt: Option<LibvirtConfig>,
     /// Where the metrics are served (`--web.telemetry-path`).
     pub telemetry_path: String,
+    /// `--debug.fail-on-duplicate-series`: a scrape that made a duplicate series answers HTTP
+    /// 500 naming them, instead of 200 without them (the tests set it: a duplicate is a bug).
+    pub fail_on_duplicate_series: bool,
 }
 
 impl Default for Config {
@@ -199,6 +208,7 @@ impl Default for Config {
             qmp_socket_globs: Vec::new(),
             qga_socket_globs: Vec::new(),
             targets: Vec::new(),
+            qsd_socket_globs: Vec::new(),
             layout: None,
             host_devices: HostDevices::default(),
             procfs: PathBuf::from("/proc"),
@@ -210,6 +220,7 @@ impl Default for Config {
             crashtest_results_dir: None,
             libvirt: None,
             telemetry_path: DEFAULT_TELEMETRY_PATH.to_owned(),
+            fail_on_duplicate_series: false,
         }
     }
 }

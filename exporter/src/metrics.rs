@@ -20,8 +20,13 @@
 //! - every label value goes through [`sanitize_label_value`] (control characters removed, length
 //!   capped), because several of them (guest disk names, serials) come from the untrusted guest;
 //! - a duplicate series (same name and label values) keeps its first value and is recorded in
-//!   [`Metrics::rejected`], since Prometheus refuses a scrape with duplicate series (each
-//!   rejection is logged as a warning; the fixture tests assert there are none).
+//!   [`Metrics::rejected`] and [`Metrics::duplicates`], since Prometheus refuses a scrape with
+//!   duplicate series. A duplicate is always a kvmio bug, never a property of the input (two
+//!   VMs' labels are made distinct before anything is emitted, `vm::target`), so it is never
+//!   silent: the scrape logs each one as an error and counts it in
+//!   `kvmio_scrape_duplicate_series_total`, and with `--debug.fail-on-duplicate-series` (which
+//!   every test that runs the binary sets, through `kvmio-test-support`) the scrape fails with
+//!   HTTP 500 naming them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -201,6 +206,8 @@ pub struct Metrics {
     /// The family of the previous sample: collectors add a family's series in a row.
     last: Option<usize>,
     rejected: Vec<String>,
+    /// The rejections in `rejected` that were duplicate series.
+    duplicates: Vec<String>,
 }
 
 /// Label pairs as `(name, value)`; the names must be the same, in the same order, for every
@@ -294,6 +301,7 @@ impl Metrics {
     /// Moves every series of `other` into `self` (same checks as adding them one by one).
     pub fn merge(&mut self, other: Metrics) {
         self.rejected.extend(other.rejected);
+        self.duplicates.extend(other.duplicates);
         for fam in other.families {
             let Some(&i) = self.index.get(&fam.name) else {
                 self.index.insert(fam.name.clone(), self.families.len());
@@ -310,11 +318,13 @@ impl Metrics {
             }
             for (key, value) in fam.series.items {
                 if let Err(dup) = mine.series.insert(key, value) {
-                    self.rejected.push(format!(
+                    let why = format!(
                         "{}: duplicate series {:?}",
                         fam.name,
                         key_values(&dup, mine.label_names.len()).collect::<Vec<_>>()
-                    ));
+                    );
+                    self.rejected.push(why.clone());
+                    self.duplicates.push(why);
                 }
             }
         }
@@ -326,9 +336,15 @@ impl Metrics {
         &self.rejected
     }
 
+    /// The duplicate series among [`Self::rejected`]: each one a kvmio bug (see the module doc).
+    pub fn duplicates(&self) -> &[String] {
+        &self.duplicates
+    }
+
     /// Forgets the rejections recorded so far (after the caller has reported them).
     pub fn clear_rejected(&mut self) {
         self.rejected.clear();
+        self.duplicates.clear();
     }
 
     /// Number of families with at least one series.
@@ -544,10 +560,14 @@ impl Metrics {
             } else {
                 match fam.series.insert(series_key(labels), value) {
                     Ok(()) => None,
-                    Err(dup) => Some(format!(
-                        "{name}: duplicate series {:?}",
-                        key_values(&dup, labels.len()).collect::<Vec<_>>()
-                    )),
+                    Err(dup) => {
+                        let why = format!(
+                            "{name}: duplicate series {:?}",
+                            key_values(&dup, labels.len()).collect::<Vec<_>>()
+                        );
+                        self.duplicates.push(why.clone());
+                        Some(why)
+                    }
                 }
             };
             if let Some(why) = why {
@@ -779,6 +799,7 @@ mod tests {
         m.gauge("kvmio_g", "G.", &[("vm", "b\n")], 1.0);
         m.gauge("kvmio_g", "G.", &[("vm", "b")], 1.0);
         assert_eq!(m.rejected().len(), 4);
+        assert_eq!(m.duplicates().len(), 2, "{:?}", m.duplicates());
     }
 
     #[test]
@@ -884,5 +905,6 @@ mod tests {
         assert_eq!(a.value("kvmio_g", &[("vm", "b")]), Some(2.0));
         assert_eq!(a.value("kvmio_g", &[("vm", "a")]), Some(1.0));
         assert_eq!(a.rejected().len(), 1);
+        assert_eq!(a.duplicates().len(), 1);
     }
 }

@@ -11,10 +11,15 @@ use crate::{spawn_tied, wait_for_every, ChildProcess};
 /// `--web.listen-address=127.0.0.1:0` and `args`, `RUST_LOG=info`, stderr to `log`; waits (30 s
 /// at most) for its `listening on http(s)://ADDR/metrics` line. Returns it and `ADDR`. The process
 /// is tied to the calling thread ([`spawn_tied`]).
+///
+/// Every exporter a test starts fails a scrape that made a duplicate series (HTTP 500 naming
+/// them; `KVMIO_FAIL_ON_DUPLICATE_SERIES=1`, i.e. `--debug.fail-on-duplicate-series`): a
+/// duplicate is a bug, never dropped quietly in a test.
 pub fn launch_exporter(mut cmd: Command, args: &[String], log: &Path) -> (ChildProcess, String) {
     cmd.arg("--web.listen-address=127.0.0.1:0")
         .args(args)
         .env("RUST_LOG", "info")
+        .env("KVMIO_FAIL_ON_DUPLICATE_SERIES", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(

@@ -1,5 +1,10 @@
 //! `/metrics` in the text format, parsed into series (kvmio's own output: one sample a line,
 //! escaped label values).
+//!
+//! A duplicate series is a test failure wherever it shows: every exporter these tests start
+//! runs with `--debug.fail-on-duplicate-series` ([`crate::launch_exporter`]), so a scrape that
+//! made one answers HTTP 500 naming them and [`scrape`] panics with that answer; and [`parse`]
+//! panics on two samples of the same name and labels in any text it is given.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,8 +24,27 @@ pub fn scrape(addr: &str) -> String {
     body
 }
 
-/// Parses the text format (kvmio's own output: one sample a line, escaped label values).
+/// Parses the text format (kvmio's own output: one sample a line, escaped label values);
+/// panics on a duplicate series ([`assert_no_duplicates`]).
 pub fn parse(body: &str) -> Vec<Series> {
+    let out = parse_samples(body);
+    assert_no_duplicates(&out);
+    out
+}
+
+/// Panics, naming them, if two samples have the same name and labels (Prometheus refuses such a
+/// scrape; kvmio must never write one).
+pub fn assert_no_duplicates(all: &[Series]) {
+    let mut seen = std::collections::BTreeSet::new();
+    let dups: Vec<String> = all
+        .iter()
+        .filter(|s| !seen.insert((s.name.as_str(), &s.labels)))
+        .map(|s| format!("{}{:?}", s.name, s.labels))
+        .collect();
+    assert!(dups.is_empty(), "duplicate series in /metrics: {dups:?}");
+}
+
+fn parse_samples(body: &str) -> Vec<Series> {
     let mut out = Vec::new();
     for line in body
         .lines()
@@ -109,4 +133,29 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
                 .parse()
                 .unwrap_or_else(|e| panic!("{series} {v}: {e}"))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_labels_and_escapes() {
+        let all = parse("# HELP a A.\na{x=\"1\",p=\"q\\\"r\\n\"} 2\nb 3\n");
+        assert_eq!(value(&all, "a", &[("x", "1"), ("p", "q\"r\n")]), 2.0);
+        assert_eq!(value(&all, "b", &[]), 3.0);
+    }
+
+    /// The check that makes a duplicate series a test failure catches one (same name and
+    /// labels, in another order and with another value).
+    #[test]
+    #[should_panic(expected = "duplicate series in /metrics")]
+    fn a_duplicate_series_fails() {
+        parse("kvmio_qmp_up{vm=\"dup\"} 1\nkvmio_qmp_up{vm=\"other\"} 1\nkvmio_qmp_up{vm=\"dup\"} 0\n");
+    }
+
+    #[test]
+    fn same_labels_in_other_families_are_no_duplicates() {
+        parse("kvmio_qmp_up{vm=\"a\"} 1\nkvmio_qga_up{vm=\"a\"} 1\nkvmio_qmp_up{vm=\"b\"} 1\n");
+    }
 }

@@ -26,12 +26,14 @@ pub mod host_diskstats;
 pub mod host_image;
 pub mod qga;
 pub mod qmp;
+pub mod qsd;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +141,9 @@ fn collectors_and_fleet(
         list.push(Arc::new(qga::Qga::new(fleet.clone())));
         shared = Some(fleet);
     }
+    if !config.qsd_socket_globs.is_empty() {
+        list.push(Arc::new(qsd::Qsd::new(shared.clone())));
+    }
     if let Some(dir) = &config.crashtest_results_dir {
         list.push(Arc::new(crashtest::Crashtest::new(dir.clone())));
     }
@@ -154,7 +159,15 @@ pub struct Exporter {
     scrape_lock: tokio::sync::Mutex<()>,
     /// The libvirt source of the default collectors' fleet (for the start-up check).
     libvirt: Option<Arc<crate::vm::libvirt::Libvirt>>,
+    /// Duplicate series dropped since start (`kvmio_scrape_duplicate_series_total`).
+    duplicate_series: AtomicU64,
 }
+
+/// A scrape made duplicate series and `--debug.fail-on-duplicate-series` is set: the scrape
+/// fails (HTTP 500) instead of answering without them.
+#[derive(Debug, thiserror::Error)]
+#[error("{} duplicate series in this scrape (a kvmio bug): {}", .0.len(), .0.join("; "))]
+pub struct DuplicateSeries(pub Vec<String>);
 
 impl fmt::Debug for Exporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -195,6 +208,7 @@ impl Exporter {
             collectors,
             scrape_lock: tokio::sync::Mutex::new(()),
             libvirt: None,
+            duplicate_series: AtomicU64::new(0),
         }
     }
 
@@ -311,7 +325,12 @@ impl Exporter {
             for why in out.rejected() {
                 tracing::warn!(collector = name, "sample rejected: {why}");
             }
+            let before = metrics.duplicates().len() + out.duplicates().len();
             metrics.merge(out);
+            // Series this collector wrote that another collector had written already.
+            for why in &metrics.duplicates()[before..] {
+                tracing::warn!(collector = name, "sample rejected: {why}");
+            }
             metrics.gauge(
                 "kvmio_collector_duration_seconds",
                 "Time a collector took in this scrape.",
@@ -330,12 +349,43 @@ impl Exporter {
             "kvmio-exporter build: version, compiler and target.",
             &BUILD_INFO,
         );
+        let duplicates = metrics.duplicates().len() as u64;
+        if duplicates > 0 {
+            tracing::error!(
+                count = duplicates,
+                "this scrape made duplicate series (a kvmio bug; only the first of each was \
+                 kept): {}",
+                metrics.duplicates().join("; ")
+            );
+        }
+        let total = self
+            .duplicate_series
+            .fetch_add(duplicates, Ordering::Relaxed)
+            + duplicates;
+        metrics.counter(
+            "kvmio_scrape_duplicate_series_total",
+            "Series dropped because another series of the same name and labels was written in \
+             the same scrape, since the exporter started. Always a kvmio bug (the log names \
+             them): anything but 0 should be reported.",
+            &[],
+            total as f64,
+        );
         metrics
     }
 
     /// Runs one scrape and renders it in the text format.
     pub async fn render(&self) -> String {
         self.scrape().await.encode_text()
+    }
+
+    /// [`Self::render`] for `/metrics`: fails with `--debug.fail-on-duplicate-series` when the
+    /// scrape made a duplicate series.
+    pub async fn render_checked(&self) -> Result<String, DuplicateSeries> {
+        let metrics = self.scrape().await;
+        if self.config.fail_on_duplicate_series && !metrics.duplicates().is_empty() {
+            return Err(DuplicateSeries(metrics.duplicates().to_vec()));
+        }
+        Ok(metrics.encode_text())
     }
 }
 

@@ -18,6 +18,7 @@ pub mod libvirt;
 mod monitor;
 pub mod qga;
 pub mod qmp;
+pub mod qsd;
 mod socket;
 mod target;
 
@@ -29,8 +30,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
-use self::target::StateKey;
 pub use self::target::VmTarget;
+use self::target::{LabelRequest, StateKey, VmLabels};
 use crate::config::Config;
 use crate::discovery::discover;
 use crate::scrape::ScrapeContext;
@@ -43,9 +44,12 @@ pub use qmp::QmpSnapshot;
 pub struct VmOutcome {
     /// The target.
     pub target: VmTarget,
-    /// The `vm` label: the configured name or libvirt domain name, else `query-name`, else the
-    /// socket stem.
+    /// The `vm` label: [`Self::name`], or, when another VM has that name, that name made
+    /// distinct from every other VM's label (see [`target::VmLabels`] for the rule).
     pub vm: String,
+    /// The VM's own name: the configured name or libvirt domain name, else `query-name`, else
+    /// the socket stem (`kvmio_vm_info{name}`).
+    pub name: String,
     /// `socket`, `proxmox` or `libvirt`.
     pub source: &'static str,
     /// The VM's UUID, where known (libvirt; `-uuid` or Proxmox's SMBIOS UUID on the command line).
@@ -89,6 +93,8 @@ pub struct Fleet {
     /// connected to again while that QEMU lives. libvirtd holds its own monitor; a client
     /// waiting on it at every scrape was seen to delay libvirt's answers for other domains.
     also_libvirt: Mutex<HashMap<PathBuf, u32>>,
+    /// The `vm` labels given, kept while their VMs are found.
+    labels: Mutex<VmLabels>,
 }
 
 impl Fleet {
@@ -186,10 +192,31 @@ impl Fleet {
             };
             let mut outcomes = run(states, config, deadline, fleet.libvirt.clone()).await;
             fleet.drop_duplicates(&mut outcomes);
-            disambiguate(&mut outcomes);
+            fleet.label(&mut outcomes);
             let _ = tx.send(Some(Arc::new(outcomes)));
         });
         rx
+    }
+
+    /// Gives each VM its `vm` label, distinct from every other VM's ([`VmLabels`]); its own
+    /// name moves to [`VmOutcome::name`].
+    fn label(&self, outcomes: &mut [VmOutcome]) {
+        let requests: Vec<LabelRequest<'_>> = outcomes
+            .iter()
+            .map(|o| LabelRequest {
+                identity: o.target.identity(),
+                stem: o.target.stem(),
+                name: &o.vm,
+            })
+            .collect();
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .assign(&requests);
+        for (o, label) in outcomes.iter_mut().zip(labels) {
+            o.name = std::mem::replace(&mut o.vm, label);
+        }
     }
 
     /// Whether `socket` is a libvirt domain's monitor whose QEMU still runs (then it is not
@@ -265,22 +292,6 @@ async fn run(
     slots.into_iter().flatten().collect()
 }
 
-/// Two VMs with the same label (two QEMUs started with the same `-name`) would make duplicate
-/// series: each of them is labelled `NAME@STEM` instead (the socket's stem, or the libvirt
-/// domain's UUID).
-fn disambiguate(outcomes: &mut [VmOutcome]) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for o in outcomes.iter() {
-        *seen.entry(o.vm.clone()).or_default() += 1;
-    }
-    for o in outcomes.iter_mut() {
-        if seen.get(&o.vm).is_some_and(|&n| n > 1) {
-            tracing::debug!(vm = %o.vm, target = %o.target.describe(), "VM name used twice");
-            o.vm = format!("{}@{}", o.vm, o.target.stem());
-        }
-    }
-}
-
 async fn scrape_vm(
     target: VmTarget,
     state: &tokio::sync::Mutex<VmState>,
@@ -308,6 +319,7 @@ async fn scrape_vm(
         return VmOutcome {
             target,
             vm,
+            name: String::new(),
             source,
             uuid,
             qmp,
@@ -349,6 +361,7 @@ async fn scrape_vm(
             VmOutcome {
                 target,
                 vm: d.name.clone(),
+                name: String::new(),
                 source,
                 uuid: d.uuid.clone(),
                 qmp,
@@ -383,34 +396,4 @@ pub(super) fn log_change<T>(
         (Ok(_), _) => {}
     }
     *last = Some(up);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discovery::Target;
-
-    #[test]
-    fn duplicate_names_get_the_socket_stem() {
-        let vm = |name: &str, stem: &str| VmOutcome {
-            target: VmTarget::Socket(Target {
-                key: format!("/run/{stem}.qmp").into(),
-                qmp: None,
-                qga: None,
-                name: None,
-                stem: stem.to_owned(),
-            }),
-            vm: name.to_owned(),
-            source: "socket",
-            uuid: String::new(),
-            qmp: None,
-            qga: None,
-            disks: BTreeMap::new(),
-            pid: None,
-        };
-        let mut o = vec![vm("db", "100"), vm("db", "101"), vm("web", "102")];
-        disambiguate(&mut o);
-        let names: Vec<&str> = o.iter().map(|o| o.vm.as_str()).collect();
-        assert_eq!(names, vec!["db@100", "db@101", "web"]);
-    }
 }

@@ -76,6 +76,7 @@ pub(super) async fn scrape_socket_vm(
     VmOutcome {
         target: vm_target,
         vm,
+        name: String::new(),
         source,
         uuid,
         qmp,

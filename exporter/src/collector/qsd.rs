@@ -1,0 +1,221 @@
+//! qemu-storage-daemon exports (`--qsd.socket-glob`; the source is [`crate::vm::qsd`]):
+//!
+//! - `kvmio_qsd_up{daemon}`: the daemon's monitor answered (`daemon` is its socket path);
+//! - `kvmio_qsd_export_info{daemon,export,type,node,format,driver,image,addr,vm,device}`: each
+//!   export, the image under it and where clients reach it, joined to the VM device that uses
+//!   it where that can be known: a vhost-user-blk device whose chardev socket is the export's
+//!   socket, or a drive whose file is the NBD export's URI or the FUSE export's mount point;
+//! - `kvmio_qsd_image_virtual_size_bytes`, `kvmio_qsd_image_allocated_bytes{daemon,export,image}`;
+//! - `kvmio_qsd_node_highest_written_offset_bytes{daemon,export,node,driver}`: the export's node
+//!   and the nodes under it (all QEMU 7.2 accounts per node; exports themselves count nothing);
+//! - `kvmio_qsd_process_{read,written}_bytes_total{daemon}`: the daemon process's host IO.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kvmio_qemu::types::BlockStats;
+use tokio::task::JoinSet;
+
+use super::{CollectFuture, Collector, ScrapeContext};
+use crate::metrics::Metrics;
+use crate::vm::qsd::{self, DaemonSnapshot};
+use crate::vm::{Fleet, VmOutcome};
+
+/// The collector; with the VM fleet (when VM sources are configured) for the join.
+#[derive(Debug)]
+pub struct Qsd {
+    fleet: Option<Arc<Fleet>>,
+}
+
+impl Qsd {
+    /// A collector joining exports to the VMs of `fleet`, if any.
+    pub fn new(fleet: Option<Arc<Fleet>>) -> Self {
+        Qsd { fleet }
+    }
+}
+
+impl Collector for Qsd {
+    fn name(&self) -> &'static str {
+        "qsd"
+    }
+
+    fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+        Box::pin(async move {
+            let config = Arc::new(ctx.config().clone());
+            let deadline = ctx.vm_deadline();
+            let sockets = qsd::discover(&config);
+            let mut set = JoinSet::new();
+            for (i, socket) in sockets.iter().cloned().enumerate() {
+                let config = config.clone();
+                set.spawn(async move { (i, qsd::scrape(&socket, &config, deadline).await) });
+            }
+            let mut results: Vec<Option<Result<DaemonSnapshot, String>>> =
+                sockets.iter().map(|_| None).collect();
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, r)) = joined {
+                    results[i] = Some(r);
+                }
+            }
+            let users = match &self.fleet {
+                Some(fleet) => users(&fleet.outcomes(ctx).await),
+                None => HashMap::new(),
+            };
+            for (socket, result) in sockets.iter().zip(results) {
+                let result = result.unwrap_or_else(|| Err("scrape task failed".to_owned()));
+                emit(out, socket, &result, &users);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Where VMs reach their disks -> (vm label, device label): vhost-user chardev sockets, and
+/// drive files (an NBD URI, a FUSE mount point).
+fn users(outcomes: &[VmOutcome]) -> HashMap<String, (String, String)> {
+    let mut out = HashMap::new();
+    for o in outcomes {
+        let Some(Ok(snap)) = &o.qmp else { continue };
+        for d in snap.other_devices.iter() {
+            if !d.socket.is_empty() {
+                out.insert(d.socket.clone(), (o.vm.clone(), d.id.clone()));
+            }
+        }
+        for (device, _, inserted) in snap.backends() {
+            out.insert(inserted.file.clone(), (o.vm.clone(), device.to_owned()));
+        }
+    }
+    out
+}
+
+/// The node named `name` in `query-blockstats` (nodes) and the nodes below it, top first.
+fn chain<'a>(stats: &'a [BlockStats], name: &str) -> Vec<&'a BlockStats> {
+    let mut out = Vec::new();
+    let mut cur = stats.iter().find(|s| s.node_name.as_deref() == Some(name));
+    while let Some(s) = cur {
+        if out.len() >= 16 {
+            break;
+        }
+        out.push(s);
+        cur = s.parent.as_deref();
+    }
+    out
+}
+
+fn emit(
+    out: &mut Metrics,
+    socket: &std::path::Path,
+    result: &Result<DaemonSnapshot, String>,
+    users: &HashMap<String, (String, String)>,
+) {
+    let daemon = socket.display().to_string();
+    let daemon = daemon.as_str();
+    out.gauge(
+        "kvmio_qsd_up",
+        "1 if the qemu-storage-daemon's QMP monitor answered this scrape, else 0.",
+        &[("daemon", daemon)],
+        if result.is_ok() { 1.0 } else { 0.0 },
+    );
+    let snap = match result {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(daemon, "qemu-storage-daemon down: {e}");
+            return;
+        }
+    };
+    let node = |name: &str| {
+        snap.nodes
+            .iter()
+            .find(|n| n.node_name.as_deref() == Some(name))
+    };
+    let drv = |name: &str| node(name).map(|n| n.drv.clone()).unwrap_or_default();
+    let mut exports: Vec<_> = snap.exports.iter().collect();
+    exports.sort_by(|a, b| a.id.cmp(&b.id));
+    for e in exports {
+        let nodes = chain(&snap.node_stats, &e.node);
+        let top = node(&e.node);
+        // The protocol node: the bottom of the chain (`file` under `raw`/`qcow2`).
+        let bottom = nodes
+            .last()
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(&node);
+        let image = bottom.or(top).map(|n| n.file.clone()).unwrap_or_default();
+        let (vm, device) = users
+            .get(&e.addr)
+            .filter(|_| !e.addr.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        let driver = bottom.map(|n| n.drv.clone()).unwrap_or_default();
+        out.info(
+            "kvmio_qsd_export_info",
+            "A qemu-storage-daemon block export: type (vhost-user-blk, nbd, fuse), its node, \
+             image format and protocol driver, image file, where clients reach it (addr: the \
+             vhost-user socket, nbd URI or FUSE mount point, from the daemon's command line) and \
+             the VM device using it, where known.",
+            &[
+                ("daemon", daemon),
+                ("export", &e.id),
+                ("type", &e.kind),
+                ("node", &e.node),
+                ("format", &drv(&e.node)),
+                ("driver", &driver),
+                ("image", &image),
+                ("addr", &e.addr),
+                ("vm", &vm),
+                ("device", &device),
+            ],
+        );
+        if let Some(info) = top.and_then(|n| n.image.as_ref()) {
+            let labels = [
+                ("daemon", daemon),
+                ("export", e.id.as_str()),
+                ("image", &image),
+            ];
+            out.gauge(
+                "kvmio_qsd_image_virtual_size_bytes",
+                "Size of an exported image as its clients see it.",
+                &labels,
+                info.virtual_size as f64,
+            );
+            if let Some(actual) = info.actual_size {
+                out.gauge(
+                    "kvmio_qsd_image_allocated_bytes",
+                    "Bytes an exported image occupies on the host.",
+                    &labels,
+                    actual as f64,
+                );
+            }
+        }
+        for s in nodes {
+            let name = s.node_name.as_deref().unwrap_or_default();
+            out.gauge(
+                "kvmio_qsd_node_highest_written_offset_bytes",
+                "Highest offset written on a node under a qemu-storage-daemon export (QEMU \
+                 counts no requests for exports; this and the daemon's process IO are what \
+                 it has).",
+                &[
+                    ("daemon", daemon),
+                    ("export", &e.id),
+                    ("node", name),
+                    ("driver", &drv(name)),
+                ],
+                s.stats.wr_highest_offset as f64,
+            );
+        }
+    }
+    if let Some(io) = snap.process_io {
+        out.counter(
+            "kvmio_qsd_process_read_bytes_total",
+            "Bytes the qemu-storage-daemon process caused to be read from host storage \
+             (/proc/PID/io read_bytes), all its exports together.",
+            &[("daemon", daemon)],
+            io.read_bytes as f64,
+        );
+        out.counter(
+            "kvmio_qsd_process_written_bytes_total",
+            "Bytes the qemu-storage-daemon process caused to be written to host storage \
+             (/proc/PID/io write_bytes), all its exports together.",
+            &[("daemon", daemon)],
+            io.write_bytes as f64,
+        );
+    }
+}
