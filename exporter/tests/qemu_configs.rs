@@ -12,6 +12,11 @@
 //!   on an I/O error (SeaBIOS reads the boot disk, blkdebug fails the read, `rerror=stop`).
 //!
 //! Every QEMU and the daemon are killed and reaped on every path (`ChildProcess`).
+//!
+//! With `KVMIO_CAPTURE_CONFIGS=DIR` the exporter scrapes the three QEMUs once more through
+//! recording proxies, and each monitor session (greeting, every request and QEMU's reply) is
+//! written to `DIR/NAME.json`: the fixtures `tests/golden_configs.rs` replays
+//! (`tests/fixtures/qemu-7.2-configs`).
 
 mod common;
 
@@ -643,5 +648,82 @@ async fn every_configuration_reads_as_qemu_runs_it() {
     );
     assert!(!text.contains("json:{"), "a json: filename in a label");
 
+    if let Some(out) = std::env::var_os("KVMIO_CAPTURE_CONFIGS") {
+        capture(d, &["cfg", "stopped", "ioerr"], Path::new(&out)).await;
+    }
     drop(qsd);
+}
+
+/// Scrapes the QEMUs `names` through recording proxies (`DIR/capture/NAME.qmp` in front of
+/// `DIR/NAME.qmp`) and writes each session to `out/NAME.json`.
+async fn capture(dir: &Path, names: &[&str], out: &Path) {
+    use std::sync::Mutex;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{UnixListener, UnixStream};
+
+    let proxies = dir.join("capture");
+    std::fs::create_dir_all(&proxies).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    let mut tasks = Vec::new();
+    let mut sessions = Vec::new();
+    for name in names {
+        let listener = UnixListener::bind(proxies.join(format!("{name}.qmp"))).unwrap();
+        let upstream = dir.join(format!("{name}.qmp"));
+        let session = Arc::new(Mutex::new(json!({"greeting": null, "exchanges": []})));
+        sessions.push((name.to_string(), session.clone()));
+        tasks.push(tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (cr, mut cw) = client.into_split();
+                let (ur, mut uw) = UnixStream::connect(&upstream).await.unwrap().into_split();
+                let mut cr = BufReader::new(cr).lines();
+                let mut ur = BufReader::new(ur).lines();
+                let greeting = ur.next_line().await.unwrap().unwrap();
+                session.lock().unwrap()["greeting"] = serde_json::from_str(&greeting).unwrap();
+                cw.write_all(format!("{greeting}\n").as_bytes())
+                    .await
+                    .unwrap();
+                while let Ok(Some(line)) = cr.next_line().await {
+                    uw.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+                    let req: Value = serde_json::from_str(&line).unwrap();
+                    let reply = loop {
+                        let l = ur.next_line().await.unwrap().unwrap();
+                        let v: Value = serde_json::from_str(&l).unwrap();
+                        if v.get("event").is_none() {
+                            break v;
+                        }
+                    };
+                    cw.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                    let mut recorded = reply.clone();
+                    if let Some(o) = recorded.as_object_mut() {
+                        o.remove("id");
+                    }
+                    let args = req.get("arguments").cloned().unwrap_or(Value::Null);
+                    let mut s = session.lock().unwrap();
+                    let list = s["exchanges"].as_array_mut().unwrap();
+                    list.retain(|e| !(e["execute"] == req["execute"] && e["arguments"] == args));
+                    list.push(
+                        json!({"execute": req["execute"], "arguments": args, "reply": recorded}),
+                    );
+                }
+            }
+        }));
+    }
+    let config = Config {
+        host_devices: HostDevices::None,
+        procfs: PathBuf::from("/proc"),
+        sysfs: common::fixtures().join("linux-6.18/sys"),
+        qmp_socket_globs: vec![format!("{}/*.qmp", proxies.display())],
+        ..Config::default()
+    };
+    Exporter::with_default_collectors(Arc::new(config))
+        .scrape()
+        .await;
+    for t in tasks {
+        t.abort();
+    }
+    for (name, session) in sessions {
+        let mut text = serde_json::to_string_pretty(&*session.lock().unwrap()).unwrap();
+        text.push('\n');
+        std::fs::write(out.join(format!("{name}.json")), text).unwrap();
+    }
 }

@@ -190,6 +190,54 @@ pub fn qmp_fixture(path: &Path) -> Peer {
     })
 }
 
+/// A QMP monitor answering from a recorded session of a real QEMU
+/// (`tests/fixtures/qemu-7.2-configs/NAME.json`: its greeting and each request's reply, as
+/// `tests/qemu_configs.rs` records them): a request is answered with the reply recorded for the
+/// same command and arguments; one never recorded gets an error naming it.
+pub fn qmp_replay(path: &Path, fixture: &Path) -> Peer {
+    let session = load(fixture);
+    let greeting = session["greeting"].clone();
+    let exchanges: Arc<Vec<Value>> =
+        Arc::new(session["exchanges"].as_array().cloned().unwrap_or_default());
+    spawn(path, move |stream, reqs| {
+        let greeting = greeting.clone();
+        let exchanges = exchanges.clone();
+        async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            if w.write_all(format!("{greeting}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                reqs.lock().unwrap().push(req.clone());
+                let cmd = req["execute"].as_str().unwrap_or("");
+                let args = req.get("arguments").cloned().unwrap_or(Value::Null);
+                let recorded = exchanges
+                    .iter()
+                    .find(|e| e["execute"] == cmd && e["arguments"] == args);
+                let mut obj = match recorded {
+                    Some(e) => e["reply"].clone(),
+                    None if cmd == "qmp_capabilities" => json!({"return": {}}),
+                    None => json!({"error": {"class": "GenericError",
+                        "desc": format!("not recorded: {cmd} {args}")}}),
+                };
+                if let Some(id) = req.get("id") {
+                    obj["id"] = id.clone();
+                }
+                if w.write_all(format!("{obj}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
 /// A guest agent answering from the captured qemu-ga replies; `guest-file-*` read files of the
 /// captured sysfs tree `sysfs` (for paths under `/sys/`), with qemu-ga's error text for missing
 /// files.
