@@ -99,19 +99,32 @@ fn loop_devices_are_followed_to_the_disk_under_their_file() {
     let qemu = require("qemu-system-x86_64", "qemu-system-x86");
     let sock = d.join("vm.qmp");
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "none", "-nodefaults", "-display", "none", "-name", "loopvm"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=d0,file={},format=raw,cache=none",
-            dev.0.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-M",
+        "none",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-name",
+        "loopvm",
+    ])
+    .arg("-qmp")
+    .arg(format!("unix:{},server=on,wait=off", sock.display()))
+    .arg("-drive")
+    .arg(format!(
+        "if=none,id=d0,file={},format=raw,cache=none",
+        dev.0.display()
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let mut q = spawn_tied(&mut cmd, "qemu on a loop device");
-    wait_path(&sock, Duration::from_secs(30), &mut q, "qemu on a loop device");
+    wait_path(
+        &sock,
+        Duration::from_secs(30),
+        &mut q,
+        "qemu on a loop device",
+    );
     let (_exporter, addr) = procs::exporter(
         &[
             format!("--qmp.socket-glob={}/*.qmp", d.display()),

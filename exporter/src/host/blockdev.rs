@@ -703,8 +703,14 @@ mod tests {
         assert_eq!(b.host_device, "dm-5");
         assert_eq!(b.physical_devices, vec!["hostdisk"]);
         // A deleted or relative backing file: the loop device is the leaf.
-        assert_eq!(resolve_dev_in(roots, 7, 1).unwrap().physical_devices, vec!["loop1"]);
-        assert_eq!(resolve_dev_in(roots, 7, 2).unwrap().physical_devices, vec!["loop2"]);
+        assert_eq!(
+            resolve_dev_in(roots, 7, 1).unwrap().physical_devices,
+            vec!["loop1"]
+        );
+        assert_eq!(
+            resolve_dev_in(roots, 7, 2).unwrap().physical_devices,
+            vec!["loop2"]
+        );
     }
 
     #[test]
