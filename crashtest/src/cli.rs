@@ -43,6 +43,15 @@ pub enum Command {
     ///
     /// Exit status: 0 no violation, 3 VIOLATION, 1 error.
     Verify(VerifyArgs),
+    /// Render a run's report.html again from its report.json (e.g. after an upgrade).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run's output directory: report.json is read there and report.html written beside it.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

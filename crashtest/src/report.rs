@@ -1,5 +1,5 @@
-//! The crash test's reports: `report.json`, `report.txt` and `crashtest.prom` in the output
-//! directory, and the matrix table on the terminal.
+//! The crash test's reports: `report.json`, `report.txt`, `report.html` ([`html`]) and
+//! `crashtest.prom` in the output directory, and the matrix table on the terminal.
 //!
 //! `crashtest.prom` is a contract with the exporter (which re-serves every
 //! `kvmio_crashtest_*` series) and with the alerting rules. Every series but the timestamp has
@@ -31,6 +31,11 @@ use serde::Serialize;
 use crate::oracle::{Cell, Verdict};
 use crate::run::{BootPolicy, GuestCheck, IterationResult, RunOptions, Started, Timings};
 use crate::vm::Accel;
+
+pub mod host;
+pub mod html;
+
+pub use host::HostInfo;
 
 /// Run-wide facts for the report.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +93,8 @@ pub struct Report {
     /// QEMU's version as its QMP greeting reports it.
     pub qemu_version: Option<String>,
     pub guest_kernel: Option<String>,
+    /// The host that ran the VMs (kernel, distribution, name).
+    pub host: HostInfo,
     /// Iterations whose verdict was VIOLATION, over all cells.
     pub violations: u64,
     pub cells: Vec<CellReport>,
@@ -203,6 +210,7 @@ impl Report {
             error,
             qemu_version: results.first().map(|r| r.qemu_version.clone()),
             guest_kernel: results.first().map(|r| r.guest_kernel.clone()),
+            host: HostInfo::current(),
             violations: cells.iter().map(|c| u64::from(c.violations)).sum(),
             cells,
             run,
@@ -210,12 +218,14 @@ impl Report {
         }
     }
 
-    /// Writes `report.json`, `report.txt` and (complete runs only) `crashtest.prom`, each
-    /// atomically (a temporary file renamed into place).
+    /// Writes `report.json`, `report.txt`, `report.html` and (complete runs only)
+    /// `crashtest.prom`, each atomically (a temporary file renamed into place).
     pub fn write(&self, out: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("report serialises");
         write_atomic(out, "report.json", &json)?;
         write_atomic(out, "report.txt", self.text().as_bytes())?;
+        let value = serde_json::to_value(self).expect("report serialises");
+        write_atomic(out, "report.html", html::render(&value, out).as_bytes())?;
         if self.complete {
             write_atomic(out, "crashtest.prom", self.prometheus().as_bytes())?;
         }

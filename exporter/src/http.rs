@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::collector::crashtest::{self as crashtest_results, REPORT_PAGE};
 use crate::collector::Exporter;
 use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::web::auth::Verdict;
@@ -227,6 +228,8 @@ async fn handle(
                 .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
             r
         }
+        // The newest crash-test report.html in --crashtest.results-dir: that one file, bounded.
+        REPORT_PATH => report_page(exporter),
         "/" => {
             let host = req
                 .headers()
@@ -273,6 +276,38 @@ fn html_escape(s: &str) -> String {
     out
 }
 
+/// Where the landing page links the newest crash-test report.
+pub const REPORT_PATH: &str = "/crashtest/report.html";
+
+fn report_page(exporter: &Exporter) -> Response<Full<Bytes>> {
+    let dir = exporter.config().crashtest_results_dir.as_deref();
+    match dir.map(crashtest_results::read_latest_report_page) {
+        None | Some(Ok(None)) => text(
+            StatusCode::NOT_FOUND,
+            format!("no {REPORT_PAGE} in --crashtest.results-dir\n"),
+        ),
+        Some(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Some(Ok(Some(page))) => {
+            let mut r = Response::new(Full::new(Bytes::from(page)));
+            let h = r.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // The page is self-contained: nothing else may load or run in it.
+            h.insert(
+                hyper::header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+            );
+            h.insert(
+                hyper::header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            r
+        }
+    }
+}
+
 /// The landing page: what this is, the metrics link, and the Prometheus scrape config for the
 /// address the browser used (the Host header, HTML-escaped).
 pub fn landing_page(exporter: &Exporter, host: &str) -> String {
@@ -280,6 +315,16 @@ pub fn landing_page(exporter: &Exporter, host: &str) -> String {
     let collectors = exporter.collector_names().join(", ");
     let timeout = exporter.config().scrape_timeout;
     let metrics_path = html_escape(&exporter.config().telemetry_path);
+    let report = match exporter.config().crashtest_results_dir.as_deref() {
+        Some(dir) => match crashtest_results::latest_report_page(dir) {
+            Some((path, _)) => format!(
+                "<p><a href=\"{REPORT_PATH}\">Newest crash-test report</a> ({})</p>\n",
+                html_escape(&path.display().to_string())
+            ),
+            None => "<p>No crash-test report yet in --crashtest.results-dir.</p>\n".to_owned(),
+        },
+        None => String::new(),
+    };
     format!(
         "<!DOCTYPE html>
 <html lang=\"en\">
@@ -289,7 +334,7 @@ pub fn landing_page(exporter: &Exporter, host: &str) -> String {
 <p>Prometheus exporter for every layer of KVM/QEMU VM storage IO: guest disks, QEMU devices and
 block nodes, image files and host block devices.</p>
 <p><a href=\"{metrics_path}\">Metrics</a> (text exposition format 0.0.4)</p>
-<h2>Scraping with Prometheus</h2>
+{report}<h2>Scraping with Prometheus</h2>
 <p>Add this job to <code>prometheus.yml</code>:</p>
 <pre>scrape_configs:
   - job_name: kvmio

@@ -48,11 +48,54 @@ impl Crashtest {
 
 /// The newest results file in `dir` or its direct subdirectories.
 pub fn latest_results(dir: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
-    let mut candidates = vec![dir.join(RESULTS_FILE)];
+    newest(dir, RESULTS_FILE)
+}
+
+/// The page `kvmio-crashtest run` writes beside its results, which the landing page links.
+pub const REPORT_PAGE: &str = "report.html";
+
+/// Pages larger than this are not served (the default matrix's page is about 300 KiB).
+pub const MAX_REPORT_PAGE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The newest `report.html` in `dir` or its direct subdirectories (an interrupted run's page
+/// too: it says so itself).
+pub fn latest_report_page(dir: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
+    newest(dir, REPORT_PAGE)
+}
+
+/// The newest report page's bytes: `Ok(None)` when there is none, an error when it cannot be
+/// read or is larger than [`MAX_REPORT_PAGE_BYTES`].
+pub fn read_latest_report_page(dir: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let Some((path, meta)) = latest_report_page(dir) else {
+        return Ok(None);
+    };
+    let too_large = || {
+        format!(
+            "{}: larger than {MAX_REPORT_PAGE_BYTES} bytes, not served",
+            path.display()
+        )
+    };
+    if meta.len() > MAX_REPORT_PAGE_BYTES {
+        return Err(too_large());
+    }
+    let mut page = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_REPORT_PAGE_BYTES + 1).read_to_end(&mut page))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if page.len() as u64 > MAX_REPORT_PAGE_BYTES {
+        return Err(too_large());
+    }
+    Ok(Some(page))
+}
+
+/// The newest regular file called `name` in `dir` or its direct subdirectories.
+fn newest(dir: &Path, name: &str) -> Option<(PathBuf, std::fs::Metadata)> {
+    let mut candidates = vec![dir.join(name)];
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten().take(10_000) {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                candidates.push(e.path().join(RESULTS_FILE));
+                candidates.push(e.path().join(name));
             }
         }
     }

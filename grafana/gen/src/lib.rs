@@ -15,6 +15,43 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+/// A crash-test verdict's colour, in the "Crash consistency" dashboard and wherever else a verdict
+/// is drawn (kvmio-crashtest's `report.html`): one table, so the two never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerdictColour {
+    /// The value the dashboard's verdict query gives (0, 1, 2).
+    pub value: &'static str,
+    /// The verdict as `report.json` spells it.
+    pub verdict: &'static str,
+    /// Grafana's colour name (what the dashboard JSON says).
+    pub grafana: &'static str,
+    /// The colour Grafana draws for that name (the primary shade of its named-colour palette,
+    /// `namedColorsPalette.ts`), for renderers outside Grafana.
+    pub hex: &'static str,
+}
+
+/// ok, loss-allowed and VIOLATION, in the dashboard's order.
+pub const VERDICT_COLOURS: [VerdictColour; 3] = [
+    VerdictColour {
+        value: "0",
+        verdict: "ok",
+        grafana: "green",
+        hex: "#73BF69",
+    },
+    VerdictColour {
+        value: "1",
+        verdict: "loss-allowed",
+        grafana: "orange",
+        hex: "#FF9830",
+    },
+    VerdictColour {
+        value: "2",
+        verdict: "VIOLATION",
+        grafana: "red",
+        hex: "#F2495C",
+    },
+];
+
 /// `grafana/dashboards` in this checkout.
 pub fn dashboards_dir() -> PathBuf {
     let gen = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -712,11 +749,7 @@ pub fn crash_consistency() -> Value {
          + on (job, instance, {cell}) (kvmio_crashtest_violations{{{J}}} == bool 0) \
          * on (job, instance, {cell}) (kvmio_crashtest_lost_acked_writes{{{J}}} > bool 0))"
     );
-    let verdict_colours = mapping(&[
-        ("0", "ok", "green"),
-        ("1", "loss-allowed", "orange"),
-        ("2", "VIOLATION", "red"),
-    ]);
+    let verdict_colours = mapping(&VERDICT_COLOURS.map(|c| (c.value, c.verdict, c.grafana)));
 
     b.row("Latest run");
     b.add(6, 5, json!({

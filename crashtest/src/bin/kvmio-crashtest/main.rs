@@ -102,6 +102,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Lab(args) => lab(args).await,
         Command::Run(args) => run_matrix(*args).await,
         Command::Verify(args) => verify_cmd(args),
+        Command::Report(args) => {
+            let page = kvmio_crashtest::report::html::rerender(&args.out)?;
+            println!("report: {}", page.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
