@@ -6,7 +6,7 @@ RUN_DIR ?= /tmp/kvmio-demo
 VMS ?= 2
 CACHE ?= none,unsafe
 
-.PHONY: setup build demo lab test lint rules-test units-verify bench clean
+.PHONY: setup build demo lab test lint rules-test units-verify deb bench clean
 
 setup:
 	bash deploy/setup.sh
@@ -33,6 +33,11 @@ rules-test:
 # systemd units: systemd-analyze verify on copies pointing at the binaries just built.
 units-verify:
 	bash deploy/systemd/verify.sh
+
+# The Debian package (debian/, built by deploy/deb.sh from the release binaries, man pages
+# generated from their flags): target/debian/kvmio_VERSION_ARCH.deb, for `apt install ./kvmio_*.deb`.
+deb: build
+	bash deploy/deb.sh target/release target/debian
 
 # Everything CI runs: setup, lint, the rules, then every test (unit, golden, end-to-end with real
 # QEMU and Prometheus, dashboard conventions) and the units, which need the binaries.

@@ -68,9 +68,11 @@ fi
 # libvirt: the daemon the libvirt end-to-end tests run (their own instance, never the host's),
 # libvirt-dev for the exporter's libvirt source (the `virt` crate links libvirt's C library),
 # and prometheus-libvirt-exporter, the benchmark's reference point.
+# debhelper and lintian build and check the Debian package (`make deb`, tests/deb.rs).
 missing=()
 for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd \
-         libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config prometheus-libvirt-exporter; do
+         libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config prometheus-libvirt-exporter \
+         debhelper lintian; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-mod cli;
+use kvmio_top::cli;
 mod model;
 mod scrape;
 mod tui;
