@@ -10,7 +10,7 @@
 //!   boot → ack → fault → verify), with [`oracle`] saying what each cell promises, [`acklog`]
 //!   the record of what the guest acknowledged, [`verify`] the checker and [`report`] the
 //!   outputs;
-//! * shared: [`qemu_img`] (qemu-img, run one way), [`paths`], and [`out_of_space`];
+//! * shared: [`qemu_img`] (qemu-img, run one way), [`paths`], [`out_of_space`] and [`one_line`];
 //! * the command line: [`cli`] (the binary's flags, also read by the man-page generator).
 //!
 //! Errors follow the `kvmio-qemu` convention: one variant per failing step, the inner error only
@@ -45,4 +45,17 @@ pub fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// An error and its causes on one line, joined by `: `. Every error in this workspace says only
+/// its own step and keeps its cause in `source()`, so nothing repeats and nothing is dropped.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }

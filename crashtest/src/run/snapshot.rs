@@ -180,7 +180,7 @@ impl Snapshots {
             match self.save(key, opts, guest, sockets).await {
                 Ok(saved) => Prepared::Saved(saved),
                 Err(e) => {
-                    let why = format!("{:#}", error_chain(&e));
+                    let why = crate::one_line(&e);
                     tracing::warn!(
                         "{}: cannot save the guest, booting instead: {why}",
                         key.name()
@@ -241,24 +241,26 @@ impl Snapshots {
     }
 }
 
-/// An error chain as one line (`a: b: c`), for the report.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 /// Removes a file when dropped.
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams a VM state to or from `path`, within [`MIGRATION_TIMEOUT`].
+async fn bounded(
+    path: &Path,
+    copy: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), SnapshotError> {
+    match tokio::time::timeout(MIGRATION_TIMEOUT, copy).await {
+        Ok(r) => r.map_err(|source| SnapshotError::Stream {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(SnapshotError::Timeout(MIGRATION_TIMEOUT)),
     }
 }
 
@@ -290,16 +292,13 @@ async fn migrate_out(vm: &mut Vm, socket: &Path, path: &Path) -> Result<(), Snap
     )
     .await
     .map_err(qmp_err("migrate"))?;
-    let copy = async {
+    bounded(path, async {
         let (mut stream, _) = listener.accept().await?;
         let mut file = tokio::fs::File::create(path).await?;
         tokio::io::copy(&mut stream, &mut file).await?;
         file.flush().await
-    };
-    match tokio::time::timeout(MIGRATION_TIMEOUT, copy).await {
-        Ok(r) => r.map_err(stream_err)?,
-        Err(_) => return Err(SnapshotError::Timeout(MIGRATION_TIMEOUT)),
-    }
+    })
+    .await?;
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
     loop {
         let info = vm
@@ -366,10 +365,6 @@ pub(super) async fn restore(
 }
 
 async fn migrate_in(vm: &mut Vm, socket: &Path, path: &Path) -> Result<(), SnapshotError> {
-    let stream_err = |source| SnapshotError::Stream {
-        path: path.to_path_buf(),
-        source,
-    };
     vm.qmp()
         .execute_value(
             "migrate-incoming",
@@ -377,16 +372,13 @@ async fn migrate_in(vm: &mut Vm, socket: &Path, path: &Path) -> Result<(), Snaps
         )
         .await
         .map_err(qmp_err("migrate-incoming"))?;
-    let copy = async {
+    bounded(path, async {
         let mut stream = UnixStream::connect(socket).await?;
         let mut file = tokio::fs::File::open(path).await?;
         tokio::io::copy(&mut file, &mut stream).await?;
         stream.shutdown().await
-    };
-    match tokio::time::timeout(MIGRATION_TIMEOUT, copy).await {
-        Ok(r) => r.map_err(stream_err)?,
-        Err(_) => return Err(SnapshotError::Timeout(MIGRATION_TIMEOUT)),
-    }
+    })
+    .await?;
     // Loaded when QEMU leaves `inmigrate`; the source was stopped, so the guest waits paused.
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
     loop {

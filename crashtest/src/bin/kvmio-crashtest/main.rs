@@ -10,6 +10,7 @@ use kvmio_crashtest::acklog::AckLog;
 use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::lab::{Lab, LabOptions};
+use kvmio_crashtest::one_line;
 use kvmio_crashtest::oracle::Verdict;
 use kvmio_crashtest::paths;
 use kvmio_crashtest::report::{Report, RunInfo};
@@ -45,19 +46,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line, joined by `: `. Every error in this workspace says only
-/// its own step and keeps its cause in `source()`, so nothing repeats and nothing is dropped.
-fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
 
 /// The failing steps of the binary itself (the library's errors say theirs).
