@@ -1,0 +1,7 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (kvmio_fuzz::target("qga_replies")
+        .expect("a kvmio-fuzz target")
+        .run)(data)
+});
