@@ -443,6 +443,13 @@ pub fn storage_layers() -> Value {
         "max by (instance, vm, device, cache_mode, driver, format, aio, iothread, detect_zeroes, discard, bus, file) \
          (kvmio_qemu_block_info{{{SD}}})"
     );
+    let device_info = format!(
+        "max by (instance, vm, device, model, storage_mode) (kvmio_qemu_device_info{{{SD}}})"
+    );
+    let run_state = format!(
+        "max by (instance, vm, device, state) (kvmio_qemu_block_info{{{SD}}} \
+         * on (job, instance, vm) group_left (state) kvmio_vm_state_info{{{S}}})"
+    );
     let guest_sched = format!(
         "max by (instance, vm, device, disk, guest_scheduler, write_cache) (\
          label_replace(kvmio_guest_disk_queue_info{{{S}}}, \"guest_scheduler\", \"$1\", \"scheduler\", \"(.*)\") \
@@ -463,31 +470,46 @@ pub fn storage_layers() -> Value {
         ("none", "none", "transparent"),
         ("directsync", "directsync", "transparent"),
     ]);
+    let state_colours = mapping(&[
+        ("io-error", "io-error", "red"),
+        ("running", "running", "transparent"),
+        ("paused", "paused", "orange"),
+    ]);
     b.add(
         24,
         8,
         table(
             "Disk configuration",
-            "One row per VM disk: QEMU's cache mode (unsafe in red: QEMU ignores the guest's flushes, \
-             see KvmioUnsafeCacheMode), block driver and image format, aio mode, iothread, discard and \
-             detect-zeroes settings, the guest disk and its IO scheduler and write-cache type, and the \
-             host device under the image with its scheduler. The seed article advises none or \
-             (mq-)deadline inside the guest, since the host schedules the same IO again.",
+            "One row per VM disk: the VM's run state (io-error in red: QEMU stopped it on a disk \
+             error, see KvmioVmStoppedOnIoError), the device model and the storage mode it makes \
+             (the seed article's list: virtio-blk, its dataplane with an iothread, virtio-scsi, \
+             vhost-user-blk, passthrough, NVMe, IDE, USB), QEMU's cache mode (unsafe in red: QEMU \
+             ignores the guest's flushes, see KvmioUnsafeCacheMode), block driver and image format, \
+             aio mode, iothread, discard and detect-zeroes settings, the guest disk and its IO \
+             scheduler and write-cache type, and the host device under the image with its \
+             scheduler. The seed article advises none or (mq-)deadline inside the guest, since the \
+             host schedules the same IO again.",
             "string",
             vec![
                 table_target("A", block_info),
                 table_target("B", guest_sched),
                 table_target("C", host_sched),
+                table_target("D", device_info),
+                table_target("E", run_state),
             ],
             json!([
                 {"id": "merge", "options": {}},
                 {"id": "organize", "options": {
-                    "excludeByName": {"Time": true, "Value #A": true, "Value #B": true, "Value #C": true},
+                    "excludeByName": {
+                        "Time": true, "Value #A": true, "Value #B": true, "Value #C": true,
+                        "Value #D": true, "Value #E": true
+                    },
                     "indexByName": {
-                        "instance": 0, "vm": 1, "device": 2, "cache_mode": 3, "driver": 4, "format": 5,
-                        "aio": 6, "iothread": 7, "discard": 8, "detect_zeroes": 9, "bus": 10,
-                        "disk": 11, "guest_scheduler": 12, "write_cache": 13,
-                        "host_device": 14, "host_scheduler": 15, "file": 16
+                        "instance": 0, "vm": 1, "device": 2, "state": 3, "model": 4,
+                        "storage_mode": 5, "cache_mode": 6, "driver": 7, "format": 8,
+                        "aio": 9, "iothread": 10, "discard": 11, "detect_zeroes": 12, "bus": 13,
+                        "disk": 14, "guest_scheduler": 15, "write_cache": 16,
+                        "host_device": 17, "host_scheduler": 18, "file": 19
                     },
                     "renameByName": {}
                 }}
@@ -496,6 +518,12 @@ pub fn storage_layers() -> Value {
                 "matcher": {"id": "byName", "options": "cache_mode"},
                 "properties": [
                     {"id": "mappings", "value": cache_colours},
+                    {"id": "custom.cellOptions", "value": {"type": "color-background", "mode": "basic"}}
+                ]
+            }, {
+                "matcher": {"id": "byName", "options": "state"},
+                "properties": [
+                    {"id": "mappings", "value": state_colours},
                     {"id": "custom.cellOptions", "value": {"type": "color-background", "mode": "basic"}}
                 ]
             }]),
