@@ -64,8 +64,10 @@ pub struct RunArgs {
         default_value = "none,writeback,writethrough,directsync,unsafe"
     )]
     pub cache: Vec<CacheMode>,
-    /// Faults: kill (SIGKILL QEMU; the host survives), power (host power loss: unflushed writes
-    /// are lost), power-subset, power-torn.
+    /// Faults: kill (SIGKILL QEMU; the host survives), power (host power loss under QEMU's file
+    /// driver, the image on kvmio's volatile FUSE filesystem: unflushed writes are lost),
+    /// power-subset, power-torn; power-nbd, power-nbd-subset, power-nbd-torn (the same with the
+    /// disk reached over NBD: measures QEMU's NBD client).
     #[arg(
         long,
         value_name = "FAULTS",
@@ -73,8 +75,9 @@ pub struct RunArgs {
         default_value = "kill,power"
     )]
     pub fault: Vec<Fault>,
-    /// Add the torn variants of power: power-subset (a seeded random subset of the unflushed
-    /// writes survives) and power-torn (the subset is torn at 512-byte sectors).
+    /// Add the torn variants of each whole power fault: power-subset (a seeded random subset of
+    /// the unflushed writes survives) and power-torn (the subset is torn at 512-byte sectors),
+    /// and their -nbd twins for power-nbd.
     #[arg(long)]
     pub torn: bool,
     /// Writer sync policies: fdatasync (O_DIRECT write, then fdatasync), dsync (O_DIRECT|O_DSYNC),
@@ -133,6 +136,10 @@ pub struct RunArgs {
     /// Self-test: the NBD server acknowledges FLUSH and FUA without persisting.
     #[arg(long, hide = true)]
     pub lie_about_flush: bool,
+    /// Self-test: the power fault's FUSE host keeps the newest write volatile across each
+    /// fsync, as if it had reordered it after the flush.
+    #[arg(long, hide = true)]
+    pub reorder_flush: bool,
     /// Self-test: the guest writer acks before its durability point.
     #[arg(long, hide = true)]
     pub ack_early: bool,
@@ -292,6 +299,7 @@ pub fn run_options(args: &RunArgs, out: &Path) -> Result<RunOptions, String> {
         memory_mib: args.qemu.memory,
         ready_timeout: Duration::from_secs(args.qemu.ready_timeout),
         lie_about_flush: args.lie_about_flush,
+        reorder_flush: args.reorder_flush,
         ack_early: args.ack_early,
         boot: args.boot,
     })
@@ -306,10 +314,17 @@ fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
         }
     }
     if args.torn {
-        if !faults.iter().any(|f| f.is_power()) {
-            return Err("--torn adds variants of the power fault: add power to --fault".into());
+        if faults.iter().all(|f| f.torn_variants().is_empty()) {
+            return Err(
+                "--torn adds variants of the power fault: add power or power-nbd to --fault".into(),
+            );
         }
-        for f in [Fault::PowerSubset, Fault::PowerTorn] {
+        let torn: Vec<Fault> = faults
+            .iter()
+            .flat_map(|f| f.torn_variants())
+            .copied()
+            .collect();
+        for f in torn {
             if !faults.contains(&f) {
                 faults.push(f);
             }

@@ -9,18 +9,23 @@ use std::str::FromStr;
 
 use kvmio_guest::writer::SyncPolicy;
 use kvmio_nbd::PowerFailMode;
-use kvmio_qemu::CacheMode;
+use kvmio_qemu::{CacheFlags, CacheMode};
 use serde::{Deserialize, Serialize};
 
 use crate::vm::ImageFormat;
 
-/// How the crash happens.
+/// How the crash happens, and where the disk lives.
+///
+/// `power*` is a host power loss under QEMU's own file driver: the image is a file on kvmio's
+/// volatile FUSE filesystem (`kvmio-fusedisk`), what production runs. `power-nbd*` is the same
+/// loss with the disk reached over NBD (kvmio's volatile NBD server): it measures QEMU's NBD
+/// client, whose flush semantics differ (see `docs/crash-consistency.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Fault {
     /// SIGKILL of QEMU; the host (its page cache, its disks) survives.
     #[serde(rename = "kill")]
     Kill,
-    /// Host power loss: every write not flushed (or written with FUA) is lost.
+    /// Host power loss: every write not made durable (fsync, fdatasync, O_DSYNC) is lost.
     #[serde(rename = "power")]
     Power,
     /// Power loss that persists a seeded random subset of the unflushed writes, whole.
@@ -29,14 +34,26 @@ pub enum Fault {
     /// Power loss that persists a seeded random subset, tearing some writes at 512-byte sectors.
     #[serde(rename = "power-torn")]
     PowerTorn,
+    /// [`Fault::Power`] with the disk reached over NBD.
+    #[serde(rename = "power-nbd")]
+    PowerNbd,
+    /// [`Fault::PowerSubset`] over NBD.
+    #[serde(rename = "power-nbd-subset")]
+    PowerNbdSubset,
+    /// [`Fault::PowerTorn`] over NBD.
+    #[serde(rename = "power-nbd-torn")]
+    PowerNbdTorn,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Kill,
         Fault::Power,
         Fault::PowerSubset,
         Fault::PowerTorn,
+        Fault::PowerNbd,
+        Fault::PowerNbdSubset,
+        Fault::PowerNbdTorn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,21 +62,41 @@ impl Fault {
             Fault::Power => "power",
             Fault::PowerSubset => "power-subset",
             Fault::PowerTorn => "power-torn",
+            Fault::PowerNbd => "power-nbd",
+            Fault::PowerNbdSubset => "power-nbd-subset",
+            Fault::PowerNbdTorn => "power-nbd-torn",
         }
     }
 
-    /// Whether the disk is served by kvmio's volatile-cache NBD server.
+    /// Whether this is a host power loss (the disk under a volatile layer of kvmio's).
     pub fn is_power(self) -> bool {
         self != Fault::Kill
     }
 
-    /// What the NBD server does with unflushed writes at this fault.
+    /// Whether the disk is reached over NBD (kvmio's volatile NBD server).
+    pub fn over_nbd(self) -> bool {
+        matches!(
+            self,
+            Fault::PowerNbd | Fault::PowerNbdSubset | Fault::PowerNbdTorn
+        )
+    }
+
+    /// The subset and torn variants of a whole power loss (`--torn`).
+    pub fn torn_variants(self) -> &'static [Fault] {
+        match self {
+            Fault::Power => &[Fault::PowerSubset, Fault::PowerTorn],
+            Fault::PowerNbd => &[Fault::PowerNbdSubset, Fault::PowerNbdTorn],
+            _ => &[],
+        }
+    }
+
+    /// What the volatile layer does with unflushed writes at this fault.
     pub fn power_fail_mode(self, seed: u64) -> Option<PowerFailMode> {
         match self {
             Fault::Kill => None,
-            Fault::Power => Some(PowerFailMode::DropAll),
-            Fault::PowerSubset => Some(PowerFailMode::Subset { seed }),
-            Fault::PowerTorn => Some(PowerFailMode::SubsetTorn { seed }),
+            Fault::Power | Fault::PowerNbd => Some(PowerFailMode::DropAll),
+            Fault::PowerSubset | Fault::PowerNbdSubset => Some(PowerFailMode::Subset { seed }),
+            Fault::PowerTorn | Fault::PowerNbdTorn => Some(PowerFailMode::SubsetTorn { seed }),
         }
     }
 }
@@ -77,7 +114,7 @@ impl FromStr for Fault {
             .into_iter()
             .find(|f| f.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown fault {s:?}: use kill, power, power-subset or power-torn")
+                format!("unknown fault {s:?}: use kill, power, power-subset, power-torn, power-nbd, power-nbd-subset or power-nbd-torn")
             })
     }
 }
@@ -176,29 +213,30 @@ pub fn promise(cache: CacheMode, fault: Fault, sync: SyncPolicy, format: ImageFo
                 true,
                 "kill, qcow2, write-through: QEMU flushes data and qcow2 metadata before completing each write",
             ),
-            ImageFormat::Qcow2 if flushed && cache != Unsafe => p(
-                true,
-                "kill, qcow2: the guest's flush writes qcow2's cached metadata (L2, refcounts) out of QEMU",
-            ),
             ImageFormat::Qcow2 if flushed => p(
-                false,
-                "kill, qcow2, unsafe: flushes are ignored, so nothing is promised (QEMU 7.2 still writes qcow2's cached metadata to the host OS on a guest flush)",
+                true,
+                "kill, qcow2: the guest's flush writes qcow2's cached metadata (L2, refcounts) out of QEMU, even under unsafe (bdrv_co_flush flushes to the OS before it skips the fdatasync)",
             ),
             ImageFormat::Qcow2 => p(
                 false,
                 "kill, qcow2, no flush: new cluster mappings stay in QEMU's metadata cache until a flush",
             ),
         },
-        Fault::Power | Fault::PowerSubset | Fault::PowerTorn => {
+        Fault::Power
+        | Fault::PowerSubset
+        | Fault::PowerTorn
+        | Fault::PowerNbd
+        | Fault::PowerNbdSubset
+        | Fault::PowerNbdTorn => {
             if write_through {
                 p(
                     true,
-                    "power, write-through: each write is FUA/flushed to stable storage before it completes",
+                    "power, write-through: QEMU flushes each write to stable storage before it completes",
                 )
             } else if cache == Unsafe {
                 p(
                     false,
-                    "power, unsafe: QEMU never fdatasyncs, nothing is made durable (the NBD host ignores flushes for unsafe, as a host file would)",
+                    "power, unsafe: QEMU's contract ignores flushes (no fdatasync of an image file); nothing is promised",
                 )
             } else if flushed {
                 p(
@@ -224,6 +262,10 @@ pub enum Verdict {
     /// Acknowledged records were lost or torn where the cell promised nothing.
     #[serde(rename = "loss-allowed")]
     LossAllowed,
+    /// QEMU did not run the configured cache mode (`query-block`'s flags differ, or could not
+    /// be read): the iteration says nothing about that mode.
+    #[serde(rename = "invalid")]
+    Invalid,
     /// Loss or corruption where survival was promised, or data that was never written.
     #[serde(rename = "VIOLATION")]
     Violation,
@@ -234,8 +276,24 @@ impl Verdict {
         match self {
             Verdict::Ok => "ok",
             Verdict::LossAllowed => "loss-allowed",
+            Verdict::Invalid => "invalid",
             Verdict::Violation => "VIOLATION",
         }
+    }
+}
+
+impl Verdict {
+    /// An iteration's verdict: [`Verdict::Invalid`] unless QMP confirmed the cell's cache flags,
+    /// else the checker's (`checked`, given the cell's promise).
+    pub fn of(
+        cell: &Cell,
+        qmp_cache: Option<CacheFlags>,
+        checked: impl FnOnce(bool) -> Verdict,
+    ) -> Verdict {
+        if qmp_cache != Some(cell.cache_mode.flags()) {
+            return Verdict::Invalid;
+        }
+        checked(cell.promise().survives)
     }
 }
 
@@ -259,11 +317,11 @@ mod tests {
         for format in [ImageFormat::Raw, ImageFormat::Qcow2] {
             for sync in [SyncPolicy::Fdatasync, SyncPolicy::Dsync] {
                 for cache in CacheMode::ALL {
-                    // Flushed writes: every mode but unsafe promises survival of both faults
-                    // (unsafe under kill with raw images survives anyway, see below).
+                    // Flushed writes: every mode promises survival of kill (unsafe too: QEMU
+                    // flushes to the OS even under unsafe, see kill_qcow2_unsafe_flushed...);
+                    // every mode but unsafe promises survival of a power loss.
                     for fault in Fault::ALL {
-                        let expected =
-                            cache != Unsafe || (fault == Fault::Kill && format == ImageFormat::Raw);
+                        let expected = cache != Unsafe || fault == Fault::Kill;
                         assert_eq!(
                             survives(cache, fault, sync, format),
                             expected,
@@ -274,7 +332,7 @@ mod tests {
             }
             // No flush: under power only the write-through modes promise anything.
             for cache in CacheMode::ALL {
-                for fault in [Fault::Power, Fault::PowerSubset, Fault::PowerTorn] {
+                for fault in Fault::ALL.into_iter().filter(|f| f.is_power()) {
                     assert_eq!(
                         survives(cache, fault, SyncPolicy::None, format),
                         matches!(cache, Writethrough | Directsync)
@@ -294,6 +352,46 @@ mod tests {
             SyncPolicy::None,
             ImageFormat::Qcow2
         ));
+    }
+
+    /// kill + qcow2 + unsafe + a guest flush: QEMU's `bdrv_co_flush` (block/io.c) calls the
+    /// driver's `bdrv_co_flush_to_os` ("Write back cached data to the OS even with
+    /// cache=unsafe") before it skips `flush_to_disk` for BDRV_O_NO_FLUSH; for qcow2 that writes
+    /// the cached L2 tables and refcounts into the image file. The host survives a kill, so the
+    /// flushed records are readable: promised. Without a flush, nothing leaves QEMU's cache.
+    #[test]
+    fn kill_qcow2_unsafe_flushed_is_promised_because_qemu_flushes_to_the_os() {
+        for sync in [SyncPolicy::Fdatasync, SyncPolicy::Dsync] {
+            let p = promise(CacheMode::Unsafe, Fault::Kill, sync, ImageFormat::Qcow2);
+            assert!(p.survives && p.reason.contains("bdrv_co_flush"), "{p:?}");
+        }
+        assert!(!survives(
+            CacheMode::Unsafe,
+            Fault::Kill,
+            SyncPolicy::None,
+            ImageFormat::Qcow2
+        ));
+    }
+
+    #[test]
+    fn unconfirmed_cache_flags_make_an_iteration_invalid() {
+        let cell = Cell::new(
+            CacheMode::None,
+            Fault::Power,
+            SyncPolicy::Fdatasync,
+            ImageFormat::Raw,
+        );
+        let ok = |_| Verdict::Violation;
+        assert_eq!(
+            Verdict::of(&cell, Some(CacheMode::None.flags()), ok),
+            Verdict::Violation
+        );
+        assert_eq!(
+            Verdict::of(&cell, Some(CacheMode::Writeback.flags()), ok),
+            Verdict::Invalid
+        );
+        assert_eq!(Verdict::of(&cell, None, ok), Verdict::Invalid);
+        assert!(Verdict::Violation > Verdict::Invalid && Verdict::Invalid > Verdict::LossAllowed);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! | `kvmio_crashtest_lost_acked_writes` | of those, records that did not survive intact (absent or damaged) |
 //! | `kvmio_crashtest_corrupted_writes` | damaged acked records plus data nobody wrote (always a violation) |
 //! | `kvmio_crashtest_iterations` | iterations run in the cell |
-//! | `kvmio_crashtest_restored_iterations` | of those, iterations whose guest was restored from a saved state (the others booted) |
 //! | `kvmio_crashtest_violations` | iterations whose verdict was VIOLATION |
 //! | `kvmio_crashtest_last_run_timestamp_seconds` | when the run finished (no labels) |
 //!
@@ -55,6 +54,8 @@ pub struct RunInfo {
     pub finished_unix: f64,
     /// Self-test switches (false in real runs).
     pub lie_about_flush: bool,
+    #[serde(default)]
+    pub reorder_flush: bool,
     pub ack_early: bool,
     /// `--boot`: `auto` restores saved guests, `always` boots every iteration.
     pub boot: BootPolicy,
@@ -77,6 +78,7 @@ impl RunInfo {
             started_unix,
             finished_unix,
             lie_about_flush: opts.lie_about_flush,
+            reorder_flush: opts.reorder_flush,
             ack_early: opts.ack_early,
             boot: opts.boot,
         }
@@ -115,8 +117,6 @@ pub struct CellReport {
     /// The cell's own seed, derived from `seed` and the cell.
     pub derived_seed: u64,
     pub iterations: u32,
-    /// Iterations whose guest was restored from a saved state (the others booted).
-    pub restored: u32,
     pub acked: u64,
     pub survived: u64,
     /// Acked records absent after the fault.
@@ -165,8 +165,6 @@ pub struct IterationSummary {
     /// What the writer reported after `START`, as checked against a fresh boot.
     pub guest_check: GuestCheck,
     pub power_fail: Option<crate::run::PowerFailSummary>,
-    /// The simulated host ignored FLUSH/FUA (power faults under cache=unsafe).
-    pub host_ignores_flush: bool,
     pub image_check: Option<String>,
     pub image_error: Option<String>,
     pub verify_bytes_read: u64,
@@ -312,11 +310,11 @@ impl Report {
             r.qemu_binary.display(),
             self.guest_kernel.as_deref().unwrap_or("?")
         );
-        if r.lie_about_flush || r.ack_early {
+        if r.lie_about_flush || r.reorder_flush || r.ack_early {
             let _ = writeln!(
                 s,
-                "SELF-TEST RUN: lie_about_flush={} ack_early={} (the stack is broken on purpose)",
-                r.lie_about_flush, r.ack_early
+                "SELF-TEST RUN: lie_about_flush={} reorder_flush={} ack_early={} (the stack is broken on purpose)",
+                r.lie_about_flush, r.reorder_flush, r.ack_early
             );
         }
         let _ = writeln!(s);
@@ -433,7 +431,7 @@ impl Report {
     pub fn prometheus(&self) -> String {
         let mut s = String::new();
         type Get = fn(&CellReport) -> u64;
-        let series: [(&str, &str, Get); 6] = [
+        let series: [(&str, &str, Get); 5] = [
             (
                 "kvmio_crashtest_acked_writes",
                 "Records the guest writer acknowledged after its durability point, summed over the cell's iterations.",
@@ -453,11 +451,6 @@ impl Report {
                 "kvmio_crashtest_iterations",
                 "Iterations run in the cell.",
                 |c| u64::from(c.iterations),
-            ),
-            (
-                "kvmio_crashtest_restored_iterations",
-                "Iterations of the cell whose guest was restored from a saved state instead of booted.",
-                |c| u64::from(c.restored),
             ),
             (
                 "kvmio_crashtest_violations",
@@ -511,7 +504,6 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
         seed: run_seed,
         derived_seed: crate::run::cell_seed(run_seed, &cell),
         iterations: rs.len() as u32,
-        restored: rs.iter().filter(|r| r.started == Started::Restored).count() as u32,
         acked: sum(|r| r.verification.acked),
         survived: sum(|r| r.verification.survived),
         lost: sum(|r| r.verification.lost),
@@ -554,7 +546,6 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
                 boot_reason: r.boot_reason.clone(),
                 guest_check: r.guest_check,
                 power_fail: r.power_fail.clone(),
-                host_ignores_flush: r.host_ignores_flush,
                 image_check: r.verification.image_check.clone(),
                 image_error: r.verification.image_error.clone(),
                 verify_bytes_read: r.verification.bytes_read,
@@ -616,7 +607,6 @@ mod tests {
             },
             fault_delay_ms: 100,
             power_fail: None,
-            host_ignores_flush: false,
             qmp_cache: Some(cache.flags()),
             qemu_version: "7.2.22".into(),
             guest_kernel: "6.1".into(),
@@ -640,6 +630,7 @@ mod tests {
             started_unix: 1.0,
             finished_unix: 1700000000.5,
             lie_about_flush: false,
+            reorder_flush: false,
             ack_early: false,
             boot: BootPolicy::Auto,
         }
@@ -659,7 +650,6 @@ mod tests {
             "kvmio_crashtest_lost_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 10",
             "kvmio_crashtest_violations{cache_mode=\"writethrough\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
             "kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 0",
-            "kvmio_crashtest_restored_iterations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
             "kvmio_crashtest_last_run_timestamp_seconds 1700000000.500",
         ] {
             assert!(prom.contains(needle), "missing {needle} in\n{prom}");

@@ -96,6 +96,10 @@ pub struct Verification {
     pub image_error: Option<String>,
     /// `qemu-img check` summary for qcow2 images.
     pub image_check: Option<String>,
+    /// `qemu-img check`'s corruptions (not leaks, which a crash leaves normally): qcow2
+    /// metadata a rebooted guest cannot trust.
+    #[serde(default)]
+    pub image_corruptions: u64,
     /// The first problems found, one line each.
     pub problems: Vec<String>,
     /// Bytes read from the guest view (holes are not read).
@@ -117,11 +121,12 @@ impl Verification {
         self.acked_corrupted + self.foreign + self.bad_acks
     }
 
-    /// The verdict, given whether the cell promised that acked records survive.
+    /// The verdict, given whether the cell promised that acked records survive. A corrupted
+    /// qcow2 image breaks that promise as lost records do.
     pub fn verdict(&self, promised: bool) -> Verdict {
         if self.foreign > 0 || self.bad_acks > 0 {
             Verdict::Violation
-        } else if self.lost_acked() > 0 {
+        } else if self.lost_acked() > 0 || self.image_corruptions > 0 {
             if promised {
                 Verdict::Violation
             } else {
@@ -162,7 +167,7 @@ pub fn verify_image(
             })?
         }
         ImageFormat::Qcow2 => {
-            let check = qemu_img_check(qemu_img, image)?;
+            let (check, corruptions) = qemu_img_check(qemu_img, image)?;
             match convert_to_raw(qemu_img, image, scratch_dir)? {
                 Ok(scratch) => {
                     let file = File::open(scratch.path()).map_err(|source| VerifyError::Read {
@@ -174,11 +179,13 @@ pub fn verify_image(
                         source,
                     })?;
                     v.image_check = Some(check);
+                    v.image_corruptions = corruptions;
                     v
                 }
                 Err(detail) => {
                     let mut v = unreadable(log, detail);
                     v.image_check = Some(check);
+                    v.image_corruptions = corruptions;
                     v
                 }
             }
@@ -537,8 +544,9 @@ fn convert_to_raw(
     }
 }
 
-/// `qemu-img check` in one line: leaks are normal after a crash, corruptions are not.
-fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> {
+/// `qemu-img check` in one line, and its corruptions: leaks are normal after a crash,
+/// corruptions are not.
+fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<(String, u64), VerifyError> {
     let out = qemu_img::output(
         qemu_img,
         &[
@@ -557,16 +565,22 @@ fn qemu_img_check(qemu_img: &Path, image: &Path) -> Result<String, VerifyError> 
     Ok(match parsed {
         Some(j) => {
             let n = |k: &str| j.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-            format!(
-                "corruptions={} leaks={} check-errors={}",
+            (
+                format!(
+                    "corruptions={} leaks={} check-errors={}",
+                    n("corruptions"),
+                    n("leaks"),
+                    n("check-errors")
+                ),
                 n("corruptions"),
-                n("leaks"),
-                n("check-errors")
             )
         }
-        None => format!(
-            "qemu-img check failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+        None => (
+            format!(
+                "qemu-img check failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            0,
         ),
     })
 }
@@ -633,6 +647,17 @@ mod tests {
         assert_eq!(v.unacked_present, 2);
         assert_eq!(v.verdict(true), Verdict::Ok);
         assert_eq!(v.highest_acked, Some(17));
+    }
+
+    /// Every acked record intact, but `qemu-img check` counted corruptions: a cell that
+    /// promised survival is violated (the image cannot be trusted after reboot), others lose.
+    #[test]
+    fn qcow2_corruptions_violate_a_promise_even_when_every_record_reads_back() {
+        let (_d, path, log) = setup(20, 18);
+        let mut v = check(&path, &log);
+        v.image_corruptions = 2;
+        assert_eq!(v.verdict(true), Verdict::Violation);
+        assert_eq!(v.verdict(false), Verdict::LossAllowed);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use kvmio_nbd::{Disk, PowerFailMode, PowerFailReport};
 
@@ -50,7 +50,7 @@ struct Inner {
     /// Set at the power cut: nothing is processed afterwards.
     cut: bool,
     /// Replies of the requests that came after the cut, unanswered until [`State::release`].
-    parked: Vec<Box<dyn std::any::Any + Send>>,
+    parked: Vec<Box<dyn Parked>>,
     /// Set by [`State::release`]: requests after it are answered `EIO` at once (a dying
     /// process closing its files must not wait for an answer).
     released: bool,
@@ -85,13 +85,14 @@ impl State {
     }
 
     /// The lock, unless the power is cut: then the reply is parked and `None` returned.
-    fn live<R: Send + 'static>(&self, reply: R) -> Option<(MutexGuard<'_, Inner>, R)> {
+    fn live<R: Parked + 'static>(&self, reply: R) -> Option<(MutexGuard<'_, Inner>, R)> {
         let mut inner = self.lock();
         if inner.cut {
-            if !inner.released {
+            if inner.released {
+                Box::new(reply).eio();
+            } else {
                 inner.parked.push(Box::new(reply));
             }
-            // Else the reply is dropped here, which answers EIO.
             return None;
         }
         Some((inner, reply))
@@ -123,7 +124,9 @@ impl State {
             std::mem::take(&mut inner.parked)
         };
         let n = parked.len();
-        drop(parked);
+        for reply in parked {
+            reply.eio();
+        }
         n
     }
 
@@ -237,6 +240,34 @@ impl State {
         Ok(ino)
     }
 }
+
+/// A reply held back at the power cut, answered `EIO` later.
+trait Parked: Send + std::fmt::Debug {
+    fn eio(self: Box<Self>);
+}
+
+macro_rules! parked {
+    ($($t:ty),*) => {$(
+        impl Parked for $t {
+            fn eio(self: Box<Self>) {
+                self.error(Errno::EIO);
+            }
+        }
+    )*};
+}
+parked!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyCreate,
+    ReplyData,
+    ReplyWrite,
+    ReplyDirectory,
+    ReplyStatfs,
+    ReplyXattr,
+    ReplyIoctl
+);
 
 /// `O_SYNC` and `O_DSYNC` writes are durable when they complete (`O_SYNC` includes the
 /// `O_DSYNC` bit).
@@ -504,6 +535,43 @@ impl Filesystem for VolatileFs {
                 s.fragment_size() as u32,
             ),
             Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    /// No extended attributes (the kernel asks for `security.capability` on every write).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        if let Some((_, reply)) = self.0.live(reply) {
+            reply.error(Errno::ENODATA);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        if let Some((_, reply)) = self.0.live(reply) {
+            reply.size(0);
+        }
+    }
+
+    /// No ioctls: QEMU probes a few (block device ones) and takes `ENOTTY` as "not a device".
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if let Some((_, reply)) = self.0.live(reply) {
+            reply.error(Errno::ENOTTY);
         }
     }
 

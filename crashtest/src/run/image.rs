@@ -2,9 +2,10 @@
 //!
 //! kvmio never writes to a file it did not create: a raw image is created with
 //! `O_CREAT|O_EXCL`, and a qcow2 image's name is reserved the same way before `qemu-img create`
-//! (which would overwrite whatever is there) fills it. A qcow2 file served over NBD cannot grow
-//! (the export's size is fixed at the handshake), so it is made large enough for every cluster
-//! up front.
+//! (which would overwrite whatever is there) fills it. Under `power*` the image is created on the
+//! iteration's FUSE mount (the backing file appears in kvmio's directory) and qcow2 grows its
+//! file as QEMU allocates clusters. A qcow2 file served over NBD cannot grow (the export's size
+//! is fixed at the handshake), so it is made large enough for every cluster up front.
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,9 @@ use super::RunError;
 use crate::qemu_img;
 use crate::vm::ImageFormat;
 
-/// Extra bytes a qcow2 file served over NBD gets beyond the virtual size, for metadata: the
-/// export cannot grow, so the file is made large enough for every cluster up front.
+/// Extra bytes a qcow2 file may need beyond the virtual size, for metadata: a file served over
+/// NBD is grown this much up front (the export cannot grow), and a file on the FUSE host may
+/// grow this far.
 pub fn qcow2_headroom(disk: u64) -> u64 {
     disk / 32 + (4 << 20)
 }

@@ -24,7 +24,7 @@ use super::{
     BootPolicy, Guest, IterationResult, IterationSeeds, RunError, RunOptions, Started, Timings,
 };
 use crate::acklog::{AckLog, AckLogHeader};
-use crate::oracle::Cell;
+use crate::oracle::{Cell, Verdict};
 use crate::out_of_space;
 use crate::verify;
 use crate::vm::VmConfig;
@@ -100,19 +100,19 @@ async fn steps(
 
     // A fresh image, its ack log, and the host it lives on.
     let t = Instant::now();
-    let power = cell.fault.is_power();
+    let socket = ctx.dirs.sockets().join(format!("n{index}.sock"));
+    let mut host = Host::mount(cell, opts, &files.image, ctx.dirs.sockets(), index, label)?;
     image::create(
         &opts.qemu_img,
-        &files.image,
+        &host.create_path(),
         cell.format,
         disk_bytes,
-        power,
+        cell.fault.over_nbd(),
         label,
     )?;
+    host.serve(opts, socket, label)?;
     let header = ack_log_header(opts, cell, iteration, &seeds, &files.image);
     let acks = Acks::create(&files.acks, &header, label)?;
-    let socket = ctx.dirs.sockets().join(format!("n{index}.sock"));
-    let host = Host::start(cell, &files.image, socket, opts.lie_about_flush, label)?;
     let create = t.elapsed();
 
     // Restore or boot, start, acks, fault; then the power failure, and the NBD server gone on
@@ -137,7 +137,7 @@ async fn steps(
         ack_early: opts.ack_early,
     };
     let phase = tokio::select! {
-        r = guest_phase(ctx, cell, config, writer, acks, delay, label) => r,
+        r = guest_phase(ctx, cell, config, writer, acks, &host, delay, label) => r,
         _ = stop.wait_for(|s| *s) => Err(RunError::Interrupted),
     };
     let (power_fail, power_time) = host.power_fail(phase.is_ok(), seeds.power, label).await;
@@ -164,12 +164,15 @@ async fn steps(
     let verify_time = t.elapsed();
     let (kept_image, kept_acks) = files.kept();
     drop(files);
+    let verdict = Verdict::of(&cell, phase.qmp_cache, |promised| {
+        verification.verdict(promised)
+    });
     Ok(IterationResult {
         cell,
         iteration: iteration + 1,
         seed: seeds.iteration,
         run_id: seeds.run_id,
-        verdict: verification.verdict(cell.promise().survives),
+        verdict,
         verification,
         timings: Timings {
             create: create.as_secs_f64(),
@@ -193,7 +196,6 @@ async fn steps(
         guest_check: phase.guest_check,
         fault_delay_ms: delay.as_millis() as u64,
         power_fail,
-        host_ignores_flush: fault::host_ignores_flush(&cell),
         qmp_cache: phase.qmp_cache,
         qemu_version: phase.qemu_version,
         guest_kernel: phase.guest_kernel,
@@ -249,6 +251,7 @@ async fn guest_phase(
     config: VmConfig,
     writer: WriterParams,
     mut acks: Acks<'_>,
+    host: &Host,
     delay: Duration,
     label: &str,
 ) -> Result<Phase, RunError> {
@@ -313,7 +316,7 @@ async fn guest_phase(
     acks.window(&mut vm, delay).await?;
     let window = t.elapsed();
     let t = Instant::now();
-    fault::kill(&mut vm, &mut acks).await?;
+    fault::crash(&mut vm, host, &mut acks).await?;
     let fault = t.elapsed();
     drop(vm);
     acks.finish()?;

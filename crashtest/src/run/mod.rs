@@ -51,7 +51,6 @@ use crate::qemu_img::QemuImgError;
 use crate::verify::{Verification, VerifyError};
 use crate::vm::VmError;
 
-pub use fault::host_ignores_flush;
 pub use image::qcow2_headroom;
 pub use plan::{cell_seed, preflight, IterationSeeds};
 pub use schedule::{run, RunOutcome};
@@ -106,8 +105,10 @@ pub struct RunOptions {
     pub qemu_img: PathBuf,
     pub memory_mib: u32,
     pub ready_timeout: Duration,
-    /// Self-test: the NBD server acks FLUSH/FUA without persisting.
+    /// Self-test: the power fault's host (FUSE or NBD) acks fsync/FLUSH/FUA without persisting.
     pub lie_about_flush: bool,
+    /// Self-test: the FUSE host keeps the newest write volatile across each fsync.
+    pub reorder_flush: bool,
     /// Self-test: the writer acks before its durability point.
     pub ack_early: bool,
     /// Boot every guest, or restore saved ones.
@@ -190,6 +191,12 @@ pub enum RunError {
         cell: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{cell}: the power fault's FUSE filesystem failed")]
+    Mount {
+        cell: String,
+        #[source]
+        source: kvmio_fusedisk::Error,
     },
     #[error("{cell}: cannot start the NBD server")]
     NbdStart {
@@ -288,8 +295,6 @@ pub struct IterationResult {
     pub guest_check: GuestCheck,
     pub fault_delay_ms: u64,
     pub power_fail: Option<PowerFailSummary>,
-    /// The power fault's NBD server ignored FLUSH and FUA ([`host_ignores_flush`]).
-    pub host_ignores_flush: bool,
     /// `query-block`'s `inserted.cache` once the guest driver is up.
     pub qmp_cache: Option<CacheFlags>,
     pub qemu_version: String,

@@ -125,6 +125,21 @@ pub fn preflight(opts: &RunOptions) -> Result<tempfile::TempDir, RunError> {
             detail,
         });
     }
+    if opts
+        .cells
+        .iter()
+        .any(|c| c.fault.is_power() && !c.fault.over_nbd())
+    {
+        // Never reused (each run mounts on fresh directories), but worth saying: each holds
+        // its dead run's images until it is removed.
+        for stale in kvmio_fusedisk::stale_mounts() {
+            tracing::warn!(
+                "a kvmio-fusedisk mount from a killed run is left at {} (its filesystem is gone): remove it with `umount -l {}`",
+                stale.display(),
+                stale.display()
+            );
+        }
+    }
     let needs_direct = opts
         .cells
         .iter()
