@@ -55,5 +55,12 @@ bench: build
 	$(CARGO) bench -p kvmio-crashtest --bench verify -- --size 1024 --runs 5
 	bash crashtest/nbd/scripts/bench.sh 5
 
+# The README's pictures (docs/img/), taken by the tests that check what they show: the crash
+# report of a real small run in Chromium, and kvmio-top in tmux against the lab.
+.PHONY: screenshots
+screenshots: setup
+	$(CARGO) build --workspace
+	KVMIO_SCREENSHOTS=$(CURDIR)/docs/img $(CARGO) test -p kvmio-e2e --test report_html --test top
+
 clean:
 	$(CARGO) clean

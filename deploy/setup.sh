@@ -69,10 +69,13 @@ fi
 # libvirt-dev for the exporter's libvirt source (the `virt` crate links libvirt's C library),
 # and prometheus-libvirt-exporter, the benchmark's reference point.
 # debhelper and lintian build and check the Debian package (`make deb`, tests/deb.rs).
+# chromium renders the crash report (tests/report_html.rs) and the README's screenshots; tmux
+# runs kvmio-top in a real terminal (tests/top.rs), aha turns its screen into HTML for a picture.
 missing=()
 for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd \
          libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config prometheus-libvirt-exporter \
-         debhelper lintian; do
+         debhelper lintian \
+         chromium tmux aha fonts-dejavu-core; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -19,6 +19,7 @@ use kvmio_crashtest::guest_image::{self, GuestImage, GuestInputs};
 use kvmio_crashtest::kernel::GuestKernel;
 use kvmio_crashtest::paths;
 
+pub mod browser;
 pub mod libvirtd;
 pub mod metrics;
 

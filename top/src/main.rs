@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kvmio-top: error: {}", tui::chain(&e));
+            eprintln!("kvmio-top: error: {}", kvmio_exporter::errors::chain(&e));
             ExitCode::FAILURE
         }
     }

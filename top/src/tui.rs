@@ -13,6 +13,8 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use ratatui::Frame;
 
+use kvmio_exporter::errors::chain;
+
 use crate::cli::SortKey;
 use crate::model::{self, DiskRates, Snapshot};
 use crate::scrape::{Scrape, Scraper};
@@ -27,18 +29,6 @@ enum Update {
     /// The first scrape: nothing to rate yet.
     Warming,
     Failed(String),
-}
-
-/// One error and its causes on one line.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Scrapes every `interval` and sends a frame for each pair of scrapes in a row.
@@ -61,7 +51,7 @@ fn scrape_loop(scraper: Scraper, interval: Duration, tx: mpsc::Sender<Update>) {
             Err(e) => {
                 // A failed scrape breaks the pair: the next rate is over two good scrapes.
                 prev = None;
-                Update::Failed(chain(&e as &(dyn std::error::Error + 'static)))
+                Update::Failed(chain(&e))
             }
         };
         if tx.send(update).is_err() {
