@@ -96,11 +96,16 @@ where
     }
 }
 
-fn reply(value: Result<Value, (&str, String)>, id: Option<&Value>) -> String {
-    let mut obj = match value {
+/// A reply object: `{"return": ...}` or `{"error": {"class", "desc"}}`.
+fn reply_object(value: Result<Value, (&str, String)>) -> Value {
+    match value {
         Ok(v) => json!({ "return": v }),
         Err((class, desc)) => json!({"error": {"class": class, "desc": desc}}),
-    };
+    }
+}
+
+fn reply(value: Result<Value, (&str, String)>, id: Option<&Value>) -> String {
+    let mut obj = reply_object(value);
     if let Some(id) = id {
         obj["id"] = id.clone();
     }
@@ -129,9 +134,53 @@ pub fn qmp_fixture(path: &Path) -> Peer {
             })
             .collect(),
     );
+    qmp_peer(path, greeting, move |req| {
+        let cmd = req["execute"].as_str().unwrap_or("");
+        let args = &req["arguments"];
+        reply_object(match cmd {
+            "qmp_capabilities" | "block-latency-histogram-set" => Ok(json!({})),
+            "query-blockstats" if args["query-nodes"] == json!(true) => {
+                Ok(fixture_return("query-blockstats-nodes"))
+            }
+            "query-name"
+            | "query-block"
+            | "query-blockstats"
+            | "query-pci"
+            | "query-named-block-nodes"
+            | "query-version"
+            | "query-status" => Ok(fixture_return(cmd)),
+            "qom-get" => {
+                let key = (
+                    args["path"].as_str().unwrap_or("").to_owned(),
+                    args["property"].as_str().unwrap_or("").to_owned(),
+                );
+                match qom.get(&key) {
+                    Some(r) if r.get("return").is_some() => Ok(r["return"].clone()),
+                    Some(r) => Err((
+                        "GenericError",
+                        r["error"]["desc"].as_str().unwrap_or("").to_owned(),
+                    )),
+                    None => panic!("no captured qom-get reply for {key:?}"),
+                }
+            }
+            other => Err((
+                "CommandNotFound",
+                format!("The command {other} has not been found"),
+            )),
+        })
+    })
+}
+
+/// A QMP monitor: sends `greeting`, then answers each request with the reply object
+/// `answer(request)`, the request's `id` added; records the requests.
+fn qmp_peer<F>(path: &Path, greeting: Value, answer: F) -> Peer
+where
+    F: Fn(&Value) -> Value + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
     spawn(path, move |stream, reqs| {
         let greeting = greeting.clone();
-        let qom = qom.clone();
+        let answer = answer.clone();
         async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r).lines();
@@ -146,43 +195,11 @@ pub fn qmp_fixture(path: &Path) -> Peer {
                     continue;
                 };
                 reqs.lock().unwrap().push(req.clone());
-                let cmd = req["execute"].as_str().unwrap_or("");
-                let args = &req["arguments"];
-                let answer: Result<Value, (&str, String)> = match cmd {
-                    "qmp_capabilities" | "block-latency-histogram-set" => Ok(json!({})),
-                    "query-blockstats" if args["query-nodes"] == json!(true) => {
-                        Ok(fixture_return("query-blockstats-nodes"))
-                    }
-                    "query-name"
-                    | "query-block"
-                    | "query-blockstats"
-                    | "query-pci"
-                    | "query-named-block-nodes"
-                    | "query-version"
-                    | "query-status" => Ok(fixture_return(cmd)),
-                    "qom-get" => {
-                        let key = (
-                            args["path"].as_str().unwrap_or("").to_owned(),
-                            args["property"].as_str().unwrap_or("").to_owned(),
-                        );
-                        match qom.get(&key) {
-                            Some(r) if r.get("return").is_some() => Ok(r["return"].clone()),
-                            Some(r) => Err((
-                                "GenericError",
-                                r["error"]["desc"].as_str().unwrap_or("").to_owned(),
-                            )),
-                            None => panic!("no captured qom-get reply for {key:?}"),
-                        }
-                    }
-                    other => Err((
-                        "CommandNotFound",
-                        format!("The command {other} has not been found"),
-                    )),
-                };
-                if w.write_all(reply(answer, req.get("id")).as_bytes())
-                    .await
-                    .is_err()
-                {
+                let mut obj = answer(&req);
+                if let Some(id) = req.get("id") {
+                    obj["id"] = id.clone();
+                }
+                if w.write_all(format!("{obj}\n").as_bytes()).await.is_err() {
                     return;
                 }
             }
@@ -199,41 +216,16 @@ pub fn qmp_replay(path: &Path, fixture: &Path) -> Peer {
     let greeting = session["greeting"].clone();
     let exchanges: Arc<Vec<Value>> =
         Arc::new(session["exchanges"].as_array().cloned().unwrap_or_default());
-    spawn(path, move |stream, reqs| {
-        let greeting = greeting.clone();
-        let exchanges = exchanges.clone();
-        async move {
-            let (r, mut w) = stream.into_split();
-            let mut lines = BufReader::new(r).lines();
-            if w.write_all(format!("{greeting}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(req) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                reqs.lock().unwrap().push(req.clone());
-                let cmd = req["execute"].as_str().unwrap_or("");
-                let args = req.get("arguments").cloned().unwrap_or(Value::Null);
-                let recorded = exchanges
-                    .iter()
-                    .find(|e| e["execute"] == cmd && e["arguments"] == args);
-                let mut obj = match recorded {
-                    Some(e) => e["reply"].clone(),
-                    None if cmd == "qmp_capabilities" => json!({"return": {}}),
-                    None => json!({"error": {"class": "GenericError",
-                        "desc": format!("not recorded: {cmd} {args}")}}),
-                };
-                if let Some(id) = req.get("id") {
-                    obj["id"] = id.clone();
-                }
-                if w.write_all(format!("{obj}\n").as_bytes()).await.is_err() {
-                    return;
-                }
-            }
+    qmp_peer(path, greeting, move |req| {
+        let cmd = req["execute"].as_str().unwrap_or("");
+        let args = req.get("arguments").cloned().unwrap_or(Value::Null);
+        let recorded = exchanges
+            .iter()
+            .find(|e| e["execute"] == cmd && e["arguments"] == args);
+        match recorded {
+            Some(e) => e["reply"].clone(),
+            None if cmd == "qmp_capabilities" => json!({"return": {}}),
+            None => reply_object(Err(("GenericError", format!("not recorded: {cmd} {args}")))),
         }
     })
 }
