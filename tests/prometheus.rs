@@ -9,7 +9,10 @@
 //!   substituted as Grafana would (All, and single VMs and disks);
 //! * `KvmioUnsafeCacheMode` fires for the cache=unsafe VM's disks and for nothing else, and no
 //!   other alert fires; the same for a libvirt domain (`cache='unsafe'` in its XML) that the
-//!   exporter reads through its own libvirtd (`kvmio_e2e::libvirtd`).
+//!   exporter reads through its own libvirtd (`kvmio_e2e::libvirtd`);
+//! * `KvmioVmStoppedOnIoError` fires for a QEMU that really stopped on an I/O error (no guest:
+//!   SeaBIOS reads the boot disk, blkdebug fails the read, `rerror=stop`), which may also fire
+//!   `KvmioBlockIOErrors`, and for nothing else.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -205,6 +208,50 @@ fn prometheus_config(exporter_port: u16) -> String {
     config
 }
 
+/// A q35 QEMU (TCG, no guest) whose boot disk fails every read (blkdebug) under `rerror=stop`:
+/// SeaBIOS's first read of it stops the VM with QEMU's run state `io-error`. Its monitor is
+/// `DIR/ioerr.qmp`.
+fn stopped_on_io_error(dir: &Path) -> ChildProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let disk = dir.join("e.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let conf = dir.join("blkdebug.conf");
+    std::fs::write(
+        &conf,
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n",
+    )
+    .unwrap();
+    let sock = dir.join("ioerr.qmp");
+    let mut qemu = ChildProcess::spawn(
+        Command::new(which("qemu-system-x86_64").expect("qemu-system-x86_64"))
+            .args(["-M", "q35", "-accel", "tcg", "-m", "64", "-display", "none"])
+            .args(["-nodefaults", "-name", "ioerr", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file=blkdebug:{}:{},format=raw,if=none,id=e0,rerror=stop,werror=stop",
+                conf.display(),
+                disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=e0,id=ve0,bootindex=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap()),
+    );
+    wait_for(
+        "the io-error QEMU's monitor",
+        Duration::from_secs(60),
+        || {
+            assert!(qemu.running(), "the io-error QEMU exited");
+            sock.exists().then_some(())
+        },
+    );
+    qemu
+}
+
 /// Every query of a dashboard (panel targets, and variable queries as `count by (label) (...)`)
 /// with Grafana's variables substituted.
 fn dashboard_queries(vars: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -296,11 +343,15 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
         DiskSpec::new(ImageFormat::Raw, CacheMode::Unsafe).size_mib(16),
     ]));
 
+    let ioerr_dir = dir.path().join("ioerr");
+    let mut ioerr = stopped_on_io_error(&ioerr_dir);
+
     let exporter_port = free_port();
     let mut exporter = ChildProcess::spawn(
         Command::new(workspace_bin("kvmio-exporter"))
             .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
             .arg(format!("--qmp.socket-glob={}/*.qmp", run_dir.display()))
+            .arg(format!("--qmp.socket-glob={}/*.qmp", ioerr_dir.display()))
             .arg(format!("--libvirt.uri={}", libvirtd.uri()))
             .arg(format!("--crashtest.results-dir={}", results.display()))
             .arg("--qmp.latency-buckets=0.0001,0.001,0.01,0.1,1")
@@ -444,11 +495,12 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
         println!("{q}:\n    {}", show(&prom.query(q)));
     }
 
-    // KvmioUnsafeCacheMode fires for lab-2's disks (cache=unsafe) and the libvirt domain's, and
-    // nothing else fires.
+    // KvmioUnsafeCacheMode fires for lab-2's disks (cache=unsafe) and the libvirt domain's,
+    // KvmioVmStoppedOnIoError (for: 1m) for the io-error VM, and nothing else fires.
     let firing = wait_for(
-        "KvmioUnsafeCacheMode firing for lab-2's and lv-unsafe's two disks each",
-        Duration::from_secs(60),
+        "KvmioUnsafeCacheMode firing for lab-2's and lv-unsafe's two disks each, and \
+         KvmioVmStoppedOnIoError for ioerr",
+        Duration::from_secs(180),
         || {
             let alerts = prom.api("/api/v1/alerts");
             let firing: Vec<Value> = alerts["alerts"]
@@ -463,16 +515,27 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
                 .filter(|a| a["labels"]["alertname"] == "KvmioUnsafeCacheMode")
                 .map(|a| format!("{} {}", a["labels"]["vm"], a["labels"]["device"]))
                 .collect();
-            (unsafe_disks.len() == 4).then_some(firing)
+            let stopped = firing
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "KvmioVmStoppedOnIoError");
+            (unsafe_disks.len() == 4 && stopped).then_some(firing)
         },
     );
     let mut seen = BTreeSet::new();
     for a in &firing {
         let l = &a["labels"];
         seen.insert(format!("{} {} {}", l["alertname"], l["vm"], l["device"]));
+        if l["vm"] == "ioerr" {
+            assert!(
+                l["alertname"] == "KvmioVmStoppedOnIoError"
+                    || l["alertname"] == "KvmioBlockIOErrors",
+                "only the I/O-error alerts may fire for the io-error VM: {a}"
+            );
+            continue;
+        }
         assert_eq!(
             l["alertname"], "KvmioUnsafeCacheMode",
-            "only KvmioUnsafeCacheMode may fire here: {a}"
+            "only KvmioUnsafeCacheMode may fire for the other VMs: {a}"
         );
         assert!(
             l["vm"] == "lab-2" || l["vm"] == "lv-unsafe",
@@ -497,6 +560,7 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     // Stop everything this test started; nothing may be left running.
     prom_proc.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     exporter.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
+    ioerr.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     let status = lab.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
     assert!(status.success(), "lab stops cleanly on Ctrl-C: {status}");
     let libvirt_dir = libvirtd.dir().to_string_lossy().into_owned();
