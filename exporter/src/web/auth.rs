@@ -87,29 +87,34 @@ impl BasicAuth {
         let Some((user, password)) = credentials(header) else {
             return Verdict::Denied;
         };
-        let (hash, known) = match users.get(&user) {
-            Some(h) => (h.clone(), true),
-            None => (dummy_hash().to_owned(), false),
-        };
-        let key = cache_key(&user, &hash, &password);
-        if known
-            && self
+        let hash = users.get(&user).cloned();
+        let key = hash.as_deref().map(|h| cache_key(&user, h, &password));
+        if let Some(key) = &key {
+            if self
                 .cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&key)
-        {
-            return Verdict::Allowed;
+                .contains(key)
+            {
+                return Verdict::Allowed;
+            }
         }
         let ok = {
             let _turn = self.bcrypt_turn.lock().await;
-            tokio::task::spawn_blocking(move || bcrypt::verify(&password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false)
+            // (the dummy hash, made once, is made here too: a bcrypt, off the runtime)
+            tokio::task::spawn_blocking(move || {
+                let hash: &str = match &hash {
+                    Some(h) => h,
+                    None => dummy_hash(),
+                };
+                bcrypt::verify(&password, hash).unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false)
         };
-        if !(ok && known) {
+        let (true, Some(key)) = (ok, key) else {
             return Verdict::Denied;
-        }
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_SIZE {
             // Full (100 distinct successful logins): forget an arbitrary one.
