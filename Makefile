@@ -54,6 +54,7 @@ bench: build
 	$(CARGO) bench -p kvmio-e2e --bench libvirt
 	$(CARGO) bench -p kvmio-crashtest --bench verify -- --size 1024 --runs 5
 	bash crashtest/nbd/scripts/bench.sh 5
+	bash crashtest/fusedisk/scripts/bench.sh 5
 
 # The README's pictures (docs/img/), taken by the tests that check what they show: the crash
 # report of a real small run in Chromium, and kvmio-top in tmux against the lab.

@@ -25,7 +25,7 @@ use crate::collector::crashtest::{self as crashtest_results, REPORT_PAGE};
 use crate::collector::Exporter;
 use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::web::auth::Verdict;
-use crate::web::WebConfig;
+use crate::web::{Settings, WebConfig};
 
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,7 +130,7 @@ async fn serve_connection<IO>(
         async move {
             Ok::<_, Infallible>(match web {
                 Some(web) => handle_under(&web, &exporter, local, req).await,
-                None => handle(&exporter, local, req).await,
+                None => handle(&exporter, local, None, req).await,
             })
         }
     });
@@ -194,7 +194,7 @@ async fn handle_under(
         );
         r
     } else {
-        handle(exporter, local, req).await
+        handle(exporter, local, Some(&settings), req).await
     };
     for (name, value) in &settings.headers {
         r.headers_mut().insert(name.clone(), value.clone());
@@ -205,6 +205,7 @@ async fn handle_under(
 async fn handle(
     exporter: &Exporter,
     local: SocketAddr,
+    web: Option<&Settings>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let is_get = req.method() == Method::GET;
@@ -237,7 +238,7 @@ async fn handle(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
                 .unwrap_or_else(|| local.to_string());
-            let mut r = Response::new(Full::new(Bytes::from(landing_page(exporter, &host))));
+            let mut r = Response::new(Full::new(Bytes::from(landing_page(exporter, &host, web))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -309,8 +310,20 @@ fn report_page(exporter: &Exporter) -> Response<Full<Bytes>> {
 }
 
 /// The landing page: what this is, the metrics link, and the Prometheus scrape config for the
-/// address the browser used (the Host header, HTML-escaped).
-pub fn landing_page(exporter: &Exporter, host: &str) -> String {
+/// address the browser used (the Host header, HTML-escaped), with the scheme, TLS and basic auth
+/// lines a web configuration asks of Prometheus.
+pub fn landing_page(exporter: &Exporter, host: &str, web: Option<&Settings>) -> String {
+    let mut access = String::new();
+    if let Some(web) = web {
+        if web.tls.is_some() {
+            access.push_str(
+                "\n    scheme: https\n    tls_config: {ca_file: CA_THAT_SIGNED_THIS_CERTIFICATE}",
+            );
+        }
+        if !web.users.is_empty() {
+            access.push_str("\n    basic_auth: {username: USER, password_file: PASSWORD_FILE}");
+        }
+    }
     let host = html_escape(host);
     let collectors = exporter.collector_names().join(", ");
     let timeout = exporter.config().scrape_timeout;
@@ -339,7 +352,7 @@ block nodes, image files and host block devices.</p>
 <pre>scrape_configs:
   - job_name: kvmio
     metrics_path: {metrics_path}
-    scrape_timeout: 10s   # the exporter bounds its scrapes to {timeout:?} (--scrape.timeout)
+    scrape_timeout: 10s   # the exporter bounds its scrapes to {timeout:?} (--scrape.timeout){access}
     static_configs:
       - targets: ['{host}']</pre>
 <p>Collectors: {collectors}.</p>

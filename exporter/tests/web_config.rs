@@ -118,6 +118,9 @@ fn tls_and_basic_auth_guard_every_path() {
     let landing = https_get(&addr, "/", &tls, Some(("prometheus", "scrape-me")), T).unwrap();
     assert_eq!(landing.status, 200);
     assert!(landing.body.contains("kvmio-exporter"));
+    // Its scrape job asks Prometheus for what this configuration needs.
+    assert!(landing.body.contains("scheme: https"), "{}", landing.body);
+    assert!(landing.body.contains("basic_auth:"), "{}", landing.body);
 
     // Plain HTTP to the TLS port: a 400 that says why, and no metrics, even with the password.
     let raw = plain_get_raw(&addr, "/metrics", Some(("prometheus", "scrape-me")), T).unwrap();

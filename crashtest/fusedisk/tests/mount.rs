@@ -117,20 +117,19 @@ fn o_dsync_and_o_direct_writes() {
     assert!(all(&b[4096..], 6));
 }
 
+fn punch_hole(f: &File, offset: i64, len: i64) {
+    let flags = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(f.as_raw_fd(), flags, offset, len).unwrap();
+}
+
 #[test]
 fn punched_holes_and_truncation_are_volatile_until_fsync() {
     let mut s = setup(Misbehaviour::None);
     let f = s.open("c.img", 0);
     f.write_all_at(&[7; 65536], 0).unwrap();
     f.sync_all().unwrap();
-    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    nix::fcntl::fallocate(
-        f.as_raw_fd(),
-        nix::fcntl::FallocateFlags::from_bits_truncate(punch),
-        4096,
-        8192,
-    )
-    .unwrap();
+    punch_hole(&f, 4096, 8192);
     let mut r = [1u8; 8192];
     f.read_exact_at(&mut r, 4096).unwrap();
     assert!(all(&r, 0), "the hole reads as zeroes");
@@ -162,13 +161,7 @@ fn punched_holes_and_truncation_are_volatile_until_fsync() {
     let mut s = setup(Misbehaviour::None);
     let f = s.open("c.img", 0);
     f.write_all_at(&[7; 65536], 0).unwrap();
-    nix::fcntl::fallocate(
-        f.as_raw_fd(),
-        nix::fcntl::FallocateFlags::from_bits_truncate(punch),
-        4096,
-        8192,
-    )
-    .unwrap();
+    punch_hole(&f, 4096, 8192);
     f.set_len(32768).unwrap();
     f.sync_data().unwrap();
     drop(f);
