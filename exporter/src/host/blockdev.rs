@@ -259,11 +259,13 @@ pub fn find_mount(mountinfo: &str, major: u32, minor: u32) -> Option<MountEntry>
         if dev != want {
             return None;
         }
-        let mount_point = fields.nth(1)?;
+        // The kernel escapes blanks inside fields, so an empty field is a malformed line (found
+        // by the fuzz target host_sysfs_mountinfo: "- " and two blanks gave an empty fstype).
+        let mount_point = fields.nth(1).filter(|f| !f.is_empty())?;
         // Optional fields end with a lone "-", then fstype and source.
         let mut rest = fields.skip_while(|f| *f != "-");
         rest.next()?;
-        let fstype = rest.next()?;
+        let fstype = rest.next().filter(|f| !f.is_empty())?;
         let source = rest.next().unwrap_or("");
         Some(MountEntry {
             mount_point: PathBuf::from(unescape_octal(mount_point)),
@@ -520,6 +522,10 @@ mod tests {
             ("btrfs", "/dev/vdb")
         );
         assert!(find_mount(text, 0, 99).is_none());
+        // Malformed lines (empty fields where the kernel writes none) are skipped.
+        let bad = "40 28 0:23 / /dev/shm rw - \n41 28 0:23 /  rw - tmpfs tmpfs rw\n";
+        assert!(find_mount(bad, 0, 23).is_none());
+        assert_eq!(find_mount(&format!("{bad}{text}"), 0, 23).unwrap().fstype, "tmpfs");
     }
 
     /// A sysfs tree with device-mapper and md stacks, hand-built after the kernel's layout

@@ -39,7 +39,7 @@ pub fn host_sysfs_mountinfo(data: &[u8]) {
     };
     let text = String::from_utf8_lossy(data);
     if let Some(m) = find_mount(&text, major, minor) {
-        assert!(!m.fstype.is_empty());
+        assert!(!m.fstype.is_empty() && !m.mount_point.as_os_str().is_empty());
     }
     let from_text = parse_scheduler(&text);
     if let Some(s) = &from_text {
