@@ -63,5 +63,13 @@ screenshots: setup
 	$(CARGO) build --workspace
 	KVMIO_SCREENSHOTS=$(CURDIR)/docs/img $(CARGO) test -p kvmio-e2e --test report_html --test top
 
+# The seed article's claims measured (docs/seed-claims.md): boots test VMs across cache modes,
+# image layouts and guest schedulers, reads every layer through kvmio-exporter, and regenerates
+# docs/seed-claims/ (results.csv/json, the SVG plots, summary.md). About 20-30 minutes under TCG.
+.PHONY: seed-claims
+seed-claims: build
+	./target/release/kvmio-claims run --preset full --out docs/seed-claims \
+		--exporter ./target/release/kvmio-exporter --guest-bin ./target/release/kvmio-guest
+
 clean:
 	$(CARGO) clean

@@ -125,6 +125,12 @@ pub async fn run(opts: &Options, say: &mut dyn FnMut(String)) -> anyhow::Result<
         seconds: start.elapsed().as_secs_f64(),
         notes,
     };
+    let run_json = opts.out.join("run.json");
+    std::fs::write(
+        &run_json,
+        serde_json::to_vec_pretty(&info).expect("run info serialises"),
+    )
+    .with_context(|| format!("cannot write {}", run_json.display()))?;
     render(&opts.out, &info, &rows)?;
     Ok(rows)
 }

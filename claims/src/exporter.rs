@@ -57,8 +57,8 @@ impl Exporter {
             program: log_path.clone(),
             source,
         })?;
-        let child = Command::new(binary)
-            .arg("--web.listen-address=127.0.0.1:0")
+        let mut cmd = Command::new(binary);
+        cmd.arg("--web.listen-address=127.0.0.1:0")
             .arg(format!("--qmp.socket-glob={}/*.qmp", run_dir.display()))
             .arg(format!("--qga.socket-glob={}/*.qga", run_dir.display()))
             .arg("--host.devices=all")
@@ -66,9 +66,10 @@ impl Exporter {
             .arg("--scrape.timeout=20s")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|source| ExporterError::Spawn {
+            .stderr(log);
+        // Dies with this process, even when it is SIGKILLed.
+        let child =
+            kvmio_crashtest::vm::spawn_tied(cmd).map_err(|source| ExporterError::Spawn {
                 program: binary.to_path_buf(),
                 source,
             })?;

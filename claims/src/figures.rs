@@ -173,14 +173,14 @@ pub fn tables(rows: &[Row]) -> Vec<Table> {
     ));
     out.push(table(
         "claim2-merged",
-        format!("Requests the guest merged, per 100 completed (cache={cache})"),
-        "%",
+        format!("Merges per completed request in the guest (cache={cache})"),
+        "merges",
         &at_cache,
         |r| r.workload.clone(),
         |r| r.scheduler.clone(),
         |r| {
             if r.guest_requests > 0.0 {
-                100.0 * r.guest_merged / r.guest_requests
+                r.guest_merged / r.guest_requests
             } else {
                 f64::NAN
             }

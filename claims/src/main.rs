@@ -75,6 +75,21 @@ struct RunArgs {
     ready_timeout: u64,
 }
 
+/// The first of SIGINT and SIGTERM.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -94,28 +109,33 @@ async fn main() -> ExitCode {
                 ready_timeout: Duration::from_secs(a.ready_timeout),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            experiment::run(&opts, &mut |line| eprintln!("kvmio-claims: {line}"))
-                .await
-                .map(|rows| {
-                    eprintln!(
-                        "kvmio-claims: {} rows in {}",
-                        rows.len(),
-                        opts.out.display()
-                    )
-                })
+            // On SIGINT or SIGTERM the run is dropped: its VMs are killed and reaped, the
+            // exporter stopped, the image store unmounted and its loop device detached.
+            let mut say = |line: String| eprintln!("kvmio-claims: {line}");
+            tokio::select! {
+                r = experiment::run(&opts, &mut say) => r.map(|rows| {
+                    eprintln!("kvmio-claims: {} rows in {}", rows.len(), opts.out.display())
+                }),
+                signal = terminated() => Err(anyhow::anyhow!("stopped by {signal}")),
+            }
         }
         Command::Plot { from, out } => (|| {
             let rows = results::read(&from)?;
             std::fs::create_dir_all(&out)?;
-            let info = RunInfo {
-                command: format!("kvmio-claims plot --from {}", from.display()),
-                accel: "(from results)".into(),
-                guest_kernel: String::new(),
-                qemu_version: String::new(),
-                host_kernel: String::new(),
-                seconds: 0.0,
-                notes: Vec::new(),
-            };
+            // The run's own header when its run.json is beside the results.
+            let run_json = from.with_file_name("run.json");
+            let info = std::fs::read(&run_json)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+                .unwrap_or_else(|| RunInfo {
+                    command: format!("kvmio-claims plot --from {}", from.display()),
+                    accel: "(unknown)".into(),
+                    guest_kernel: String::new(),
+                    qemu_version: String::new(),
+                    host_kernel: String::new(),
+                    seconds: 0.0,
+                    notes: Vec::new(),
+                });
             experiment::render(&out, &info, &rows)
         })(),
     };

@@ -5,8 +5,9 @@ use std::fmt::Write;
 
 use crate::figures::Table;
 
-/// What the run was, for the summary's header.
-#[derive(Debug, Clone)]
+/// What the run was, for the summary's header (also `run.json` beside the results, so that
+/// `kvmio-claims plot` redraws with the same header).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
     pub command: String,
     pub accel: String,

@@ -724,6 +724,37 @@ pub fn storage_layers() -> Value {
             ),
         ],
     ));
+    // What docs/seed-claims.md showed operators should watch: a fragmented thin image turns each
+    // guest request into many host requests below QEMU (15.7 per 950 KiB write measured there).
+    let host_requests = format!(
+        "sum by (instance, host_device) (label_replace(\
+         rate(kvmio_host_disk_reads_completed_total{{{J}}}[{RATE}]) \
+         + rate(kvmio_host_disk_writes_completed_total{{{J}}}[{RATE}]), \
+         \"host_device\", \"$1\", \"device\", \"(.+)\"))"
+    );
+    let qemu_requests = format!(
+        "sum by (instance, host_device) ((\
+         rate(kvmio_qemu_block_reads_completed_total{{{S}}}[{RATE}]) \
+         + rate(kvmio_qemu_block_writes_completed_total{{{S}}}[{RATE}])) \
+         * on (job, instance, vm, device) group_left (host_device) \
+         max by (job, instance, vm, device, host_device) (kvmio_disk_layer_info{{{S}, host_device!=\"\"}}))"
+    );
+    b.add(24, 8, timeseries(
+        "Host-device requests per QEMU request",
+        "For each host device holding images: requests it completed per request the QEMU devices \
+         of those images completed (reads and writes). About 1: requests pass through unchanged \
+         (raw, preallocated or freshly written qcow2). Far above 1: the images split requests \
+         below QEMU, as a fragmented thin qcow2 does at every 64 KiB cluster (the seed's \
+         thin-provisioning claim, measured in docs/seed-claims.md: 15.7 host requests per guest \
+         write), or other IO shares the device. Below 1: the host merged requests or served them \
+         from its page cache (cache=writeback, writethrough, unsafe).",
+        "none",
+        vec![target(
+            "A",
+            format!("{host_requests} / on (instance, host_device) ({qemu_requests} > 0)"),
+            "{{instance}} {{host_device}}",
+        )],
+    ));
 
     b.row("Exporter health");
     b.add(12, 6, timeseries(
