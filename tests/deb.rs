@@ -106,17 +106,11 @@ fn expected_files() -> BTreeSet<String> {
     .into_iter()
     .map(String::from)
     .collect();
-    for page in [
-        "kvmio-exporter",
-        "kvmio-crashtest",
-        "kvmio-crashtest-guest",
-        "kvmio-crashtest-guest-build",
-        "kvmio-crashtest-lab",
-        "kvmio-crashtest-run",
-        "kvmio-crashtest-verify",
-        "kvmio-top",
-    ] {
-        want.insert(format!("/usr/share/man/man1/{page}.1.gz"));
+    // A page per command and per subcommand, as the binaries' own help lists them.
+    for cmd in ["kvmio-exporter", "kvmio-crashtest", "kvmio-top"] {
+        for page in man_pages(&workspace_bin(cmd), &[]) {
+            want.insert(format!("/usr/share/man/man1/{page}.1.gz"));
+        }
     }
     for (dir, suffix, to) in [
         (
@@ -146,6 +140,33 @@ fn expected_files() -> BTreeSet<String> {
         assert!(n > 0, "no {suffix} file in {dir}");
     }
     want
+}
+
+/// The man pages a command needs: its own and one per subcommand, recursively (`kvmio-crashtest
+/// guest build` -> `kvmio-crashtest-guest-build`), read from the "Commands:" section of clap's
+/// help, clap's own `help` aside.
+fn man_pages(bin: &Path, path: &[String]) -> Vec<String> {
+    let name = bin.file_name().unwrap().to_str().unwrap();
+    let mut pages = vec![std::iter::once(name.to_owned())
+        .chain(path.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("-")];
+    let help = ok(Command::new(bin).args(path).arg("--help"));
+    let subcommands: Vec<String> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    for sub in subcommands {
+        let mut sub_path = path.to_vec();
+        sub_path.push(sub);
+        pages.extend(man_pages(bin, &sub_path));
+    }
+    pages
 }
 
 /// A throwaway copy-on-write root: this machine (see the module comment). Dropping it kills
@@ -282,7 +303,8 @@ fn lintian(deb: &Path) {
     let (status, out, err) = run(Command::new("lintian")
         .args([
             "--display-info",
-            "--no-tag-display-limit",
+            "--tag-display-limit",
+            "0",
             "--fail-on",
             "error",
         ])
