@@ -149,50 +149,65 @@ mod tests {
     use super::*;
     use kvmio_exporter::textformat::parse;
 
-    /// Real series names and labels as kvmio-exporter writes them (the golden file's shape).
-    const BEFORE: &str = "\
-# TYPE kvmio_guest_disk_writes_completed_total counter
-kvmio_guest_disk_writes_completed_total{vm=\"claims-1\",disk=\"vda\"} 10
-kvmio_guest_disk_writes_completed_total{vm=\"other\",disk=\"vda\"} 99
-# TYPE kvmio_guest_disk_written_bytes_total counter
-kvmio_guest_disk_written_bytes_total{vm=\"claims-1\",disk=\"vda\"} 40960
-# TYPE kvmio_qemu_block_writes_completed_total counter
-kvmio_qemu_block_writes_completed_total{vm=\"claims-1\",device=\"virtio-disk0\"} 10
-# TYPE kvmio_host_disk_writes_completed_total counter
-kvmio_host_disk_writes_completed_total{device=\"loop3\"} 5
-kvmio_host_disk_writes_completed_total{device=\"vda\"} 1000
-";
-    const AFTER: &str = "\
-# TYPE kvmio_guest_disk_writes_completed_total counter
-kvmio_guest_disk_writes_completed_total{vm=\"claims-1\",disk=\"vda\"} 12
-kvmio_guest_disk_writes_completed_total{vm=\"other\",disk=\"vda\"} 500
-# TYPE kvmio_guest_disk_written_bytes_total counter
-kvmio_guest_disk_written_bytes_total{vm=\"claims-1\",disk=\"vda\"} 1089536
-# TYPE kvmio_qemu_block_writes_completed_total counter
-kvmio_qemu_block_writes_completed_total{vm=\"claims-1\",device=\"virtio-disk0\"} 12
-# TYPE kvmio_host_disk_writes_completed_total counter
-kvmio_host_disk_writes_completed_total{device=\"loop3\"} 21
-kvmio_host_disk_writes_completed_total{device=\"vda\"} 5000
-# TYPE kvmio_host_image_cached_bytes gauge
-kvmio_host_image_cached_bytes{vm=\"claims-1\",device=\"virtio-disk0\",image=\"/x\"} 4096
-";
+    /// kvmio-exporter's whole output over QEMU 7.2's and qemu-ga's captured replies and a
+    /// captured /proc/diskstats (the exporter's golden file).
+    const GOLDEN: &str = include_str!("../../exporter/tests/golden/qemu-7.2.prom");
+
+    /// The sum of the golden file's samples of `name` whose label text contains every `want`,
+    /// read line by line, independently of the parser under test.
+    fn grep(name: &str, want: &[&str]) -> f64 {
+        GOLDEN
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| want.iter().all(|w| l.contains(w)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
 
     #[test]
     fn deltas_pick_the_selected_disk_at_each_layer() {
-        let before = parse(BEFORE);
-        let after = parse(AFTER);
-        assert!(before.errors.is_empty() && after.errors.is_empty());
+        let after = parse(GOLDEN);
+        assert!(after.errors.is_empty(), "{:?}", after.errors);
+        let before = parse("");
         let sel = Selector {
-            vm: "claims-1".into(),
+            vm: "kvmio-fixture".into(),
             guest_disk: "vda".into(),
-            host_device: "loop3".into(),
+            host_device: "loop0".into(),
         };
         let l = between(&before.families, &after.families, &sel);
-        assert_eq!(l.guest.write.requests, 2.0);
-        assert_eq!(l.guest.write.avg_request_kib(), 512.0);
-        assert_eq!(l.qemu.write.requests, 2.0);
-        assert_eq!(l.host.write.requests, 16.0);
-        assert_eq!(l.host_cached_bytes, 4096.0);
-        assert_eq!(l.guest.read, Flow::default());
+        let guest = r#"vm="kvmio-fixture",disk="vda""#;
+        assert_eq!(
+            l.guest.write.requests,
+            grep("kvmio_guest_disk_writes_completed_total", &[guest])
+        );
+        assert_eq!(
+            l.guest.read.bytes,
+            grep("kvmio_guest_disk_read_bytes_total", &[guest])
+        );
+        assert!(l.guest.write.requests > 0.0 && l.guest.write.avg_request_kib() > 0.0);
+        // QEMU: every device of the VM (the experiment's VMs have one).
+        let vm = r#"vm="kvmio-fixture""#;
+        assert_eq!(
+            l.qemu.write.requests,
+            grep("kvmio_qemu_block_writes_completed_total", &[vm])
+        );
+        assert_eq!(
+            l.qemu.flushes,
+            grep("kvmio_qemu_block_flush_requests_total", &[vm])
+        );
+        assert_eq!(
+            l.host.read.requests,
+            grep(
+                "kvmio_host_disk_reads_completed_total",
+                &[r#"device="loop0""#]
+            )
+        );
+        assert_eq!(
+            l.host_cached_bytes,
+            grep("kvmio_host_image_cached_bytes", &[vm])
+        );
+        // A difference of a scrape with itself is zero at every layer.
+        let same = between(&after.families, &after.families, &sel);
+        assert_eq!(same, Layers::default());
     }
 }
