@@ -699,6 +699,17 @@ pub struct GuestFileRead {
 mod tests {
     use super::*;
 
+    /// `qom-list /machine/peripheral` as QEMU 7.2 answered it (tests/qemu_configs.rs' VM).
+    #[test]
+    fn qom_list_children() {
+        let list: Vec<ObjectPropertyInfo> = serde_json::from_str(
+            r#"[{"name":"type","type":"string"},{"name":"vub0","type":"child<vhost-user-blk-pci>"}]"#,
+        )
+        .unwrap();
+        assert_eq!(list[0].child_type(), None);
+        assert_eq!(list[1].child_type(), Some("vhost-user-blk-pci"));
+    }
+
     #[test]
     fn unknown_fields_are_ignored_and_missing_ones_default() {
         let s: BlockStats = serde_json::from_value(serde_json::json!({
