@@ -390,37 +390,40 @@ fn write_archive<W: Write>(w: &mut CpioWriter<W>, contents: &Contents) -> std::i
 mod tests {
     use super::*;
 
-    /// Where each layout keeps the guest program, as seen from its `kvmio-crashtest`.
+    /// Where each layout keeps the guest program, as seen from its `kvmio-crashtest`. Each step
+    /// installs one more file, in the order that makes the newest one win.
     #[test]
     fn guest_program_for_each_layout() {
         let root = tempfile::tempdir().unwrap();
         let at = |p: &str| root.path().join(p);
-        let touch = |p: &str| {
-            std::fs::create_dir_all(at(p).parent().unwrap()).unwrap();
-            std::fs::write(at(p), b"").unwrap();
-        };
-        // Nothing installed: the path beside the binary, for the error message.
-        assert_eq!(
-            guest_program_for(&at("usr/bin/kvmio-crashtest")),
-            at("usr/bin/kvmio-guest")
-        );
-        // The Debian package: /usr/bin and /usr/lib/kvmio.
-        touch("usr/lib/kvmio/kvmio-guest");
-        assert_eq!(
-            guest_program_for(&at("usr/bin/kvmio-crashtest")),
-            at("usr/lib/kvmio/kvmio-guest")
-        );
-        // By hand, both in one directory: beside wins.
-        touch("usr/bin/kvmio-guest");
-        assert_eq!(
-            guest_program_for(&at("usr/bin/kvmio-crashtest")),
-            at("usr/bin/kvmio-guest")
-        );
-        // cargo: a test binary in target/debug/deps, the guest program in target/debug.
-        touch("target/debug/kvmio-guest");
-        assert_eq!(
-            guest_program_for(&at("target/debug/deps/e2e-0123")),
-            at("target/debug/kvmio-guest")
-        );
+        let steps = [
+            // Nothing installed: the path beside the binary, for the error message.
+            (None, "usr/bin/kvmio-crashtest", "usr/bin/kvmio-guest"),
+            // The Debian package: /usr/bin and /usr/lib/kvmio.
+            (
+                Some("usr/lib/kvmio/kvmio-guest"),
+                "usr/bin/kvmio-crashtest",
+                "usr/lib/kvmio/kvmio-guest",
+            ),
+            // By hand, both in one directory: beside wins.
+            (
+                Some("usr/bin/kvmio-guest"),
+                "usr/bin/kvmio-crashtest",
+                "usr/bin/kvmio-guest",
+            ),
+            // cargo: a test binary in target/debug/deps, the guest program in target/debug.
+            (
+                Some("target/debug/kvmio-guest"),
+                "target/debug/deps/e2e-0123",
+                "target/debug/kvmio-guest",
+            ),
+        ];
+        for (install, exe, want) in steps {
+            if let Some(p) = install {
+                std::fs::create_dir_all(at(p).parent().unwrap()).unwrap();
+                std::fs::write(at(p), b"").unwrap();
+            }
+            assert_eq!(guest_program_for(&at(exe)), at(want), "from {exe}");
+        }
     }
 }
