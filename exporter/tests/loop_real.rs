@@ -14,13 +14,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::procs;
 use kvmio_exporter::host::blockdev::{resolve_image, ImageDevice};
 use kvmio_test_support::metrics::{parse, scrape};
-use kvmio_test_support::{require, spawn_tied, wait_path};
+use kvmio_test_support::qemu::qemu_none_with;
+use kvmio_test_support::require;
 
 /// A loop device bound to a file; detached when dropped.
 struct LoopDevice(PathBuf);
@@ -96,34 +96,18 @@ fn loop_devices_are_followed_to_the_disk_under_their_file() {
     }
 
     // A QEMU whose drive is the loop device, and the exporter over it.
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
     let sock = d.join("vm.qmp");
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "none",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-name",
-        "loopvm",
-    ])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", sock.display()))
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=d0,file={},format=raw,cache=none",
-        dev.0.display()
-    ))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut q = spawn_tied(&mut cmd, "qemu on a loop device");
-    wait_path(
+    let q = qemu_none_with(
         &sock,
-        Duration::from_secs(30),
-        &mut q,
-        "qemu on a loop device",
+        &[
+            "-name".to_owned(),
+            "loopvm".to_owned(),
+            "-drive".to_owned(),
+            format!(
+                "if=none,id=d0,file={},format=raw,cache=none",
+                dev.0.display()
+            ),
+        ],
     );
     let (_exporter, addr) = procs::exporter(
         &[

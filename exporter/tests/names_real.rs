@@ -17,14 +17,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::procs::{self, Proc};
-use kvmio_qemu::limits::Limits;
-use kvmio_qemu::{Qmp, QmpCommands};
 use kvmio_test_support::metrics::{parse, scrape, Series};
-use kvmio_test_support::{require, spawn_tied, vm_slot, wait_path};
+use kvmio_test_support::qemu::qemu_q35;
+use kvmio_test_support::vm_slot;
 
 /// The label limit of the exporter (`metrics::MAX_LABEL_VALUE_BYTES`).
 const MAX_LABEL: usize = 256;
@@ -36,58 +33,34 @@ struct Vm {
     proc_: Option<Proc>,
 }
 
-/// A paused q35 QEMU (TCG) with one virtio-blk disk; monitor at `socket`.
+/// A paused q35 QEMU with one virtio-blk disk on `image`; monitor at `socket`.
 fn start_q35(socket: &Path, image: &Path, name: Option<&str>) -> Proc {
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
     if !image.exists() {
         std::fs::File::create(image)
             .unwrap()
             .set_len(16 << 20)
             .unwrap();
     }
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "q35",
-        "-accel",
-        "tcg",
-        "-S",
-        "-m",
-        "64",
-        "-nodefaults",
-        "-display",
-        "none",
-    ])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", socket.display()))
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=d0,file={},format=raw,cache=none",
-        image.display()
-    ))
-    .args(["-device", "virtio-blk-pci,drive=d0,id=vd0"]);
+    let mut extra = vec![
+        "-drive".to_owned(),
+        format!(
+            "if=none,id=d0,file={},format=raw,cache=none",
+            image.display()
+        ),
+        "-device".to_owned(),
+        "virtio-blk-pci,drive=d0,id=vd0".to_owned(),
+    ];
     if let Some(n) = name {
-        cmd.arg("-name").arg(n);
+        extra.extend(["-name".to_owned(), n.to_owned()]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut p = spawn_tied(&mut cmd, "qemu q35");
-    wait_path(socket, Duration::from_secs(60), &mut p, "qemu q35");
-    p
+    qemu_q35(socket, &extra)
 }
 
 /// What QMP says the VM is called (`query-name`).
 fn qmp_name(socket: &Path) -> Option<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let limits = Limits::DEFAULT.with_call_timeout(Duration::from_secs(30));
-        let mut qmp = Qmp::connect(socket, limits).await.expect("connect QMP");
-        qmp.query_name().await.expect("query-name")
-    })
+    common::qmp_execute(socket, "query-name", None)["name"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The label a name becomes: control characters removed, cut at 256 bytes on a character

@@ -12,20 +12,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::procs::{self, Proc};
-use kvmio_qemu::limits::Limits;
-use kvmio_qemu::Qmp;
 use kvmio_test_support::metrics::{find, parse, scrape, value, Series};
-use kvmio_test_support::{require, spawn_tied, vm_slot, wait_path};
-
-fn quiet(cmd: &mut Command) -> &mut Command {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-}
+use kvmio_test_support::qemu::{qemu_q35, start_within};
+use kvmio_test_support::{require, vm_slot, wait_path};
 
 fn image(path: &Path) {
     std::fs::File::create(path)
@@ -36,29 +29,44 @@ fn image(path: &Path) {
 
 /// `query-block-exports` as `(id, type, node)`, asked over the daemon's monitor.
 fn exports_of(socket: &Path) -> Vec<(String, String, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let limits = Limits::DEFAULT.with_call_timeout(Duration::from_secs(30));
-        let mut qmp = Qmp::connect(socket, limits).await.expect("connect");
-        let v = qmp
-            .execute_value("query-block-exports", None)
-            .await
-            .expect("query-block-exports");
-        let mut out: Vec<(String, String, String)> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let s = |k: &str| e[k].as_str().unwrap().to_owned();
-                (s("id"), s("type"), s("node-name"))
-            })
-            .collect();
-        out.sort();
-        out
-    })
+    let v = common::qmp_execute(socket, "query-block-exports", None);
+    let mut out: Vec<(String, String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_owned();
+            (s("id"), s("type"), s("node-name"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes the daemon's replies (`query-block-exports`, `query-named-block-nodes` flat,
+/// `query-blockstats` with `query-nodes`) and its command line into `out`: the fixtures of
+/// `src/collector/qsd.rs`'s golden test (`KVMIO_CAPTURE_QSD=DIR`).
+fn capture(socket: &Path, pid: u32, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    for (file, command, args) in [
+        ("query-block-exports", "query-block-exports", None),
+        (
+            "query-named-block-nodes",
+            "query-named-block-nodes",
+            Some(serde_json::json!({"flat": true})),
+        ),
+        (
+            "query-blockstats-nodes",
+            "query-blockstats",
+            Some(serde_json::json!({"query-nodes": true})),
+        ),
+    ] {
+        let v = common::qmp_execute(socket, command, args);
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "return": v })).unwrap();
+        std::fs::write(out.join(format!("{file}.json")), text + "\n").unwrap();
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    std::fs::write(out.join("cmdline"), cmdline).unwrap();
 }
 
 fn export<'a>(all: &'a [Series], id: &str) -> &'a Series {
@@ -111,12 +119,11 @@ fn storage_daemon_exports_joined_to_the_vm() {
             qsd_sock.display()
         ))
         .args(["--monitor", "chardev=mon0"]);
-    let mut qsd = spawn_tied(quiet(&mut cmd), "qemu-storage-daemon");
-    wait_path(
+    let mut qsd = start_within(
+        cmd,
+        "qemu-storage-daemon",
         &qsd_sock,
         Duration::from_secs(30),
-        &mut qsd,
-        "qemu-storage-daemon",
     );
     wait_path(
         &vub_sock,
@@ -124,6 +131,9 @@ fn storage_daemon_exports_joined_to_the_vm() {
         &mut qsd,
         "qemu-storage-daemon",
     );
+    if let Some(out) = std::env::var_os("KVMIO_CAPTURE_QSD") {
+        capture(&qsd_sock, qsd.pid(), Path::new(&out));
+    }
     let reported = exports_of(&qsd_sock);
     assert_eq!(
         reported,
@@ -137,40 +147,30 @@ fn storage_daemon_exports_joined_to_the_vm() {
     // The VM: vhost-user-blk on the export's socket, drives on the NBD and FUSE exports.
     let vm_sock = d.join("vm.qmp");
     let nbd_uri = format!("nbd+unix:///disk1?socket={}", nbd_sock.display());
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "q35",
-        "-accel",
-        "tcg",
-        "-S",
-        "-m",
-        "64",
-        "-nodefaults",
-        "-display",
-        "none",
+    let extra: Vec<String> = [
         "-name",
         "qsdvm",
-    ])
-    .args(["-object", "memory-backend-memfd,id=mem,size=64M,share=on"])
-    .args(["-numa", "node,memdev=mem"])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", vm_sock.display()))
-    .arg("-chardev")
-    .arg(format!("socket,id=vubc,path={}", vub_sock.display()))
-    .args(["-device", "vhost-user-blk-pci,chardev=vubc,id=vub0"])
-    .arg("-drive")
-    .arg(format!("if=none,id=nbd0,file={nbd_uri},format=raw"))
-    .args(["-device", "virtio-blk-pci,drive=nbd0,id=vd-nbd"])
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=fuse0,file={},format=raw",
-        mountpoint.display()
-    ))
-    .args(["-device", "virtio-blk-pci,drive=fuse0,id=vd-fuse"]);
-    let mut vm: Proc = spawn_tied(quiet(&mut cmd), "qemu q35 on the storage daemon");
-    wait_path(&vm_sock, Duration::from_secs(60), &mut vm, "qemu q35");
+        "-object",
+        "memory-backend-memfd,id=mem,size=64M,share=on",
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=vubc,path={}", vub_sock.display()),
+        "-device",
+        "vhost-user-blk-pci,chardev=vubc,id=vub0",
+        "-drive",
+        &format!("if=none,id=nbd0,file={nbd_uri},format=raw"),
+        "-device",
+        "virtio-blk-pci,drive=nbd0,id=vd-nbd",
+        "-drive",
+        &format!("if=none,id=fuse0,file={},format=raw", mountpoint.display()),
+        "-device",
+        "virtio-blk-pci,drive=fuse0,id=vd-fuse",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let vm: Proc = qemu_q35(&vm_sock, &extra);
 
     let args = vec![
         format!("--qmp.socket-glob={}", vm_sock.display()),

@@ -39,6 +39,31 @@ pub fn qemu_none(dir: &Path, name: &str, drives: usize) -> (ChildProcess, PathBu
     (start(cmd, &format!("qemu {name}"), &sock), sock)
 }
 
+/// A paused q35 QEMU (`-S`, TCG, 64 MiB, no default devices, no display) with its monitor at
+/// `socket` and `extra` arguments (devices, drives, `-name`): a real device tree and block layer
+/// without a guest, cheap enough to run many. Waits (60 s at most) for the monitor socket.
+pub fn qemu_q35(socket: &Path, extra: &[String]) -> ChildProcess {
+    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "q35", "-accel", "tcg", "-S", "-m", "64"])
+        .args(["-nodefaults", "-display", "none"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .args(extra);
+    start_within(cmd, "qemu q35", socket, Duration::from_secs(60))
+}
+
+/// `qemu-system-x86_64 -M none` with its monitor at `socket` and `extra` arguments.
+pub fn qemu_none_with(socket: &Path, extra: &[String]) -> ChildProcess {
+    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "none", "-nodefaults", "-display", "none"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .args(extra);
+    start(cmd, "qemu -M none", socket)
+}
+
 /// The host's own qemu-ga on a Unix socket (`DIR/NAME.qga`), state in `DIR/NAME.ga-state`.
 pub fn qemu_ga(dir: &Path, name: &str) -> (ChildProcess, PathBuf) {
     qemu_ga_with(dir, name, &[])
@@ -60,11 +85,16 @@ pub fn qemu_ga_with(dir: &Path, name: &str, extra: &[&str]) -> (ChildProcess, Pa
 }
 
 /// Starts `cmd` (`what`) quietly and waits (30 s at most) until it has created `sock`.
-fn start(mut cmd: Command, what: &str, sock: &Path) -> ChildProcess {
+fn start(cmd: Command, what: &str, sock: &Path) -> ChildProcess {
+    start_within(cmd, what, sock, Duration::from_secs(30))
+}
+
+/// Starts `cmd` (`what`) quietly and waits (`wait` at most) until it has created `sock`.
+pub fn start_within(mut cmd: Command, what: &str, sock: &Path, wait: Duration) -> ChildProcess {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut p = spawn_tied(&mut cmd, what);
-    wait_path(sock, Duration::from_secs(30), &mut p, what);
+    wait_path(sock, wait, &mut p, what);
     p
 }

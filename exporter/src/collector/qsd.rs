@@ -219,3 +219,74 @@ fn emit(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::qsd::{export_addrs, Export};
+    use std::path::Path;
+
+    /// The replies and command line of a real qemu-storage-daemon 7.2 (three exports: vhost-user-blk,
+    /// NBD, FUSE; `KVMIO_CAPTURE_QSD=DIR cargo test -p kvmio-exporter --test qsd_real`), through
+    /// the collector's emit, against `tests/golden/qsd-7.2.prom` (`UPDATE_GOLDEN=1` rewrites it).
+    #[test]
+    fn golden_from_a_real_daemon() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("tests/fixtures/qemu-7.2-qsd");
+        let read = |name: &str| -> serde_json::Value {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["return"].clone()
+        };
+        let args: Vec<String> = std::fs::read(dir.join("cmdline"))
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let addrs = export_addrs(&args);
+        let exports: Vec<Export> = read("query-block-exports")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                let id = s("id");
+                Export {
+                    addr: addrs
+                        .iter()
+                        .find(|(i, _)| *i == id)
+                        .map(|(_, a)| a.clone())
+                        .unwrap_or_default(),
+                    id,
+                    kind: s("type"),
+                    node: s("node-name"),
+                    shutting_down: e["shutting-down"].as_bool().unwrap_or(false),
+                }
+            })
+            .collect();
+        assert_eq!(exports.len(), 3);
+        assert!(exports.iter().all(|e| !e.addr.is_empty()), "{exports:?}");
+        let snap = DaemonSnapshot {
+            pid: None,
+            exports,
+            nodes: serde_json::from_value(read("query-named-block-nodes")).unwrap(),
+            node_stats: serde_json::from_value(read("query-blockstats-nodes")).unwrap(),
+            process_io: None,
+        };
+        let mut out = Metrics::new();
+        emit(
+            &mut out,
+            Path::new("/run/qsd/qsd.qmp"),
+            &Ok(snap),
+            &HashMap::new(),
+        );
+        assert!(out.rejected().is_empty(), "{:?}", out.rejected());
+        let got = out.encode_text();
+        let golden = root.join("tests/golden/qsd-7.2.prom");
+        if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0") {
+            std::fs::write(&golden, &got).unwrap();
+            return;
+        }
+        assert_eq!(got, std::fs::read_to_string(&golden).unwrap());
+    }
+}

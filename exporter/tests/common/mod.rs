@@ -8,6 +8,29 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Runs one QMP command on the monitor at `socket` (a connection of its own, 30 s per call) and
+/// returns its `return` value: what QEMU itself reports, to check the exporter against.
+pub fn qmp_execute(
+    socket: &Path,
+    command: &str,
+    arguments: Option<serde_json::Value>,
+) -> serde_json::Value {
+    use kvmio_qemu::limits::Limits;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let limits = Limits::DEFAULT.with_call_timeout(std::time::Duration::from_secs(30));
+        let mut qmp = kvmio_qemu::Qmp::connect(socket, limits)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        qmp.execute_value(command, arguments)
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}"))
+    })
+}
+
 /// `exporter/tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
