@@ -233,6 +233,12 @@ impl Host {
     }
 }
 
+/// When and where the fault strikes: the seeded delay after the first ack, and the host.
+pub(super) struct Strike<'a> {
+    pub host: &'a Host,
+    pub delay: Duration,
+}
+
 /// The fault: the power cut (for power faults), SIGKILL of QEMU (it flushes nothing), QEMU's
 /// requests in flight answered and QEMU reaped, then the acks QEMU had already passed on.
 pub(super) async fn crash(vm: &mut Vm, host: &Host, acks: &mut Acks<'_>) -> Result<(), RunError> {

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::ack::Acks;
 use super::boot::{self, Booted};
-use super::fault::{self, Host};
+use super::fault::{self, Host, Strike};
 use super::image::{self, IterFiles};
 use super::plan::RunDirs;
 use super::snapshot::{self, GuestCheck, Key, Prepared, Snapshots};
@@ -137,7 +137,7 @@ async fn steps(
         ack_early: opts.ack_early,
     };
     let phase = tokio::select! {
-        r = guest_phase(ctx, cell, config, writer, acks, &host, delay, label) => r,
+        r = guest_phase(ctx, cell, config, writer, acks, Strike { host: &host, delay }, label) => r,
         _ = stop.wait_for(|s| *s) => Err(RunError::Interrupted),
     };
     let (power_fail, power_time) = host.power_fail(phase.is_ok(), seeds.power, label).await;
@@ -251,8 +251,7 @@ async fn guest_phase(
     config: VmConfig,
     writer: WriterParams,
     mut acks: Acks<'_>,
-    host: &Host,
-    delay: Duration,
+    strike: Strike<'_>,
     label: &str,
 ) -> Result<Phase, RunError> {
     let opts = &ctx.opts;
@@ -313,10 +312,10 @@ async fn guest_phase(
     acks.first(&mut vm).await?;
     let first_ack = t.elapsed();
     let t = Instant::now();
-    acks.window(&mut vm, delay).await?;
+    acks.window(&mut vm, strike.delay).await?;
     let window = t.elapsed();
     let t = Instant::now();
-    fault::crash(&mut vm, host, &mut acks).await?;
+    fault::crash(&mut vm, strike.host, &mut acks).await?;
     let fault = t.elapsed();
     drop(vm);
     acks.finish()?;
