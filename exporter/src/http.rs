@@ -220,7 +220,11 @@ async fn handle(
         p if p == exporter.config().telemetry_path => {
             // HEAD answers with the headers only, without running a scrape.
             let body = if is_get {
-                exporter.render().await
+                match exporter.render_checked().await {
+                    Ok(body) => body,
+                    // --debug.fail-on-duplicate-series (tests): fail loudly.
+                    Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             } else {
                 String::new()
             };
