@@ -68,7 +68,8 @@ pub struct Rates(pub [Option<f64>; COUNTERS.len()]);
 /// `cur - prev` per second, or `cur` per second after a reset.
 pub fn rate(prev: Option<f64>, cur: Option<f64>, seconds: f64) -> Option<f64> {
     let (prev, cur) = (prev?, cur?);
-    if !(seconds > 0.0) || !prev.is_finite() || !cur.is_finite() {
+    // (NaN seconds fail the first test too.)
+    if seconds.is_nan() || seconds <= 0.0 || !prev.is_finite() || !cur.is_finite() {
         return None;
     }
     let delta = if cur >= prev { cur - prev } else { cur };
