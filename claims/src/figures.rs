@@ -64,36 +64,57 @@ fn reference_cache(rows: &[Row]) -> String {
     }
 }
 
-fn table(
+/// What a table's series are: the one dimension a claim varies (its groups are the workloads).
+#[derive(Debug, Clone, Copy)]
+enum By {
+    Layout,
+    Scheduler,
+    Cache,
+}
+
+impl By {
+    fn of(self, r: &Row) -> &str {
+        match self {
+            By::Layout => &r.layout,
+            By::Scheduler => &r.scheduler,
+            By::Cache => &r.cache,
+        }
+    }
+}
+
+/// `num / den`, NaN (an empty cell) when nothing was counted.
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        f64::NAN
+    }
+}
+
+/// One table to make: the rows it reads, its series dimension and the figure of a row.
+struct Spec<'a> {
     id: &'static str,
     title: String,
     unit: &'static str,
-    rows: &[&Row],
-    group: impl Fn(&Row) -> String,
-    series: impl Fn(&Row) -> String,
-    value: impl Fn(&Row) -> f64,
-) -> Table {
-    let mut groups: Vec<String> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    for r in rows {
-        let (g, s) = (group(r), series(r));
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-        if !names.contains(&s) {
-            names.push(s);
-        }
-    }
-    let values = names
+    rows: Vec<&'a Row>,
+    by: By,
+    value: fn(&Row) -> f64,
+}
+
+fn table(spec: Spec<'_>) -> Table {
+    let groups = distinct_refs(&spec.rows, |r| &r.workload);
+    let series = distinct_refs(&spec.rows, |r| spec.by.of(r));
+    let values = series
         .iter()
         .map(|s| {
             groups
                 .iter()
                 .map(|g| {
                     median(
-                        rows.iter()
-                            .filter(|r| &group(r) == g && &series(r) == s)
-                            .map(|r| value(r))
+                        spec.rows
+                            .iter()
+                            .filter(|r| &r.workload == g && spec.by.of(r) == s)
+                            .map(|r| (spec.value)(r))
                             .collect(),
                     )
                 })
@@ -101,141 +122,136 @@ fn table(
         })
         .collect();
     Table {
-        id,
-        title,
-        unit,
+        id: spec.id,
+        title: spec.title,
+        unit: spec.unit,
         groups,
-        series: names,
+        series,
         values,
     }
+}
+
+fn distinct_refs<'r>(rows: &[&'r Row], f: impl Fn(&'r Row) -> &'r str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in rows {
+        let v = f(r);
+        if !out.iter().any(|o| o == v) {
+            out.push(v.to_string());
+        }
+    }
+    out
 }
 
 /// Every table, in claim order.
 pub fn tables(rows: &[Row]) -> Vec<Table> {
     let sched = reference_scheduler(rows);
     let cache = reference_cache(rows);
-    let mut out = Vec::new();
-
-    // Claim 1: request size at each layer, per layout, for the sequential workloads.
-    let seq: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.scheduler == sched && r.cache == cache && r.workload.starts_with("seq-"))
-        .collect();
-    for (id, layer, pick) in [
-        (
-            "claim1-guest",
-            "guest",
-            (|r: &Row| r.guest_avg_request_kib) as fn(&Row) -> f64,
-        ),
-        ("claim1-qemu", "QEMU device", |r: &Row| {
-            r.qemu_avg_request_kib
-        }),
-        ("claim1-host", "host device", |r: &Row| {
-            r.host_avg_request_kib
-        }),
-    ] {
-        out.push(table(
-            id,
-            format!("Average request size at the {layer} (cache={cache}, scheduler {sched})"),
-            "KiB",
-            &seq,
-            |r| r.workload.clone(),
-            |r| r.layout.clone(),
-            pick,
-        ));
-    }
-    out.push(table(
-        "claim1-split",
-        format!("Host-device requests per guest request (cache={cache}, scheduler {sched})"),
-        "ratio",
-        &seq,
-        |r| r.workload.clone(),
-        |r| r.layout.clone(),
-        |r| {
-            if r.guest_requests > 0.0 {
-                r.host_requests / r.guest_requests
-            } else {
-                f64::NAN
-            }
+    let select = |keep: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| keep(r)).collect::<Vec<_>>();
+    // Claim 1: the sequential workloads at the reference scheduler and cache mode, by layout.
+    let seq =
+        || select(&|r| r.scheduler == sched && r.cache == cache && r.workload.starts_with("seq-"));
+    // Claim 2: every scheduler at the reference cache mode (medians over layouts).
+    let at_cache = || select(&|r| r.cache == cache);
+    // Claims 3 and 4: every cache mode at the reference scheduler (medians over layouts).
+    let at_sched = || select(&|r| r.scheduler == sched);
+    let specs = vec![
+        Spec {
+            id: "claim1-guest",
+            title: format!("Average request size at the guest (cache={cache}, scheduler {sched})"),
+            unit: "KiB",
+            rows: seq(),
+            by: By::Layout,
+            value: |r| r.guest_avg_request_kib,
         },
-    ));
-
-    // Claim 2: schedulers. Throughput and the guest's merges, per workload, over layouts.
-    let at_cache: Vec<&Row> = rows.iter().filter(|r| r.cache == cache).collect();
-    out.push(table(
-        "claim2-throughput",
-        format!("Guest throughput by IO scheduler (cache={cache}, median over layouts)"),
-        "MiB/s",
-        &at_cache,
-        |r| r.workload.clone(),
-        |r| r.scheduler.clone(),
-        |r| r.throughput_mib_s,
-    ));
-    out.push(table(
-        "claim2-merged",
-        format!("Merges per completed request in the guest (cache={cache})"),
-        "merges",
-        &at_cache,
-        |r| r.workload.clone(),
-        |r| r.scheduler.clone(),
-        |r| {
-            if r.guest_requests > 0.0 {
-                r.guest_merged / r.guest_requests
-            } else {
-                f64::NAN
-            }
+        Spec {
+            id: "claim1-qemu",
+            title: format!(
+                "Average request size at the QEMU device (cache={cache}, scheduler {sched})"
+            ),
+            unit: "KiB",
+            rows: seq(),
+            by: By::Layout,
+            value: |r| r.qemu_avg_request_kib,
         },
-    ));
-    out.push(table(
-        "claim2-latency",
-        format!("Guest p99 latency by IO scheduler (cache={cache})"),
-        "ms",
-        &at_cache,
-        |r| r.workload.clone(),
-        |r| r.scheduler.clone(),
-        |r| r.latency_p99_us / 1e3,
-    ));
-
-    // Claims 3 and 4: cache modes, at the reference scheduler, over layouts.
-    let at_sched: Vec<&Row> = rows.iter().filter(|r| r.scheduler == sched).collect();
-    out.push(table(
-        "claim3-cached",
-        format!("Image bytes in the host page cache after each workload (scheduler {sched})"),
-        "MiB",
-        &at_sched,
-        |r| r.workload.clone(),
-        |r| r.cache.clone(),
-        |r| r.host_cached_mib,
-    ));
-    out.push(table(
-        "claim34-throughput",
-        format!("Guest throughput by cache mode (scheduler {sched}, median over layouts)"),
-        "MiB/s",
-        &at_sched,
-        |r| r.workload.clone(),
-        |r| r.cache.clone(),
-        |r| r.throughput_mib_s,
-    ));
-    out.push(table(
-        "claim34-host-reads",
-        format!("Host-device bytes read per guest byte read (scheduler {sched})"),
-        "ratio",
-        &at_sched
-            .iter()
-            .copied()
-            .filter(|r| r.op == "read")
-            .collect::<Vec<_>>(),
-        |r| r.workload.clone(),
-        |r| r.cache.clone(),
-        |r| {
-            if r.guest_bytes > 0 {
-                r.host_requests * r.host_avg_request_kib * 1024.0 / r.guest_bytes as f64
-            } else {
-                f64::NAN
-            }
+        Spec {
+            id: "claim1-host",
+            title: format!(
+                "Average request size at the host device (cache={cache}, scheduler {sched})"
+            ),
+            unit: "KiB",
+            rows: seq(),
+            by: By::Layout,
+            value: |r| r.host_avg_request_kib,
         },
-    ));
-    out
+        Spec {
+            id: "claim1-split",
+            title: format!(
+                "Host-device requests per guest request (cache={cache}, scheduler {sched})"
+            ),
+            unit: "ratio",
+            rows: seq(),
+            by: By::Layout,
+            value: |r| ratio(r.host_requests, r.guest_requests),
+        },
+        Spec {
+            id: "claim2-throughput",
+            title: format!("Guest throughput by IO scheduler (cache={cache}, median over layouts)"),
+            unit: "MiB/s",
+            rows: at_cache(),
+            by: By::Scheduler,
+            value: |r| r.throughput_mib_s,
+        },
+        Spec {
+            id: "claim2-merged",
+            title: format!("Merges per completed request in the guest (cache={cache})"),
+            unit: "merges",
+            rows: at_cache(),
+            by: By::Scheduler,
+            value: |r| ratio(r.guest_merged, r.guest_requests),
+        },
+        Spec {
+            id: "claim2-latency",
+            title: format!("Guest p99 latency by IO scheduler (cache={cache})"),
+            unit: "ms",
+            rows: at_cache(),
+            by: By::Scheduler,
+            value: |r| r.latency_p99_us / 1e3,
+        },
+        Spec {
+            id: "claim3-cached",
+            title: format!(
+                "Image bytes in the host page cache after each workload (scheduler {sched})"
+            ),
+            unit: "MiB",
+            rows: at_sched(),
+            by: By::Cache,
+            value: |r| r.host_cached_mib,
+        },
+        Spec {
+            id: "claim34-throughput",
+            title: format!(
+                "Guest throughput by cache mode (scheduler {sched}, median over layouts)"
+            ),
+            unit: "MiB/s",
+            rows: at_sched(),
+            by: By::Cache,
+            value: |r| r.throughput_mib_s,
+        },
+        Spec {
+            id: "claim34-host-reads",
+            title: format!("Host-device bytes read per guest byte read (scheduler {sched})"),
+            unit: "ratio",
+            rows: select(&|r| r.scheduler == sched && r.op == "read"),
+            by: By::Cache,
+            value: |r| {
+                ratio(
+                    r.host_requests * r.host_avg_request_kib * 1024.0,
+                    r.guest_bytes as f64,
+                )
+            },
+        },
+    ];
+    specs.into_iter().map(table).collect()
 }
 
 #[cfg(test)]
