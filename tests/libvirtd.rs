@@ -1099,7 +1099,7 @@ fn domain_xml(
     x.push_str(&format!("  <vcpu>{}</vcpu>\n", spec.vcpus));
     x.push_str("  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n");
     if let (Some(role), Some((kernel, initrd))) = (&spec.role, &boot) {
-        let mut cmdline = format!("console=ttyS0 quiet panic=-1 kvmio.role={role}");
+        let mut cmdline = format!("console=ttyS0 quiet panic=-1 no_timer_check kvmio.role={role}");
         if !spec.guest_agent {
             cmdline.push_str(" kvmio.agent=0");
         }
