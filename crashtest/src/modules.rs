@@ -233,11 +233,7 @@ mod tests {
         let block = dir.path().join("kernel/block");
         std::fs::create_dir_all(&block).unwrap();
         std::fs::write(block.join("bfq.ko"), b"\x7fELF\0depends=\0").unwrap();
-        std::fs::write(
-            dir.path().join("kernel/req.ko"),
-            b"\x7fELF\0depends=\0",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("kernel/req.ko"), b"\x7fELF\0depends=\0").unwrap();
         std::fs::write(
             dir.path().join("modules.builtin"),
             "kernel/block/mq-deadline.ko\n",

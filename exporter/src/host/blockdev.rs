@@ -525,7 +525,10 @@ mod tests {
         // Malformed lines (empty fields where the kernel writes none) are skipped.
         let bad = "40 28 0:23 / /dev/shm rw - \n41 28 0:23 /  rw - tmpfs tmpfs rw\n";
         assert!(find_mount(bad, 0, 23).is_none());
-        assert_eq!(find_mount(&format!("{bad}{text}"), 0, 23).unwrap().fstype, "tmpfs");
+        assert_eq!(
+            find_mount(&format!("{bad}{text}"), 0, 23).unwrap().fstype,
+            "tmpfs"
+        );
     }
 
     /// A sysfs tree with device-mapper and md stacks, hand-built after the kernel's layout
