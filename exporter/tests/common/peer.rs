@@ -243,13 +243,7 @@ pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
             let mut files: HashMap<i64, (Vec<u8>, usize)> = HashMap::new();
             let mut next_handle = 1000;
             let mut buf = Vec::new();
-            while next_line(&mut reader, &mut buf).await {
-                // guest-sync-delimited requests start with 0xFF.
-                let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
-                let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
-                    continue;
-                };
-                reqs.lock().unwrap().push(req.clone());
+            while let Some(req) = next_request(&mut reader, &mut buf, &reqs).await {
                 let cmd = req["execute"].as_str().unwrap_or("");
                 let args = &req["arguments"];
                 let mut prefix = Vec::new();
@@ -319,6 +313,23 @@ pub fn qga_fixture(path: &Path, sysfs: PathBuf) -> Peer {
 async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) -> bool {
     buf.clear();
     matches!(reader.read_until(b'\n', buf).await, Ok(n) if n > 0)
+}
+
+/// The next agent request, recorded in `reqs` (a `guest-sync-delimited` request starts with
+/// 0xFF, which is skipped; lines that are not JSON are skipped); `None` at EOF.
+async fn next_request(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    reqs: &Mutex<Vec<Value>>,
+) -> Option<Value> {
+    while next_line(reader, buf).await {
+        let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
+        if let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) {
+            reqs.lock().unwrap().push(req.clone());
+            return Some(req);
+        }
+    }
+    None
 }
 
 /// Accepts connections, reads what comes, never answers.
@@ -399,12 +410,7 @@ pub fn agent_with(
             let (r, mut w) = stream.into_split();
             let mut reader = BufReader::new(r);
             let mut buf = Vec::new();
-            while next_line(&mut reader, &mut buf).await {
-                let start = buf.iter().position(|&b| b != 0xFF).unwrap_or(buf.len());
-                let Ok(req) = serde_json::from_slice::<Value>(&buf[start..]) else {
-                    continue;
-                };
-                reqs.lock().unwrap().push(req.clone());
+            while let Some(req) = next_request(&mut reader, &mut buf, &reqs).await {
                 let mut out = Vec::new();
                 match req["execute"].as_str().unwrap_or("") {
                     "guest-sync-delimited" => {
