@@ -51,6 +51,7 @@ test: setup lint rules-test
 bench: build
 	KVMIO_GUEST_BIN=$(CURDIR)/target/release/kvmio-guest $(CARGO) bench -p kvmio-e2e --bench lab
 	$(CARGO) bench -p kvmio-exporter --bench scrape
+	$(CARGO) bench -p kvmio-exporter --bench hostile
 	$(CARGO) bench -p kvmio-e2e --bench libvirt
 	$(CARGO) bench -p kvmio-crashtest --bench verify -- --size 1024 --runs 5
 	bash crashtest/nbd/scripts/bench.sh 5
