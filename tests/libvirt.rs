@@ -517,3 +517,88 @@ fn unprivileged_exporter_falls_back_to_read_only_and_says_what_it_costs() {
     }
     assert!(p.uuid().len() > 8);
 }
+
+/// The device rows (`device` -> `model`, `storage_mode`, `bus`, `iothread`) of `vm`.
+fn device_rows(all: &[Series], vm: &str) -> std::collections::BTreeMap<String, [String; 4]> {
+    all.iter()
+        .filter(|s| s.name == "kvmio_qemu_device_info" && s.labels["vm"] == vm)
+        .map(|s| {
+            let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+            (
+                l("device"),
+                [l("model"), l("storage_mode"), l("bus"), l("iothread")],
+            )
+        })
+        .collect()
+}
+
+/// Storage modes from the domain XML alone (no monitor): a paused domain with a virtio disk in
+/// an iothread and one without, a virtio-scsi controller in an iothread and an lsilogic one with
+/// a disk each, a SATA disk and an empty IDE CD-ROM. Without `--libvirt.qmp-passthrough` the
+/// exporter derives model and storage mode from the XML; with it, from QEMU's QOM tree: both
+/// must say the same for every disk. `KVMIO_CAPTURE_LIBVIRT=DIR` writes the live XML as
+/// `domain-storage-modes.xml` (the exporter's unit-test fixture).
+#[test]
+fn storage_modes_from_the_domain_xml_match_qemus_device_tree() {
+    use kvmio_crashtest::vm::ImageFormat;
+    use kvmio_e2e::libvirtd::DiskSpec;
+    use kvmio_qemu::CacheMode;
+    let _slot = vm_slot();
+    let lv = Libvirtd::start();
+    let raw = |bus: &str| {
+        DiskSpec::new(ImageFormat::Raw, CacheMode::None)
+            .size_mib(8)
+            .bus(bus)
+    };
+    let spec = DomainSpec::paused("lv-modes")
+        .iothreads(2)
+        .disks(vec![
+            raw("virtio").iothread(1),
+            raw("virtio"),
+            raw("scsi").controller(0),
+            raw("scsi").controller(1),
+            raw("sata"),
+        ])
+        .extra_device(
+            "    <controller type='scsi' index='0' model='virtio-scsi'>\n      <driver iothread='2'/>\n    </controller>",
+        )
+        .extra_device("    <controller type='scsi' index='1' model='lsilogic'/>")
+        .extra_device(
+            "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <target dev='hdc' bus='ide'/>\n      <readonly/>\n    </disk>",
+        );
+    let _dom = lv.define_and_start(&spec);
+    let xml = lv.virsh_ok(&["dumpxml", "lv-modes"]);
+    if let Some(dir) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("domain-storage-modes.xml"), &xml).unwrap();
+    }
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let mut rows = Vec::new();
+    for (i, extra) in [None, Some("--libvirt.qmp-passthrough")].iter().enumerate() {
+        let log_path = work.path().join(format!("exporter{i}.log"));
+        let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
+        args.extend(extra.map(str::to_owned));
+        let (mut exporter, addr) = start_exporter(&args, &log_path);
+        rows.push(device_rows(&scrape(&addr), "lv-modes"));
+        exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
+    let (from_xml, from_qom) = (&rows[0], &rows[1]);
+    let modes: Vec<&str> = from_xml.values().map(|r| r[1].as_str()).collect();
+    for mode in [
+        "virtio-blk-dataplane",
+        "virtio-blk",
+        "virtio-scsi-dataplane",
+        "scsi",
+        "ide",
+    ] {
+        assert!(
+            modes.contains(&mode),
+            "{mode} missing: {from_xml:#?}\n{xml}"
+        );
+    }
+    assert_eq!(from_xml, from_qom, "XML vs QOM\n{xml}");
+}

@@ -465,8 +465,16 @@ impl Libvirtd {
         }
         let qemu_img = which("qemu-img").expect("qemu-img");
         let mut disks = Vec::new();
-        for (i, d) in spec.disks.iter().enumerate() {
-            let target = format!("vd{}", (b'a' + i as u8) as char);
+        let mut per_prefix: BTreeMap<&str, u8> = BTreeMap::new();
+        for d in spec.disks.iter() {
+            let prefix = match d.bus.as_str() {
+                "virtio" => "vd",
+                "ide" => "hd",
+                _ => "sd",
+            };
+            let n = per_prefix.entry(prefix).or_default();
+            let target = format!("{prefix}{}", (b'a' + *n) as char);
+            *n += 1;
             let path = dom_dir.join(format!("{target}.{}", d.format));
             kvmio_crashtest::lab::create_disk(&qemu_img, &path, d.format, d.size_mib, &dom_dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
@@ -477,6 +485,9 @@ impl Libvirtd {
                 format: d.format,
                 cache: d.cache,
                 io: d.io.clone(),
+                bus: d.bus.clone(),
+                iothread: d.iothread,
+                controller: d.controller,
             });
         }
         let boot = spec.role.as_ref().map(|_| self.boot_files());
@@ -669,6 +680,12 @@ pub struct DiskSpec {
     pub size_mib: u64,
     /// `<driver io=...>`: `native`, `threads`, `io_uring`; `None`: libvirt's default.
     pub io: Option<String>,
+    /// `<target bus=...>`: `virtio` (vdX), `scsi`, `sata`, `usb` (sdX), `ide` (hdX).
+    pub bus: String,
+    /// `<driver iothread=N>` (the domain needs [`DomainSpec::iothreads`]).
+    pub iothread: Option<u32>,
+    /// `<address type='drive' controller=N>`: the SCSI/SATA controller index.
+    pub controller: Option<u32>,
 }
 
 impl DiskSpec {
@@ -678,7 +695,25 @@ impl DiskSpec {
             cache,
             size_mib: 64,
             io: None,
+            bus: "virtio".to_string(),
+            iothread: None,
+            controller: None,
         }
+    }
+
+    pub fn bus(mut self, bus: &str) -> DiskSpec {
+        self.bus = bus.to_string();
+        self
+    }
+
+    pub fn iothread(mut self, iothread: u32) -> DiskSpec {
+        self.iothread = Some(iothread);
+        self
+    }
+
+    pub fn controller(mut self, index: u32) -> DiskSpec {
+        self.controller = Some(index);
+        self
     }
 
     pub fn size_mib(mut self, size_mib: u64) -> DiskSpec {
@@ -708,6 +743,10 @@ pub struct DomainSpec {
     pub start_paused: bool,
     /// libvirt's guest-agent channel (`org.qemu.guest_agent.0`, socket managed by libvirt).
     pub guest_agent: bool,
+    /// `<iothreads>N</iothreads>`: iothreads 1..=N for disks and controllers.
+    pub iothreads: u32,
+    /// More `<devices>` children, verbatim (controllers, an empty CD-ROM...).
+    pub extra_devices: Vec<String>,
 }
 
 impl DomainSpec {
@@ -726,6 +765,8 @@ impl DomainSpec {
             ],
             start_paused: false,
             guest_agent: true,
+            iothreads: 0,
+            extra_devices: Vec::new(),
         }
     }
 
@@ -744,6 +785,8 @@ impl DomainSpec {
             ],
             start_paused: true,
             guest_agent: true,
+            iothreads: 0,
+            extra_devices: Vec::new(),
         }
     }
 
@@ -762,6 +805,16 @@ impl DomainSpec {
         self
     }
 
+    pub fn iothreads(mut self, n: u32) -> DomainSpec {
+        self.iothreads = n;
+        self
+    }
+
+    pub fn extra_device(mut self, xml: &str) -> DomainSpec {
+        self.extra_devices.push(xml.to_string());
+        self
+    }
+
     pub fn kernel_param(mut self, param: &str) -> DomainSpec {
         self.kernel_params.push(param.to_string());
         self
@@ -777,6 +830,9 @@ pub struct DomainDisk {
     pub format: ImageFormat,
     pub cache: CacheMode,
     pub io: Option<String>,
+    pub bus: String,
+    pub iothread: Option<u32>,
+    pub controller: Option<u32>,
 }
 
 /// A defined (and usually started) domain. Dropping it does nothing: [`Libvirtd`]'s Drop
@@ -1097,6 +1153,9 @@ fn domain_xml(
         spec.memory_mib
     ));
     x.push_str(&format!("  <vcpu>{}</vcpu>\n", spec.vcpus));
+    if spec.iothreads > 0 {
+        x.push_str(&format!("  <iothreads>{}</iothreads>\n", spec.iothreads));
+    }
     x.push_str("  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n");
     if let (Some(role), Some((kernel, initrd))) = (&spec.role, &boot) {
         let mut cmdline = format!("console=ttyS0 quiet panic=-1 no_timer_check kvmio.role={role}");
@@ -1128,13 +1187,28 @@ fn domain_xml(
             d.io.as_ref()
                 .map(|io| format!(" io='{}'", xml_escape(io)))
                 .unwrap_or_default();
+        let iothread = d
+            .iothread
+            .map(|n| format!(" iothread='{n}'"))
+            .unwrap_or_default();
+        let address = d
+            .controller
+            .map(|c| {
+                format!("      <address type='drive' controller='{c}' bus='0' target='0' unit='{i}'/>\n")
+            })
+            .unwrap_or_default();
         x.push_str(&format!(
-            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}' cache='{}'{io}/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <serial>kvmio-disk{i}</serial>\n    </disk>\n",
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}' cache='{}'{io}{iothread}/>\n      <source file='{}'/>\n      <target dev='{}' bus='{}'/>\n      <serial>kvmio-disk{i}</serial>\n{address}    </disk>\n",
             d.format,
             d.cache,
             e(&d.path),
-            d.target
+            d.target,
+            xml_escape(&d.bus)
         ));
+    }
+    for extra in &spec.extra_devices {
+        x.push_str(extra);
+        x.push('\n');
     }
     x.push_str("    <controller type='usb' model='none'/>\n");
     x.push_str(&format!(

@@ -231,6 +231,9 @@ pub struct ConfiguredDisk {
     pub bus: String,
     /// The protocol driver (`file`, `host_device`, `nbd`, `rbd`...).
     pub protocol_driver: String,
+    /// The device as configured (model, SCSI controller, iothread), for a source without
+    /// QEMU's device tree (libvirt's domain XML).
+    pub facts: DeviceFacts,
 }
 
 /// What one scrape learned from a VM's monitor (or, for libvirt domains, from libvirt).

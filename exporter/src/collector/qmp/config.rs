@@ -71,10 +71,10 @@ pub(super) fn emit_devices(out: &mut Metrics, vm: &str, snap: &QmpSnapshot) {
                 f.iothread.clone().unwrap_or_default(),
             ),
             (None, Some(c)) => (
-                String::new(),
-                libvirt_storage_mode(&c.bus, c.drive.iothread.is_some()).to_owned(),
+                c.facts.model.clone().unwrap_or_default(),
+                c.facts.storage_mode().to_owned(),
                 c.bus.clone(),
-                c.drive.iothread.clone().unwrap_or_default(),
+                c.facts.iothread.clone().unwrap_or_default(),
             ),
             (None, None) if qdev.is_none() => (
                 String::new(),
@@ -145,21 +145,6 @@ pub(super) fn emit_devices(out: &mut Metrics, vm: &str, snap: &QmpSnapshot) {
                 ("socket", &d.socket),
             ],
         );
-    }
-}
-
-/// The storage mode of a libvirt disk from its target bus (without the monitor, the device
-/// tree is unknown; a SCSI disk's controller model too).
-fn libvirt_storage_mode(bus: &str, iothread: bool) -> &'static str {
-    match bus {
-        "virtio" if iothread => "virtio-blk-dataplane",
-        "virtio" => "virtio-blk",
-        "scsi" => "scsi",
-        "ide" | "sata" => "ide",
-        "usb" => "usb",
-        "nvme" => "nvme",
-        "" => "",
-        _ => "other",
     }
 }
 

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use kvmio_qemu::types::{BlockDeviceInfo, BlockDeviceStats, BlockInfo, BlockStats, ImageInfo};
 use kvmio_qemu::CacheMode;
 
-use super::domxml::DiskXml;
+use super::domxml::{DiskXml, DomainXml};
 use super::ffi::Params;
 use crate::vm::cmdline::DriveConfig;
-use crate::vm::qmp::{ConfiguredDisk, QemuOrigin, QmpSnapshot, RunState};
+use crate::vm::qmp::{ConfiguredDisk, OtherDevice, QemuOrigin, QmpSnapshot, RunState};
 
 /// At most this many images per disk's backing chain.
 pub const MAX_CHAIN: usize = 32;
@@ -155,10 +155,12 @@ pub fn configured(disks: &[DiskXml]) -> HashMap<String, Arc<ConfiguredDisk>> {
                     cache_mode: configured_cache_mode(&disk.cache),
                     aio: (!disk.io.is_empty()).then(|| disk.io.clone()),
                     discard: (!disk.discard.is_empty()).then(|| disk.discard.clone()),
-                    iothread: (!disk.iothread.is_empty()).then(|| disk.iothread.clone()),
+                    // A SCSI disk runs in its controller's iothread.
+                    iothread: disk.facts.iothread.clone(),
                 },
                 bus: bus_label(&disk.bus).to_owned(),
                 protocol_driver: disk.protocol_driver(),
+                facts: disk.facts.clone(),
             };
             (device_label(disk).to_owned(), Arc::new(c))
         })
@@ -233,21 +235,46 @@ pub fn run_state(params: &Params) -> Option<RunState> {
     })
 }
 
-/// Builds a domain's QEMU-layer snapshot from its XML disks and libvirt's statistics.
-/// `disks` without a source (an empty CD-ROM tray) get no backend, as in `query-block`.
-pub fn snapshot(disks: &[DiskXml], stats: &BTreeMap<String, DiskStats>) -> QmpSnapshot {
+/// Builds a domain's QEMU-layer snapshot from its XML and libvirt's statistics. Disks without
+/// a source (an empty CD-ROM tray) are listed without a medium, as in `query-block`; a
+/// vhost-user disk (served by another process) and PCI host devices are devices without a
+/// backend here, as the socket source lists them from QOM.
+pub fn snapshot(xml: &DomainXml, stats: &BTreeMap<String, DiskStats>) -> QmpSnapshot {
+    let disks = &xml.disks;
+    let mut other = Vec::new();
+    for disk in disks.iter().filter(|d| d.source_type == "vhostuser") {
+        other.push(OtherDevice {
+            id: device_label(disk).to_owned(),
+            model: disk.facts.model.clone().unwrap_or_default(),
+            socket: disk.source.clone(),
+        });
+    }
+    for alias in &xml.pci_hostdevs {
+        other.push(OtherDevice {
+            id: alias.clone(),
+            model: "vfio-pci".to_owned(),
+            socket: String::new(),
+        });
+    }
     let mut snap = QmpSnapshot {
         origin: QemuOrigin::LibvirtStats,
         configured: configured(disks),
+        other_devices: Arc::new(other),
         ..QmpSnapshot::default()
     };
-    for disk in disks {
+    for disk in disks.iter().filter(|d| d.source_type != "vhostuser") {
         let label = device_label(disk);
         if label.is_empty() {
             continue;
         }
         let s = stats.get(&disk.target);
+        let removable = matches!(disk.device.as_str(), "cdrom" | "floppy");
         if disk.source.is_empty() {
+            snap.block.push(BlockInfo {
+                device: label.to_owned(),
+                removable,
+                ..BlockInfo::default()
+            });
             continue;
         }
         if let Some(s) = s.filter(|s| s.has_io()) {
@@ -311,6 +338,7 @@ pub fn snapshot(disks: &[DiskXml], stats: &BTreeMap<String, DiskStats>) -> QmpSn
                 image,
                 ..BlockDeviceInfo::default()
             }),
+            removable,
             ..BlockInfo::default()
         });
     }
@@ -354,14 +382,13 @@ mod tests {
         let stats = from_virsh(include_str!(
             "../../../tests/fixtures/libvirt/domstats-block-backing.txt"
         ));
-        let disks = super::super::domxml::parse(include_str!(
+        let xml = super::super::domxml::parse(include_str!(
             "../../../tests/fixtures/libvirt/domain-live.xml"
         ))
-        .unwrap()
-        .disks;
+        .unwrap();
         let per_disk = disk_stats(&stats);
         assert_eq!(per_disk.len(), 2);
-        let snap = snapshot(&disks, &per_disk);
+        let snap = snapshot(&xml, &per_disk);
         let labels: Vec<&str> = snap.block.iter().map(|b| b.device.as_str()).collect();
         assert_eq!(labels, vec!["virtio-disk0", "virtio-disk1"]);
         assert_eq!(snap.blockstats[0].stats.rd_operations, 4);
@@ -430,16 +457,19 @@ mod tests {
 
     #[test]
     fn snapshot_labels_by_alias_and_keeps_the_configuration() {
-        let disks = vec![DiskXml {
-            target: "vda".into(),
-            bus: "sata".into(),
-            alias: "sata0-0-0".into(),
-            source_type: "file".into(),
-            source: "/img/top.qcow2".into(),
-            format: "qcow2".into(),
-            cache: "unsafe".into(),
-            ..DiskXml::default()
-        }];
+        let disks = DomainXml {
+            disks: vec![DiskXml {
+                target: "vda".into(),
+                bus: "sata".into(),
+                alias: "sata0-0-0".into(),
+                source_type: "file".into(),
+                source: "/img/top.qcow2".into(),
+                format: "qcow2".into(),
+                cache: "unsafe".into(),
+                ..DiskXml::default()
+            }],
+            ..DomainXml::default()
+        };
         let mut stats = BTreeMap::new();
         stats.insert(
             "vda".to_owned(),
@@ -462,5 +492,73 @@ mod tests {
         assert_eq!(c.drive.cache_mode, Some(CacheMode::Unsafe));
         assert_eq!(c.bus, "ide");
         assert_eq!(c.protocol_driver, "file");
+    }
+}
+
+#[cfg(test)]
+mod storage_modes {
+    use super::*;
+
+    /// libvirt 9.0's live XML of tests/libvirt.rs's `lv-modes` domain (virtio disks with and
+    /// without an iothread, virtio-scsi with an iothread, lsilogic, SATA, an empty IDE CD-ROM):
+    /// the model, storage mode and iothread QEMU's QOM tree gave for the same domain.
+    #[test]
+    fn captured_domain_with_every_bus() {
+        let xml = super::super::domxml::parse(include_str!(
+            "../../../tests/fixtures/libvirt/domain-storage-modes.xml"
+        ))
+        .unwrap();
+        let snap = snapshot(&xml, &BTreeMap::new());
+        let row = |device: &str| {
+            let c = &snap.configured[device];
+            (
+                c.facts.model.clone().unwrap_or_default(),
+                c.facts.storage_mode().to_owned(),
+                c.bus.clone(),
+                c.facts.iothread.clone().unwrap_or_default(),
+            )
+        };
+        let expect = [
+            (
+                "virtio-disk0",
+                "virtio-blk-pci",
+                "virtio-blk-dataplane",
+                "virtio",
+                "iothread1",
+            ),
+            ("virtio-disk1", "virtio-blk-pci", "virtio-blk", "virtio", ""),
+            (
+                "scsi0-0-0-2",
+                "scsi-hd",
+                "virtio-scsi-dataplane",
+                "scsi",
+                "iothread2",
+            ),
+            ("scsi1-0-3", "scsi-hd", "scsi", "scsi", ""),
+            ("sata0-0-2", "ide-hd", "ide", "ide", ""),
+            ("ide0-1-0", "ide-cd", "ide", "ide", ""),
+        ];
+        for (device, model, mode, bus, iothread) in expect {
+            assert_eq!(
+                row(device),
+                (model.into(), mode.into(), bus.into(), iothread.into()),
+                "{device}"
+            );
+        }
+        assert_eq!(snap.configured.len(), expect.len());
+        let scsi = &snap.configured["scsi0-0-0-2"].facts;
+        assert_eq!(scsi.controller.as_deref(), Some("virtio-scsi-pci"));
+        assert_eq!(
+            snap.configured["scsi1-0-3"].facts.controller.as_deref(),
+            Some("lsi53c895a")
+        );
+        // A SCSI disk's drive runs in its controller's iothread (kvmio_qemu_block_info).
+        assert_eq!(
+            snap.configured["scsi0-0-0-2"].drive.iothread.as_deref(),
+            Some("iothread2")
+        );
+        let cd = snap.block.iter().find(|b| b.device == "ide0-1-0").unwrap();
+        assert!(cd.inserted.is_none() && cd.removable);
+        assert!(snap.other_devices.is_empty());
     }
 }

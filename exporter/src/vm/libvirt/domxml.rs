@@ -7,13 +7,20 @@
 //! [`MAX_DISKS`] disks are kept, and attribute values become labels only through the metric
 //! builder's sanitising.
 
+use std::collections::HashMap;
+
 use roxmltree::{Document, Node};
+
+use crate::vm::qmp::DeviceFacts;
 
 /// Longest domain XML parsed.
 pub const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
 
 /// At most this many disks per domain.
 pub const MAX_DISKS: usize = 256;
+
+/// At most this many SCSI controllers, and as many PCI host devices, per domain.
+pub const MAX_CONTROLLERS: usize = 256;
 
 /// One `<disk>` of a running domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +51,10 @@ pub struct DiskXml {
     pub iothread: String,
     /// `<readonly/>`.
     pub readonly: bool,
+    /// The device model libvirt gives QEMU for this disk and, for SCSI disks, the controller
+    /// it sits on (with that controller's iothread): the same facts the socket source reads
+    /// from QEMU's QOM tree, so both derive the storage mode with [`DeviceFacts::storage_mode`].
+    pub facts: DeviceFacts,
 }
 
 impl DiskXml {
@@ -81,6 +92,9 @@ pub struct DomainXml {
     pub disks: Vec<DiskXml>,
     /// Disks over [`MAX_DISKS`], not kept.
     pub over: usize,
+    /// PCI host devices passed through (`<hostdev mode='subsystem' type='pci'>`: QEMU's
+    /// `vfio-pci`), by alias; at most [`MAX_CONTROLLERS`].
+    pub pci_hostdevs: Vec<String>,
     /// Whether the domain has a guest-agent channel (`org.qemu.guest_agent.0`): without one
     /// there is no guest layer to ask for (not a guest layer that is down).
     pub agent: bool,
@@ -99,13 +113,25 @@ pub fn parse(xml: &str) -> Result<DomainXml, DomXmlError> {
     let Some(devices) = child(doc.root_element(), "devices") else {
         return Ok(out);
     };
+    let controllers = scsi_controllers(devices);
     for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
         if out.disks.len() >= MAX_DISKS {
             out.over += 1;
             continue;
         }
-        out.disks.push(disk_of(disk));
+        out.disks.push(disk_of(disk, &controllers));
     }
+    out.pci_hostdevs = devices
+        .children()
+        .filter(|n| {
+            n.has_tag_name("hostdev")
+                && n.attribute("mode").unwrap_or("subsystem") == "subsystem"
+                && n.attribute("type") == Some("pci")
+        })
+        .map(|h| attr(child(h, "alias"), "name"))
+        .filter(|a| !a.is_empty())
+        .take(MAX_CONTROLLERS)
+        .collect();
     out.agent = devices
         .children()
         .filter(|n| n.has_tag_name("channel"))
@@ -124,7 +150,119 @@ fn attr(node: Option<Node<'_, '_>>, name: &str) -> String {
         .to_owned()
 }
 
-fn disk_of(disk: Node<'_, '_>) -> DiskXml {
+/// A SCSI controller: its QEMU device type and iothread (`iothreadN`).
+#[derive(Debug, Clone, Default)]
+struct Controller {
+    model: String,
+    iothread: Option<String>,
+}
+
+/// The SCSI controllers by index, at most [`MAX_CONTROLLERS`].
+fn scsi_controllers(devices: Node<'_, '_>) -> HashMap<String, Controller> {
+    devices
+        .children()
+        .filter(|n| n.has_tag_name("controller") && n.attribute("type") == Some("scsi"))
+        .take(MAX_CONTROLLERS)
+        .map(|c| {
+            let index = c.attribute("index").unwrap_or("0").to_owned();
+            let model = scsi_controller_type(c.attribute("model").unwrap_or(""), c);
+            let iothread = iothread_id(&attr(child(c, "driver"), "iothread"));
+            (index, Controller { model, iothread })
+        })
+        .collect()
+}
+
+/// QEMU's device type for a libvirt SCSI controller model (libvirt's `qemu_command.c`).
+fn scsi_controller_type(model: &str, controller: Node<'_, '_>) -> String {
+    let virtio = |suffix: &str| {
+        format!(
+            "virtio-scsi{}{suffix}",
+            transport(attr(child(controller, "address"), "type").as_str())
+        )
+    };
+    match model {
+        "virtio-scsi" => virtio(""),
+        "virtio-transitional" => virtio("-transitional"),
+        "virtio-non-transitional" => virtio("-non-transitional"),
+        "lsilogic" => "lsi53c895a".to_owned(),
+        "lsisas1068" => "mptsas1068".to_owned(),
+        "lsisas1078" => "megasas-gen2".to_owned(),
+        "vmpvscsi" => "pvscsi".to_owned(),
+        "ibmvscsi" => "spapr-vscsi".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// A virtio device's transport suffix for its `<address type>` (PCI when unaddressed).
+fn transport(address_type: &str) -> &'static str {
+    match address_type {
+        "ccw" => "-ccw",
+        "virtio-mmio" => "-device",
+        "spapr-vio" => "-device",
+        _ => "-pci",
+    }
+}
+
+/// libvirt names iothread N `iothreadN` in QEMU (`-object iothread,id=iothreadN`).
+fn iothread_id(n: &str) -> Option<String> {
+    (!n.is_empty()).then(|| format!("iothread{n}"))
+}
+
+/// The device libvirt builds for a disk (`qemuBuildDiskDeviceProps`), as QOM would report it.
+fn disk_facts(
+    disk: Node<'_, '_>,
+    bus: &str,
+    device: &str,
+    iothread: Option<String>,
+    controllers: &HashMap<String, Controller>,
+) -> DeviceFacts {
+    let address = child(disk, "address");
+    let facts = |type_name: &str, model: &str| DeviceFacts {
+        type_name: Some(type_name.to_owned()),
+        model: Some(model.to_owned()),
+        ..DeviceFacts::default()
+    };
+    let cd = device == "cdrom";
+    match bus {
+        "virtio" => {
+            let t = transport(attr(address, "type").as_str());
+            let mut f = if disk.attribute("type") == Some("vhostuser") {
+                facts("vhost-user-blk", &format!("vhost-user-blk{t}"))
+            } else {
+                facts("virtio-blk-device", &format!("virtio-blk{t}"))
+            };
+            f.iothread = iothread;
+            f
+        }
+        "scsi" => {
+            let t = match device {
+                "lun" => "scsi-block",
+                "cdrom" => "scsi-cd",
+                _ => "scsi-hd",
+            };
+            let index = address
+                .and_then(|a| a.attribute("controller"))
+                .unwrap_or("0");
+            let c = controllers.get(index);
+            DeviceFacts {
+                controller: c.map(|c| c.model.clone()),
+                iothread: c.and_then(|c| c.iothread.clone()),
+                ..facts(t, t)
+            }
+        }
+        "sata" | "ide" => {
+            let t = if cd { "ide-cd" } else { "ide-hd" };
+            facts(t, t)
+        }
+        "usb" => facts(if cd { "scsi-cd" } else { "scsi-hd" }, "usb-storage"),
+        "nvme" => facts("nvme-ns", "nvme-ns"),
+        "fdc" => facts("floppy", "floppy"),
+        "" => DeviceFacts::default(),
+        other => facts(other, other),
+    }
+}
+
+fn disk_of(disk: Node<'_, '_>, controllers: &HashMap<String, Controller>) -> DiskXml {
     let driver = child(disk, "driver");
     let target = child(disk, "target");
     let source = child(disk, "source");
@@ -170,12 +308,15 @@ fn disk_of(disk: Node<'_, '_>) -> DiskXml {
             }
         }
     };
-    let iothread = attr(driver, "iothread");
+    let iothread = iothread_id(&attr(driver, "iothread"));
+    let bus = attr(target, "bus");
+    let device = disk.attribute("device").unwrap_or("disk").to_owned();
+    let facts = disk_facts(disk, &bus, &device, iothread.clone(), controllers);
     DiskXml {
         target: attr(target, "dev"),
-        bus: attr(target, "bus"),
+        bus,
         alias: attr(child(disk, "alias"), "name"),
-        device: disk.attribute("device").unwrap_or("disk").to_owned(),
+        device,
         source_type,
         source: source_text,
         format: attr(driver, "type"),
@@ -183,13 +324,9 @@ fn disk_of(disk: Node<'_, '_>) -> DiskXml {
         io: attr(driver, "io"),
         discard: attr(driver, "discard"),
         detect_zeroes: attr(driver, "detect_zeroes"),
-        // libvirt names iothread N `iothreadN` in QEMU (`-object iothread,id=iothreadN`).
-        iothread: if iothread.is_empty() {
-            iothread
-        } else {
-            format!("iothread{iothread}")
-        },
+        iothread: iothread.unwrap_or_default(),
         readonly: child(disk, "readonly").is_some(),
+        facts,
     }
 }
 

@@ -85,7 +85,7 @@ impl Libvirt {
             snap.configured = block::configured(disks);
             snap
         } else {
-            let mut snap = block::snapshot(disks, &per_disk);
+            let mut snap = block::snapshot(&xml, &per_disk);
             snap.pid = pid;
             snap
         };
