@@ -534,7 +534,7 @@ fn device_rows(all: &[Series], vm: &str) -> std::collections::BTreeMap<String, [
 
 /// Storage modes from the domain XML alone (no monitor): a paused domain with a virtio disk in
 /// an iothread and one without, a virtio-scsi controller in an iothread and an lsilogic one with
-/// a disk each, a SATA disk and an empty IDE CD-ROM. Without `--libvirt.qmp-passthrough` the
+/// a disk each, a SATA disk, a USB disk and an empty IDE CD-ROM. Without `--libvirt.qmp-passthrough` the
 /// exporter derives model and storage mode from the XML; with it, from QEMU's QOM tree: both
 /// must say the same for every disk. `KVMIO_CAPTURE_LIBVIRT=DIR` writes the live XML as
 /// `domain-storage-modes.xml` (the exporter's unit-test fixture).
@@ -558,7 +558,9 @@ fn storage_modes_from_the_domain_xml_match_qemus_device_tree() {
             raw("scsi").controller(0),
             raw("scsi").controller(1),
             raw("sata"),
+            raw("usb"),
         ])
+        .extra_device("    <controller type='usb' index='0' model='qemu-xhci'/>")
         .extra_device(
             "    <controller type='scsi' index='0' model='virtio-scsi'>\n      <driver iothread='2'/>\n    </controller>",
         )
@@ -594,6 +596,7 @@ fn storage_modes_from_the_domain_xml_match_qemus_device_tree() {
         "virtio-scsi-dataplane",
         "scsi",
         "ide",
+        "usb",
     ] {
         assert!(
             modes.contains(&mode),

@@ -1210,7 +1210,14 @@ fn domain_xml(
         x.push_str(extra);
         x.push('\n');
     }
-    x.push_str("    <controller type='usb' model='none'/>\n");
+    // No USB controller unless the spec brings its own (a USB disk needs one).
+    if !spec
+        .extra_devices
+        .iter()
+        .any(|d| d.contains("<controller type='usb'"))
+    {
+        x.push_str("    <controller type='usb' model='none'/>\n");
+    }
     x.push_str(&format!(
         "    <serial type='file'>\n      <source path='{}'/>\n      <target port='0'/>\n    </serial>\n",
         e(console_log)

@@ -500,7 +500,8 @@ mod storage_modes {
     use super::*;
 
     /// libvirt 9.0's live XML of tests/libvirt.rs's `lv-modes` domain (virtio disks with and
-    /// without an iothread, virtio-scsi with an iothread, lsilogic, SATA, an empty IDE CD-ROM):
+    /// without an iothread, virtio-scsi with an iothread, lsilogic, SATA, USB, an empty IDE
+    /// CD-ROM):
     /// the model, storage mode and iothread QEMU's QOM tree gave for the same domain.
     #[test]
     fn captured_domain_with_every_bus() {
@@ -536,6 +537,7 @@ mod storage_modes {
             ),
             ("scsi1-0-3", "scsi-hd", "scsi", "scsi", ""),
             ("sata0-0-2", "ide-hd", "ide", "ide", ""),
+            ("usb-disk3", "usb-storage", "usb", "usb", ""),
             ("ide0-1-0", "ide-cd", "ide", "ide", ""),
         ];
         for (device, model, mode, bus, iothread) in expect {
