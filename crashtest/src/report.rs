@@ -11,6 +11,7 @@
 //! | `kvmio_crashtest_lost_acked_writes` | of those, records that did not survive intact (absent or damaged) |
 //! | `kvmio_crashtest_corrupted_writes` | damaged acked records plus data nobody wrote (always a violation) |
 //! | `kvmio_crashtest_iterations` | iterations run in the cell |
+//! | `kvmio_crashtest_restored_iterations` | of those, iterations whose guest was restored from a saved state (the others booted) |
 //! | `kvmio_crashtest_violations` | iterations whose verdict was VIOLATION |
 //! | `kvmio_crashtest_last_run_timestamp_seconds` | when the run finished (no labels) |
 //!
@@ -117,6 +118,8 @@ pub struct CellReport {
     /// The cell's own seed, derived from `seed` and the cell.
     pub derived_seed: u64,
     pub iterations: u32,
+    /// Iterations whose guest was restored from a saved state (the others booted).
+    pub restored: u32,
     pub acked: u64,
     pub survived: u64,
     /// Acked records absent after the fault.
@@ -431,7 +434,7 @@ impl Report {
     pub fn prometheus(&self) -> String {
         let mut s = String::new();
         type Get = fn(&CellReport) -> u64;
-        let series: [(&str, &str, Get); 5] = [
+        let series: [(&str, &str, Get); 6] = [
             (
                 "kvmio_crashtest_acked_writes",
                 "Records the guest writer acknowledged after its durability point, summed over the cell's iterations.",
@@ -451,6 +454,11 @@ impl Report {
                 "kvmio_crashtest_iterations",
                 "Iterations run in the cell.",
                 |c| u64::from(c.iterations),
+            ),
+            (
+                "kvmio_crashtest_restored_iterations",
+                "Iterations of the cell whose guest was restored from a saved state instead of booted.",
+                |c| u64::from(c.restored),
             ),
             (
                 "kvmio_crashtest_violations",
@@ -504,6 +512,7 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
         seed: run_seed,
         derived_seed: crate::run::cell_seed(run_seed, &cell),
         iterations: rs.len() as u32,
+        restored: rs.iter().filter(|r| r.started == Started::Restored).count() as u32,
         acked: sum(|r| r.verification.acked),
         survived: sum(|r| r.verification.survived),
         lost: sum(|r| r.verification.lost),
@@ -650,6 +659,7 @@ mod tests {
             "kvmio_crashtest_lost_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 10",
             "kvmio_crashtest_violations{cache_mode=\"writethrough\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
             "kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 0",
+            "kvmio_crashtest_restored_iterations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
             "kvmio_crashtest_last_run_timestamp_seconds 1700000000.500",
         ] {
             assert!(prom.contains(needle), "missing {needle} in\n{prom}");
