@@ -605,3 +605,91 @@ fn storage_modes_from_the_domain_xml_match_qemus_device_tree() {
     }
     assert_eq!(from_xml, from_qom, "XML vs QOM\n{xml}");
 }
+
+/// A `<disk type='vhostuser'>` on a real qemu-storage-daemon's vhost-user-blk export: from the
+/// XML alone, the same device row (vhost-user-blk-pci, vhost-user-blk, its socket) as QEMU's QOM
+/// tree gives through the monitor.
+#[test]
+fn vhost_user_disk_from_the_domain_xml_matches_qemus_device_tree() {
+    use std::os::unix::fs::PermissionsExt;
+    let _slot = vm_slot();
+    let dir = tempfile::Builder::new()
+        .prefix("kvmio-e2e-vub")
+        .tempdir()
+        .unwrap();
+    // QEMU runs as libvirt-qemu: it must reach and connect to the socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = dir.path().join("vub.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let sock = dir.path().join("vub.sock");
+    let qmp = dir.path().join("qsd.qmp");
+    let mut cmd = std::process::Command::new(kvmio_test_support::require(
+        "qemu-storage-daemon",
+        "qemu-system-common",
+    ));
+    cmd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=f,filename={}",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=raw,node-name=d,file=f", "--export"])
+        .arg(format!(
+            "type=vhost-user-blk,id=exp,node-name=d,addr.type=unix,addr.path={},writable=on",
+            sock.display()
+        ))
+        .arg("--chardev")
+        .arg(format!(
+            "socket,id=mon0,path={},server=on,wait=off",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=mon0"]);
+    let _qsd = kvmio_test_support::qemu::start_within(
+        cmd,
+        "qemu-storage-daemon",
+        &sock,
+        Duration::from_secs(60),
+    );
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Declared after the daemon: libvirtd (and its QEMU) goes first.
+    let lv = Libvirtd::start();
+    let spec = DomainSpec::paused("lv-vub").extra_device(&format!(
+        "    <disk type='vhostuser' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source type='unix' path='{}'/>\n      <target dev='vdz' bus='virtio'/>\n    </disk>",
+        sock.display()
+    ));
+    lv.define_and_start(&spec);
+    let xml = lv.virsh_ok(&["dumpxml", "lv-vub"]);
+    if let Some(out) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
+        let out = Path::new(&out);
+        std::fs::create_dir_all(out).unwrap();
+        std::fs::write(out.join("domain-vhostuser.xml"), &xml).unwrap();
+    }
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let mut rows = Vec::new();
+    for (i, extra) in [None, Some("--libvirt.qmp-passthrough")].iter().enumerate() {
+        let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
+        args.extend(extra.map(str::to_owned));
+        let (mut exporter, addr) =
+            start_exporter(&args, &work.path().join(format!("exporter{i}.log")));
+        let all = scrape(&addr);
+        let vub = all
+            .iter()
+            .find(|s| {
+                s.name == "kvmio_qemu_device_info"
+                    && s.labels["vm"] == "lv-vub"
+                    && s.labels["storage_mode"] == "vhost-user-blk"
+            })
+            .unwrap_or_else(|| panic!("no vhost-user-blk row ({extra:?}):\n{xml}"))
+            .labels
+            .clone();
+        assert_eq!(vub["socket"], sock.to_string_lossy(), "{extra:?}");
+        rows.push(device_rows(&all, "lv-vub"));
+        exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
+    assert_eq!(rows[0], rows[1], "XML vs QOM\n{xml}");
+}

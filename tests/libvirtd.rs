@@ -1153,6 +1153,16 @@ fn domain_xml(
         spec.memory_mib
     ));
     x.push_str(&format!("  <vcpu>{}</vcpu>\n", spec.vcpus));
+    // A vhost-user disk's server maps the guest's memory: it must be shared.
+    if spec
+        .extra_devices
+        .iter()
+        .any(|d| d.contains("type='vhostuser'"))
+    {
+        x.push_str(
+            "  <memoryBacking>\n    <source type='memfd'/>\n    <access mode='shared'/>\n  </memoryBacking>\n",
+        );
+    }
     if spec.iothreads > 0 {
         x.push_str(&format!("  <iothreads>{}</iothreads>\n", spec.iothreads));
     }

@@ -563,4 +563,30 @@ mod storage_modes {
         assert!(cd.inserted.is_none() && cd.removable);
         assert!(snap.other_devices.is_empty());
     }
+
+    /// libvirt 9.0's live XML of a `<disk type='vhostuser'>` on a qemu-storage-daemon export
+    /// (tests/libvirt.rs's `lv-vub`): a device without a backend here, with its socket, as QOM
+    /// lists it; the domain's other disks keep their backends.
+    #[test]
+    fn captured_vhost_user_disk() {
+        let xml = super::super::domxml::parse(include_str!(
+            "../../../tests/fixtures/libvirt/domain-vhostuser.xml"
+        ))
+        .unwrap();
+        let snap = snapshot(&xml, &BTreeMap::new());
+        assert_eq!(
+            snap.other_devices.as_slice(),
+            &[OtherDevice {
+                id: "virtio-disk25".into(),
+                model: "vhost-user-blk-pci".into(),
+                socket: "/tmp/kvmio-e2e-vub9165c4/vub.sock".into(),
+            }]
+        );
+        assert!(snap.block.iter().all(|b| b.device != "virtio-disk25"));
+        assert_eq!(
+            snap.configured["virtio-disk25"].facts.storage_mode(),
+            "vhost-user-blk"
+        );
+        assert!(snap.block.iter().any(|b| b.device == "virtio-disk0"));
+    }
 }
