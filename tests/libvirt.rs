@@ -532,6 +532,32 @@ fn device_rows(all: &[Series], vm: &str) -> std::collections::BTreeMap<String, [
         .collect()
 }
 
+/// `dom`'s live XML (written to `$KVMIO_CAPTURE_LIBVIRT/FILE` when set, a fixture of the
+/// exporter's unit tests) and two scrapes of an exporter on `lv`: without the monitor (the
+/// device rows from the XML) and with `--libvirt.qmp-passthrough` (from QEMU's QOM tree).
+fn xml_and_both_scrapes(lv: &Libvirtd, dom: &str, file: &str) -> (String, [Vec<Series>; 2]) {
+    let xml = lv.virsh_ok(&["dumpxml", dom]);
+    if let Some(dir) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(file), &xml).unwrap();
+    }
+    let work = tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap();
+    let scrapes = [None, Some("--libvirt.qmp-passthrough")].map(|extra| {
+        let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
+        args.extend(extra.map(str::to_owned));
+        let log = work.path().join(format!("exporter{}.log", args.len()));
+        let (mut exporter, addr) = start_exporter(&args, &log);
+        let all = scrape(&addr);
+        exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+        all
+    });
+    (xml, scrapes)
+}
+
 /// Storage modes from the domain XML alone (no monitor): a paused domain with a virtio disk in
 /// an iothread and one without, a virtio-scsi controller in an iothread and an lsilogic one with
 /// a disk each, a SATA disk, a USB disk and an empty IDE CD-ROM. Without `--libvirt.qmp-passthrough` the
@@ -569,25 +595,8 @@ fn storage_modes_from_the_domain_xml_match_qemus_device_tree() {
             "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <target dev='hdc' bus='ide'/>\n      <readonly/>\n    </disk>",
         );
     let _dom = lv.define_and_start(&spec);
-    let xml = lv.virsh_ok(&["dumpxml", "lv-modes"]);
-    if let Some(dir) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
-        let dir = Path::new(&dir);
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("domain-storage-modes.xml"), &xml).unwrap();
-    }
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
-    let mut rows = Vec::new();
-    for (i, extra) in [None, Some("--libvirt.qmp-passthrough")].iter().enumerate() {
-        let log_path = work.path().join(format!("exporter{i}.log"));
-        let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
-        args.extend(extra.map(str::to_owned));
-        let (mut exporter, addr) = start_exporter(&args, &log_path);
-        rows.push(device_rows(&scrape(&addr), "lv-modes"));
-        exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
-    }
+    let (xml, scrapes) = xml_and_both_scrapes(&lv, "lv-modes", "domain-storage-modes.xml");
+    let rows = scrapes.map(|all| device_rows(&all, "lv-modes"));
     let (from_xml, from_qom) = (&rows[0], &rows[1]);
     let modes: Vec<&str> = from_xml.values().map(|r| r[1].as_str()).collect();
     for mode in [
@@ -660,23 +669,8 @@ fn vhost_user_disk_from_the_domain_xml_matches_qemus_device_tree() {
         sock.display()
     ));
     lv.define_and_start(&spec);
-    let xml = lv.virsh_ok(&["dumpxml", "lv-vub"]);
-    if let Some(out) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
-        let out = Path::new(&out);
-        std::fs::create_dir_all(out).unwrap();
-        std::fs::write(out.join("domain-vhostuser.xml"), &xml).unwrap();
-    }
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
-    let mut rows = Vec::new();
-    for (i, extra) in [None, Some("--libvirt.qmp-passthrough")].iter().enumerate() {
-        let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
-        args.extend(extra.map(str::to_owned));
-        let (mut exporter, addr) =
-            start_exporter(&args, &work.path().join(format!("exporter{i}.log")));
-        let all = scrape(&addr);
+    let (xml, scrapes) = xml_and_both_scrapes(&lv, "lv-vub", "domain-vhostuser.xml");
+    for all in &scrapes {
         let vub = all
             .iter()
             .find(|s| {
@@ -684,12 +678,9 @@ fn vhost_user_disk_from_the_domain_xml_matches_qemus_device_tree() {
                     && s.labels["vm"] == "lv-vub"
                     && s.labels["storage_mode"] == "vhost-user-blk"
             })
-            .unwrap_or_else(|| panic!("no vhost-user-blk row ({extra:?}):\n{xml}"))
-            .labels
-            .clone();
-        assert_eq!(vub["socket"], sock.to_string_lossy(), "{extra:?}");
-        rows.push(device_rows(&all, "lv-vub"));
-        exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+            .unwrap_or_else(|| panic!("no vhost-user-blk row:\n{xml}"));
+        assert_eq!(vub.labels["socket"], sock.to_string_lossy());
     }
+    let rows = scrapes.map(|all| device_rows(&all, "lv-vub"));
     assert_eq!(rows[0], rows[1], "XML vs QOM\n{xml}");
 }
