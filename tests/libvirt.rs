@@ -532,16 +532,22 @@ fn device_rows(all: &[Series], vm: &str) -> std::collections::BTreeMap<String, [
         .collect()
 }
 
-/// `dom`'s live XML (written to `$KVMIO_CAPTURE_LIBVIRT/FILE` when set, a fixture of the
-/// exporter's unit tests) and two scrapes of an exporter on `lv`: without the monitor (the
-/// device rows from the XML) and with `--libvirt.qmp-passthrough` (from QEMU's QOM tree).
-fn xml_and_both_scrapes(lv: &Libvirtd, dom: &str, file: &str) -> (String, [Vec<Series>; 2]) {
-    let xml = lv.virsh_ok(&["dumpxml", dom]);
+/// `virsh ARGS` (a `dumpxml`), also written to `$KVMIO_CAPTURE_LIBVIRT/FILE` when set.
+fn dumpxml_captured(lv: &Libvirtd, args: &[&str], file: &str) -> String {
+    let xml = lv.virsh_ok(args);
     if let Some(dir) = std::env::var_os("KVMIO_CAPTURE_LIBVIRT") {
         let dir = Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join(file), &xml).unwrap();
     }
+    xml
+}
+
+/// `dom`'s live XML (written to `$KVMIO_CAPTURE_LIBVIRT/FILE` when set, a fixture of the
+/// exporter's unit tests) and two scrapes of an exporter on `lv`: without the monitor (the
+/// device rows from the XML) and with `--libvirt.qmp-passthrough` (from QEMU's QOM tree).
+fn xml_and_both_scrapes(lv: &Libvirtd, dom: &str, file: &str) -> (String, [Vec<Series>; 2]) {
+    let xml = dumpxml_captured(lv, &["dumpxml", dom], file);
     let work = tempfile::Builder::new()
         .prefix("kvmio-e2e-libvirt")
         .tempdir()
@@ -683,4 +689,34 @@ fn vhost_user_disk_from_the_domain_xml_matches_qemus_device_tree() {
     }
     let rows = scrapes.map(|all| device_rows(&all, "lv-vub"));
     assert_eq!(rows[0], rows[1], "XML vs QOM\n{xml}");
+}
+
+/// What libvirt makes of devices this machine cannot start (no SCSI device for a `lun`, no
+/// vfio for a PCI host device): defined, never started, its XML as libvirt normalised it
+/// (controller models and addresses filled in; user aliases `ua-*` kept, as QEMU's device ids).
+/// `KVMIO_CAPTURE_LIBVIRT=DIR` writes it as `domain-lun-hostdev.xml` (an exporter fixture).
+#[test]
+fn lun_and_pci_hostdev_as_libvirt_defines_them() {
+    let lv = Libvirtd::start();
+    let spec = DomainSpec::paused("lv-defined")
+        .extra_device("    <controller type='scsi' index='0' model='virtio-scsi'/>")
+        .extra_device(
+            "    <disk type='block' device='lun'>\n      <driver name='qemu' type='raw'/>\n      <source dev='/dev/kvmio-no-such-lun'/>\n      <target dev='sdz' bus='scsi'/>\n      <alias name='ua-lun0'/>\n    </disk>",
+        )
+        .extra_device(
+            "    <hostdev mode='subsystem' type='pci' managed='yes'>\n      <source>\n        <address domain='0x0000' bus='0x07' slot='0x00' function='0x0'/>\n      </source>\n      <alias name='ua-vfio0'/>\n    </hostdev>",
+        );
+    lv.define(&spec);
+    let xml = dumpxml_captured(
+        &lv,
+        &["dumpxml", "--inactive", "lv-defined"],
+        "domain-lun-hostdev.xml",
+    );
+    for kept in [
+        "device='lun'",
+        "<alias name='ua-lun0'/>",
+        "<alias name='ua-vfio0'/>",
+    ] {
+        assert!(xml.contains(kept), "{kept} not kept:\n{xml}");
+    }
 }

@@ -589,4 +589,29 @@ mod storage_modes {
         );
         assert!(snap.block.iter().any(|b| b.device == "virtio-disk0"));
     }
+
+    /// libvirt 9.0's XML of a defined domain with a `device='lun'` disk and a PCI host device
+    /// (tests/libvirt.rs; neither can start on the test machine): libvirt put the lun, target
+    /// `sdz`, on an lsilogic controller it added (index 3); it is SCSI passthrough whatever the
+    /// controller, and the host device is QEMU's vfio-pci.
+    #[test]
+    fn captured_lun_and_pci_hostdev() {
+        let xml = super::super::domxml::parse(include_str!(
+            "../../../tests/fixtures/libvirt/domain-lun-hostdev.xml"
+        ))
+        .unwrap();
+        let snap = snapshot(&xml, &BTreeMap::new());
+        let lun = &snap.configured["ua-lun0"].facts;
+        assert_eq!(lun.model.as_deref(), Some("scsi-block"));
+        assert_eq!(lun.controller.as_deref(), Some("lsi53c895a"));
+        assert_eq!(lun.storage_mode(), "scsi-passthrough");
+        assert_eq!(
+            snap.other_devices.as_slice(),
+            &[OtherDevice {
+                id: "ua-vfio0".into(),
+                model: "vfio-pci".into(),
+                socket: String::new(),
+            }]
+        );
+    }
 }
