@@ -179,7 +179,15 @@ pub fn for_target(name: &str) -> Vec<Vec<u8>> {
             read("exporter/tests/golden/qemu-7.2.prom"),
             read("exporter/tests/golden/derived-14fields.prom"),
         ],
-        "domain_xml" => vec![read("exporter/tests/fixtures/libvirt/domain-live.xml")],
+        "domain_xml" => [
+            "domain-live.xml",
+            "domain-storage-modes.xml",
+            "domain-vhostuser.xml",
+            "domain-lun-hostdev.xml",
+        ]
+        .iter()
+        .map(|f| read(&format!("exporter/tests/fixtures/libvirt/{f}")))
+        .collect(),
         _ => Vec::new(),
     };
     seeds.extend(stored(name));
