@@ -90,7 +90,7 @@ pub enum DomXmlError {
 pub struct DomainXml {
     /// The disks, in document order.
     pub disks: Vec<DiskXml>,
-    /// Disks over [`MAX_DISKS`], not kept.
+    /// Disks over [`MAX_DISKS`] and PCI host devices over [`MAX_CONTROLLERS`], not kept.
     pub over: usize,
     /// PCI host devices passed through (`<hostdev mode='subsystem' type='pci'>`: QEMU's
     /// `vfio-pci`), by alias; at most [`MAX_CONTROLLERS`].
@@ -121,7 +121,7 @@ pub fn parse(xml: &str) -> Result<DomainXml, DomXmlError> {
         }
         out.disks.push(disk_of(disk, &controllers));
     }
-    out.pci_hostdevs = devices
+    let hostdevs = devices
         .children()
         .filter(|n| {
             n.has_tag_name("hostdev")
@@ -129,9 +129,14 @@ pub fn parse(xml: &str) -> Result<DomainXml, DomXmlError> {
                 && n.attribute("type") == Some("pci")
         })
         .map(|h| attr(child(h, "alias"), "name"))
-        .filter(|a| !a.is_empty())
-        .take(MAX_CONTROLLERS)
-        .collect();
+        .filter(|a| !a.is_empty());
+    for alias in hostdevs {
+        if out.pci_hostdevs.len() >= MAX_CONTROLLERS {
+            out.over += 1;
+        } else {
+            out.pci_hostdevs.push(alias);
+        }
+    }
     out.agent = devices
         .children()
         .filter(|n| n.has_tag_name("channel"))
@@ -361,8 +366,14 @@ mod tests {
         for i in 0..MAX_DISKS + 3 {
             many.push_str(&format!("<disk type='file'><target dev='vd{i}'/></disk>"));
         }
+        for i in 0..MAX_CONTROLLERS + 2 {
+            many.push_str(&format!(
+                "<hostdev mode='subsystem' type='pci'><alias name='ua-h{i}'/></hostdev>"
+            ));
+        }
         many.push_str("</devices></domain>");
         let d = parse(&many).unwrap();
-        assert_eq!((d.disks.len(), d.over, d.agent), (MAX_DISKS, 3, false));
+        assert_eq!((d.disks.len(), d.over, d.agent), (MAX_DISKS, 5, false));
+        assert_eq!(d.pci_hostdevs.len(), MAX_CONTROLLERS);
     }
 }

@@ -56,7 +56,7 @@ impl Libvirt {
                 .map_err(|e| format!("domain XML: {}", virt_error(&e)))?;
             let parsed = domxml::parse(&xml).map_err(|e| format!("domain XML: {}", chain(&e)))?;
             if parsed.over > 0 {
-                tracing::warn!(vm = %t.name, over = parsed.over, "domain has more disks than kvmio exports");
+                tracing::warn!(vm = %t.name, over = parsed.over, "domain has more disks or PCI host devices than kvmio exports");
             }
             st.xml = Some((Instant::now(), names, Arc::new(parsed)));
         }
