@@ -697,6 +697,8 @@ fn vhost_user_disk_from_the_domain_xml_matches_qemus_device_tree() {
 /// `KVMIO_CAPTURE_LIBVIRT=DIR` writes it as `domain-lun-hostdev.xml` (an exporter fixture).
 #[test]
 fn lun_and_pci_hostdev_as_libvirt_defines_them() {
+    // No VM, but libvirtd probes QEMU at start: not beside the timing-sensitive tests.
+    let _slot = vm_slot();
     let lv = Libvirtd::start();
     let spec = DomainSpec::paused("lv-defined")
         .extra_device("    <controller type='scsi' index='0' model='virtio-scsi'/>")
