@@ -119,6 +119,8 @@ fn storage_daemon_exports_joined_to_the_vm() {
             qsd_sock.display()
         ))
         .args(["--monitor", "chardev=mon0"]);
+    // Declared before the daemon, so dropped after it is killed, on every path.
+    let _unmount = Unmount(mountpoint.clone());
     let mut qsd = start_within(
         cmd,
         "qemu-storage-daemon",
@@ -250,4 +252,20 @@ fn storage_daemon_exports_joined_to_the_vm() {
         assert!(find(&all, "kvmio_qsd_up", &[]).is_none());
     }
     assert!(find(&all, "kvmio_qsd_export_info", &[]).is_none());
+}
+
+/// qemu-storage-daemon mounts its FUSE export itself and unmounts it only when it exits
+/// cleanly; the test kills it, which would leave a dead mount (and an undeletable temporary
+/// directory) behind at every run. This undoes the test's own mount, lazily, after the daemon is
+/// gone.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
