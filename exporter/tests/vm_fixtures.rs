@@ -211,5 +211,22 @@ async fn crashtest_results_are_reserved_and_validated() {
         "only kvmio_crashtest_*"
     );
     assert!(m.rejected().is_empty(), "{:?}", m.rejected());
+    // Two parts refused: the collector says so while serving the rest.
+    assert_eq!(
+        m.value("kvmio_collector_success", &[("collector", "crashtest")]),
+        Some(0.0)
+    );
+    // A newer run's clean file: success again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(
+        results.join("crashtest.prom"),
+        "kvmio_crashtest_last_run_timestamp_seconds 1.8e+09\n",
+    )
+    .unwrap();
+    let m = exporter.scrape().await;
+    assert_eq!(
+        m.value("kvmio_crashtest_last_run_timestamp_seconds", &[]),
+        Some(1.8e9)
+    );
     assert_one(&m, "kvmio_collector_success", &[("collector", "crashtest")]);
 }

@@ -5,8 +5,12 @@
 //! Only `kvmio_crashtest_*` families are served, counters and gauges (an untyped family is served
 //! as a gauge, and so is a counter whose name lacks `_total`, which kvmio's naming reserves for
 //! counters). Timestamps are dropped. A malformed line is skipped and logged (once per version
-//! of the file); a file that cannot be read sets `kvmio_collector_success{collector="crashtest"}`
-//! to 0; a missing file (no run yet) is not an error. The scrape never fails because of it.
+//! of the file). A file that is partly refused (a malformed line, a family outside the prefix,
+//! a histogram, a sample over a bound) still has its valid samples served, but sets
+//! `kvmio_collector_success{collector="crashtest"}` to 0 for as long as it is the newest file, as
+//! node_exporter's textfile collector sets `node_textfile_scrape_error` to 1 for a file it could
+//! not parse; so does a file that cannot be read or is too large (nothing served then). A missing
+//! file (no run yet) is not an error. The scrape never fails because of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -220,6 +224,7 @@ impl Collector for Crashtest {
             let Some(((path, mtime, len), loaded)) = result? else {
                 return Ok(());
             };
+            let shown = path.display().to_string();
             let version = mtime.map(|m| (path, m, len));
             let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
             if version.is_none() || *logged != version {
@@ -229,10 +234,17 @@ impl Collector for Crashtest {
                 *logged = version;
             }
             drop(logged);
+            let refused = loaded.problems.len();
             let mut m = loaded.metrics;
             // Problems were logged above; do not report them again as rejected samples.
             m.clear_rejected();
             out.merge(m);
+            if refused > 0 {
+                return Err(CollectorError::Failed(format!(
+                    "{shown}: {refused} part(s) refused (logged when the file changed); its \
+                     valid samples are served"
+                )));
+            }
             Ok(())
         })
     }
