@@ -153,10 +153,7 @@ fn main() {
     let _slot = vm_slot();
     let load_before = loadavg();
     let foreign = qemu_processes();
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-hostile-bench")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile-bench");
     let d = dir.path();
     let honest = d.join("honest");
     std::fs::create_dir_all(&honest).unwrap();

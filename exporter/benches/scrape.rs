@@ -401,10 +401,7 @@ fn main() {
     let _slot = vm_slot();
     let load_before = loadavg();
     let foreign_before = qemu_processes();
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-bench")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-bench");
     let d = dir.path();
     eprintln!(
         "starting {} QEMUs ({} drives each) and {} agents in {}",

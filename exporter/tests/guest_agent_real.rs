@@ -16,16 +16,10 @@ use kvmio_exporter::host::blockdev::read_scheduler;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agent_with_and_without_file_access() {
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-ga")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-ga");
     let d = dir.path();
     // Two VMs named by their stems: the fixture monitor's name would be the same for both.
-    let open = d.join("open");
-    let blocked = d.join("blocked");
-    std::fs::create_dir_all(&open).unwrap();
-    std::fs::create_dir_all(&blocked).unwrap();
+    let [open, blocked] = kvmio_test_support::subdirs(d, ["open", "blocked"]);
     let _qmp_open = peer::qmp_fixture(&open.join("vm.qmp"));
     let _qmp_blocked = peer::qmp_fixture(&blocked.join("vm.qmp"));
     let (_ga_open, _) = procs::qemu_ga(&open, "vm");

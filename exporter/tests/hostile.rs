@@ -174,15 +174,9 @@ fn assert_memory_bounded(baseline: &Run, hostile: &Run, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_keep_memory_bounded_and_the_honest_vms_intact() {
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-hostile")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile");
     let d = dir.path();
-    let honest_dir = d.join("honest");
-    let hostile_dir = d.join("hostile");
-    std::fs::create_dir_all(&honest_dir).unwrap();
-    std::fs::create_dir_all(&hostile_dir).unwrap();
+    let [honest_dir, hostile_dir] = kvmio_test_support::subdirs(d, ["honest", "hostile"]);
     let mut children: Vec<Proc> = Vec::new();
     for vm in HONEST {
         children.push(procs::qemu_none(&honest_dir, vm, 2).0);

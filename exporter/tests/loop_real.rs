@@ -73,10 +73,7 @@ fn disk_under(path: &Path) -> String {
 
 #[test]
 fn loop_devices_are_followed_to_the_disk_under_their_file() {
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-loop")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-loop");
     let d = dir.path();
     let file = d.join("backing.raw");
     std::fs::File::create(&file)

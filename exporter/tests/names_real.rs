@@ -131,10 +131,7 @@ fn check(body: &str, vms: &[&Vm]) -> BTreeMap<PathBuf, String> {
 #[test]
 fn colliding_names_get_distinct_stable_labels() {
     let _slot = vm_slot();
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-names")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-names");
     let d = dir.path();
     std::fs::create_dir_all(d.join("a")).unwrap();
     std::fs::create_dir_all(d.join("b")).unwrap();

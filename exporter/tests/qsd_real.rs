@@ -77,10 +77,7 @@ fn export<'a>(all: &'a [Series], id: &str) -> &'a Series {
 #[test]
 fn storage_daemon_exports_joined_to_the_vm() {
     let _slot = vm_slot();
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-qsd")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-qsd");
     let d = dir.path();
     for n in ["vub", "nbd", "fuse"] {
         image(&d.join(format!("{n}.raw")));

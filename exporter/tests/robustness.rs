@@ -96,10 +96,7 @@ async fn scrape(addr: &str) -> (u16, String, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_vms_never_fail_or_delay_the_others() {
-    let dir = tempfile::Builder::new()
-        .prefix("kvmio-robust")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let dir = kvmio_test_support::target_tempdir!("kvmio-robust");
     let d = dir.path();
     let mut procs_: Vec<Proc> = Vec::new();
     let (ok, _) = procs::qemu_none(d, "vm-ok", 2);

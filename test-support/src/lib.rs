@@ -8,12 +8,15 @@
 //! - [`qemu`]: `qemu-system-x86_64 -M none` (a real monitor and block layer, no guest) and the
 //!   host's own `qemu-ga` on Unix sockets;
 //! - [`exporter`]: the `kvmio-exporter` binary on a free loopback port;
+//! - [`dir`]: scratch directories under the target dir ([`target_tempdir!`]) and
+//!   [`subdirs`];
 //! - [`bench`]: the benches' command line, percentiles, `/proc` readings, results tables;
 //! - [`http`]: blocking `GET`s and a free port; [`metrics`]: the text format parsed into
 //!   [`metrics::Series`];
 //! - [`tls`]: a throw-away PKI (rcgen) and blocking HTTPS `GET`s (rustls).
 
 pub mod bench;
+pub mod dir;
 pub mod exporter;
 pub mod http;
 pub mod metrics;
@@ -21,6 +24,7 @@ pub mod process;
 pub mod qemu;
 pub mod tls;
 
+pub use dir::subdirs;
 pub use exporter::launch_exporter;
 pub use http::{free_port, http_get, try_http_get};
 pub use process::{
