@@ -31,7 +31,10 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Distinct values of a column, in first-seen order.
-fn distinct(rows: &[Row], f: impl Fn(&Row) -> &str) -> Vec<String> {
+fn distinct<'r>(
+    rows: impl IntoIterator<Item = &'r Row>,
+    f: impl Fn(&'r Row) -> &'r str,
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in rows {
         let v = f(r);
@@ -42,23 +45,12 @@ fn distinct(rows: &[Row], f: impl Fn(&Row) -> &str) -> Vec<String> {
     out
 }
 
-/// The scheduler a claim that is not about schedulers is read at: the guest's default if it
-/// was measured, else the first one.
-fn reference_scheduler(rows: &[Row]) -> String {
-    let all = distinct(rows, |r| &r.scheduler);
-    if all.iter().any(|s| s == "mq-deadline") {
-        "mq-deadline".into()
-    } else {
-        all.first().cloned().unwrap_or_default()
-    }
-}
-
-/// The cache mode a claim that is not about cache modes is read at: `none` (no host page
-/// cache between QEMU and the host device, so the host layer sees QEMU's requests).
-fn reference_cache(rows: &[Row]) -> String {
-    let all = distinct(rows, |r| &r.cache);
-    if all.iter().any(|s| s == "none") {
-        "none".into()
+/// The value of a column a claim that does not vary it is read at: `preferred` if it was
+/// measured, else the first one seen.
+fn reference(rows: &[Row], column: impl Fn(&Row) -> &str, preferred: &str) -> String {
+    let all = distinct(rows, column);
+    if all.iter().any(|s| s == preferred) {
+        preferred.into()
     } else {
         all.first().cloned().unwrap_or_default()
     }
@@ -91,167 +83,139 @@ fn ratio(num: f64, den: f64) -> f64 {
     }
 }
 
-/// One table to make: the rows it reads, its series dimension and the figure of a row.
-struct Spec<'a> {
-    id: &'static str,
-    title: String,
-    unit: &'static str,
+/// The rows one claim reads and the dimension its tables vary.
+struct Claim<'a> {
     rows: Vec<&'a Row>,
     by: By,
-    value: fn(&Row) -> f64,
 }
 
-fn table(spec: Spec<'_>) -> Table {
-    let groups = distinct_refs(&spec.rows, |r| &r.workload);
-    let series = distinct_refs(&spec.rows, |r| spec.by.of(r));
-    let values = series
-        .iter()
-        .map(|s| {
-            groups
-                .iter()
-                .map(|g| {
-                    median(
-                        spec.rows
-                            .iter()
-                            .filter(|r| &r.workload == g && spec.by.of(r) == s)
-                            .map(|r| (spec.value)(r))
-                            .collect(),
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    Table {
-        id: spec.id,
-        title: spec.title,
-        unit: spec.unit,
-        groups,
-        series,
-        values,
-    }
-}
-
-fn distinct_refs<'r>(rows: &[&'r Row], f: impl Fn(&'r Row) -> &'r str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in rows {
-        let v = f(r);
-        if !out.iter().any(|o| o == v) {
-            out.push(v.to_string());
+impl Claim<'_> {
+    /// The table of `value` (the figure of a row): its median per workload and series.
+    fn table(
+        &self,
+        id: &'static str,
+        title: String,
+        unit: &'static str,
+        value: fn(&Row) -> f64,
+    ) -> Table {
+        let groups = distinct(self.rows.iter().copied(), |r| &r.workload);
+        let series = distinct(self.rows.iter().copied(), |r| self.by.of(r));
+        let values = series
+            .iter()
+            .map(|s| {
+                groups
+                    .iter()
+                    .map(|g| {
+                        median(
+                            self.rows
+                                .iter()
+                                .filter(|r| &r.workload == g && self.by.of(r) == s)
+                                .map(|r| value(r))
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        Table {
+            id,
+            title,
+            unit,
+            groups,
+            series,
+            values,
         }
     }
-    out
 }
 
 /// Every table, in claim order.
 pub fn tables(rows: &[Row]) -> Vec<Table> {
-    let sched = reference_scheduler(rows);
-    let cache = reference_cache(rows);
-    let select = |keep: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| keep(r)).collect::<Vec<_>>();
+    // A claim that is not about schedulers is read at the guest's default if it was measured;
+    // one that is not about cache modes at `none` (no host page cache between QEMU and the
+    // host device, so the host layer sees QEMU's requests).
+    let sched = reference(rows, |r| &r.scheduler, "mq-deadline");
+    let cache = reference(rows, |r| &r.cache, "none");
+    let claim = |by, keep: &dyn Fn(&Row) -> bool| Claim {
+        rows: rows.iter().filter(|r| keep(r)).collect(),
+        by,
+    };
     // Claim 1: the sequential workloads at the reference scheduler and cache mode, by layout.
-    let seq =
-        || select(&|r| r.scheduler == sched && r.cache == cache && r.workload.starts_with("seq-"));
+    let c1 = claim(By::Layout, &|r| {
+        r.scheduler == sched && r.cache == cache && r.workload.starts_with("seq-")
+    });
+    let at = format!("(cache={cache}, scheduler {sched})");
     // Claim 2: every scheduler at the reference cache mode (medians over layouts).
-    let at_cache = || select(&|r| r.cache == cache);
+    let c2 = claim(By::Scheduler, &|r| r.cache == cache);
     // Claims 3 and 4: every cache mode at the reference scheduler (medians over layouts).
-    let at_sched = || select(&|r| r.scheduler == sched);
-    let specs = vec![
-        Spec {
-            id: "claim1-guest",
-            title: format!("Average request size at the guest (cache={cache}, scheduler {sched})"),
-            unit: "KiB",
-            rows: seq(),
-            by: By::Layout,
-            value: |r| r.guest_avg_request_kib,
-        },
-        Spec {
-            id: "claim1-qemu",
-            title: format!(
-                "Average request size at the QEMU device (cache={cache}, scheduler {sched})"
-            ),
-            unit: "KiB",
-            rows: seq(),
-            by: By::Layout,
-            value: |r| r.qemu_avg_request_kib,
-        },
-        Spec {
-            id: "claim1-host",
-            title: format!(
-                "Average request size at the host device (cache={cache}, scheduler {sched})"
-            ),
-            unit: "KiB",
-            rows: seq(),
-            by: By::Layout,
-            value: |r| r.host_avg_request_kib,
-        },
-        Spec {
-            id: "claim1-split",
-            title: format!(
-                "Host-device requests per guest request (cache={cache}, scheduler {sched})"
-            ),
-            unit: "ratio",
-            rows: seq(),
-            by: By::Layout,
-            value: |r| ratio(r.host_requests, r.guest_requests),
-        },
-        Spec {
-            id: "claim2-throughput",
-            title: format!("Guest throughput by IO scheduler (cache={cache}, median over layouts)"),
-            unit: "MiB/s",
-            rows: at_cache(),
-            by: By::Scheduler,
-            value: |r| r.throughput_mib_s,
-        },
-        Spec {
-            id: "claim2-merged",
-            title: format!("Merges per completed request in the guest (cache={cache})"),
-            unit: "merges",
-            rows: at_cache(),
-            by: By::Scheduler,
-            value: |r| ratio(r.guest_merged, r.guest_requests),
-        },
-        Spec {
-            id: "claim2-latency",
-            title: format!("Guest p99 latency by IO scheduler (cache={cache})"),
-            unit: "ms",
-            rows: at_cache(),
-            by: By::Scheduler,
-            value: |r| r.latency_p99_us / 1e3,
-        },
-        Spec {
-            id: "claim3-cached",
-            title: format!(
-                "Image bytes in the host page cache after each workload (scheduler {sched})"
-            ),
-            unit: "MiB",
-            rows: at_sched(),
-            by: By::Cache,
-            value: |r| r.host_cached_mib,
-        },
-        Spec {
-            id: "claim34-throughput",
-            title: format!(
-                "Guest throughput by cache mode (scheduler {sched}, median over layouts)"
-            ),
-            unit: "MiB/s",
-            rows: at_sched(),
-            by: By::Cache,
-            value: |r| r.throughput_mib_s,
-        },
-        Spec {
-            id: "claim34-host-reads",
-            title: format!("Host-device bytes read per guest byte read (scheduler {sched})"),
-            unit: "ratio",
-            rows: select(&|r| r.scheduler == sched && r.op == "read"),
-            by: By::Cache,
-            value: |r| {
+    let c34 = claim(By::Cache, &|r| r.scheduler == sched);
+    let reads = claim(By::Cache, &|r| r.scheduler == sched && r.op == "read");
+    vec![
+        c1.table(
+            "claim1-guest",
+            format!("Average request size at the guest {at}"),
+            "KiB",
+            |r| r.guest_avg_request_kib,
+        ),
+        c1.table(
+            "claim1-qemu",
+            format!("Average request size at the QEMU device {at}"),
+            "KiB",
+            |r| r.qemu_avg_request_kib,
+        ),
+        c1.table(
+            "claim1-host",
+            format!("Average request size at the host device {at}"),
+            "KiB",
+            |r| r.host_avg_request_kib,
+        ),
+        c1.table(
+            "claim1-split",
+            format!("Host-device requests per guest request {at}"),
+            "ratio",
+            |r| ratio(r.host_requests, r.guest_requests),
+        ),
+        c2.table(
+            "claim2-throughput",
+            format!("Guest throughput by IO scheduler (cache={cache}, median over layouts)"),
+            "MiB/s",
+            |r| r.throughput_mib_s,
+        ),
+        c2.table(
+            "claim2-merged",
+            format!("Merges per completed request in the guest (cache={cache})"),
+            "merges",
+            |r| ratio(r.guest_merged, r.guest_requests),
+        ),
+        c2.table(
+            "claim2-latency",
+            format!("Guest p99 latency by IO scheduler (cache={cache})"),
+            "ms",
+            |r| r.latency_p99_us / 1e3,
+        ),
+        c34.table(
+            "claim3-cached",
+            format!("Image bytes in the host page cache after each workload (scheduler {sched})"),
+            "MiB",
+            |r| r.host_cached_mib,
+        ),
+        c34.table(
+            "claim34-throughput",
+            format!("Guest throughput by cache mode (scheduler {sched}, median over layouts)"),
+            "MiB/s",
+            |r| r.throughput_mib_s,
+        ),
+        reads.table(
+            "claim34-host-reads",
+            format!("Host-device bytes read per guest byte read (scheduler {sched})"),
+            "ratio",
+            |r| {
                 ratio(
                     r.host_requests * r.host_avg_request_kib * 1024.0,
                     r.guest_bytes as f64,
                 )
             },
-        },
-    ];
-    specs.into_iter().map(table).collect()
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -29,6 +29,22 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Four jobs of direct 4 KiB requests over an eighth of the region: what a scheduler can
+    /// merge (or not), and what a host cache hits.
+    const fn small(name: &'static str, op: Op, pattern: Pattern, why: &'static str) -> Workload {
+        Workload {
+            name,
+            op,
+            pattern,
+            block_size: 4 << 10,
+            jobs: 4,
+            direct: true,
+            fsync: Fsync::None,
+            region_divisor: 8,
+            why,
+        }
+    }
+
     pub fn spec(&self, region_bytes: u64, seed: u64) -> BenchSpec {
         let size = region_bytes / self.region_divisor;
         BenchSpec {
@@ -61,28 +77,18 @@ pub const WORKLOADS: &[Workload] = &[
         region_divisor: 1,
         why: "large guest requests built by the page cache at writeback (claims 1, 4)",
     },
-    Workload {
-        name: "seq-write-direct-4k-4jobs",
-        op: Op::Write,
-        pattern: Pattern::Seq,
-        block_size: 4 << 10,
-        jobs: 4,
-        direct: true,
-        fsync: Fsync::None,
-        region_divisor: 8,
-        why: "four jobs writing adjacent 4 KiB blocks: what a scheduler can merge (claim 2)",
-    },
-    Workload {
-        name: "rand-write-direct-4k-4jobs",
-        op: Op::Write,
-        pattern: Pattern::Rand,
-        block_size: 4 << 10,
-        jobs: 4,
-        direct: true,
-        fsync: Fsync::None,
-        region_divisor: 8,
-        why: "random small writes: nothing to merge, scheduler overhead only (claim 2)",
-    },
+    Workload::small(
+        "seq-write-direct-4k-4jobs",
+        Op::Write,
+        Pattern::Seq,
+        "four jobs writing adjacent 4 KiB blocks: what a scheduler can merge (claim 2)",
+    ),
+    Workload::small(
+        "rand-write-direct-4k-4jobs",
+        Op::Write,
+        Pattern::Rand,
+        "random small writes: nothing to merge, scheduler overhead only (claim 2)",
+    ),
     Workload {
         name: "rand-write-direct-4k-fsync",
         op: Op::Write,
@@ -105,17 +111,12 @@ pub const WORKLOADS: &[Workload] = &[
         region_divisor: 1,
         why: "readahead's large requests; served by the host page cache or the disk (claims 1, 3)",
     },
-    Workload {
-        name: "rand-read-direct-4k-4jobs",
-        op: Op::Read,
-        pattern: Pattern::Rand,
-        block_size: 4 << 10,
-        jobs: 4,
-        direct: true,
-        fsync: Fsync::None,
-        region_divisor: 8,
-        why: "random small reads: host cache hits or device reads (claims 3, 4)",
-    },
+    Workload::small(
+        "rand-read-direct-4k-4jobs",
+        Op::Read,
+        Pattern::Rand,
+        "random small reads: host cache hits or device reads (claims 3, 4)",
+    ),
 ];
 
 /// A preset: how much to run.
