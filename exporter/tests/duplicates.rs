@@ -15,46 +15,33 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kvmio_exporter::collector::{CollectFuture, Collector, Exporter, ScrapeContext};
+use kvmio_exporter::collector::{collector_fn, Collector, Exporter};
 use kvmio_exporter::config::{Config, HostDevices};
-use kvmio_exporter::Metrics;
 use kvmio_test_support::metrics::{parse, scrape, value};
 use tokio::net::TcpListener;
 
 /// Writes `kvmio_test_up{vm="dup"}` twice when `buggy`, once otherwise.
-struct Twice(Arc<AtomicBool>);
-impl Collector for Twice {
-    fn name(&self) -> &'static str {
-        "twice"
-    }
-    fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
-        Box::pin(async move {
-            out.gauge("kvmio_test_up", "Test.", &[("vm", "dup")], 1.0);
-            if self.0.load(Ordering::Relaxed) {
-                out.gauge("kvmio_test_up", "Test.", &[("vm", "dup")], 0.0);
-            }
-            Ok(())
-        })
-    }
+fn twice(buggy: Arc<AtomicBool>) -> Arc<dyn Collector> {
+    Arc::new(collector_fn("twice", move |_, out| {
+        out.gauge("kvmio_test_up", "Test.", &[("vm", "dup")], 1.0);
+        if buggy.load(Ordering::Relaxed) {
+            out.gauge("kvmio_test_up", "Test.", &[("vm", "dup")], 0.0);
+        }
+        Box::pin(async { Ok(()) })
+    }))
 }
 
 /// Writes `kvmio_test_up{vm="dup"}` too when `buggy` (a clash between collectors).
-struct Other(Arc<AtomicBool>);
-impl Collector for Other {
-    fn name(&self) -> &'static str {
-        "other"
-    }
-    fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
-        Box::pin(async move {
-            let vm = if self.0.load(Ordering::Relaxed) {
-                "dup"
-            } else {
-                "other"
-            };
-            out.gauge("kvmio_test_up", "Test.", &[("vm", vm)], 1.0);
-            Ok(())
-        })
-    }
+fn other(buggy: Arc<AtomicBool>) -> Arc<dyn Collector> {
+    Arc::new(collector_fn("other", move |_, out| {
+        let vm = if buggy.load(Ordering::Relaxed) {
+            "dup"
+        } else {
+            "other"
+        };
+        out.gauge("kvmio_test_up", "Test.", &[("vm", vm)], 1.0);
+        Box::pin(async { Ok(()) })
+    }))
 }
 
 /// Serves the two collectors over loopback in a thread of its own (the tests' blocking client
@@ -66,13 +53,7 @@ fn serve(fail: bool) -> (String, Arc<AtomicBool>) {
         fail_on_duplicate_series: fail,
         ..Config::default()
     });
-    let exporter = Exporter::new(
-        config,
-        vec![
-            Arc::new(Twice(buggy.clone())),
-            Arc::new(Other(buggy.clone())),
-        ],
-    );
+    let exporter = Exporter::new(config, vec![twice(buggy.clone()), other(buggy.clone())]);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();

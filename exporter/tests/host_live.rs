@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kvmio_exporter::collector::{CollectFuture, Collector, Exporter, ImageRef, ScrapeContext};
+use kvmio_exporter::collector::{collector_fn, Collector, Exporter, ImageRef};
 use kvmio_exporter::config::{Config, HostDevices};
 use kvmio_exporter::host::blockdev::{resolve_image, ImageDevice};
 use kvmio_exporter::host::pagecache::{page_cache_usage, page_cache_usage_via, PageCacheMethod};
-use kvmio_exporter::Metrics;
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 
 /// A directory on a disk-backed filesystem (the target dir), not tmpfs: page-cache eviction and
@@ -176,25 +175,19 @@ fn mincore_fallback_agrees() {
     assert!(after.cached_bytes < mc.cached_bytes, "{mc:?} -> {after:?}");
 }
 
-/// Stands in for the QMP collector: publishes one image.
-struct FakeQmp(PathBuf);
-impl Collector for FakeQmp {
-    fn name(&self) -> &'static str {
-        "fake_qmp"
-    }
-    fn provides_images(&self) -> bool {
-        true
-    }
-    fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+/// Stands in for the QMP collector: publishes one image, `image`.
+fn fake_qmp(image: PathBuf) -> Arc<dyn Collector> {
+    let c = collector_fn("fake_qmp", move |ctx, out| {
+        let image = image.clone();
         Box::pin(async move {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             ctx.publish_images([ImageRef {
                 vm: "vm1".into(),
                 device: "virtio0".into(),
-                image: self.0.clone(),
+                image: image.clone(),
             }]);
             // What the QMP collector does for kvmio_disk_layer_info's host_device label.
-            let devices = ctx.resolve_image_paths(vec![self.0.clone()]).await;
+            let devices = ctx.resolve_image_paths(vec![image]).await;
             out.info(
                 "kvmio_test_layer_info",
                 "Test.",
@@ -202,7 +195,8 @@ impl Collector for FakeQmp {
             );
             Ok(())
         })
-    }
+    });
+    Arc::new(c.providing_images())
 }
 
 #[tokio::test]
@@ -218,7 +212,7 @@ async fn backing_mode_exports_only_the_image_devices() {
         ..Config::default()
     });
     let mut collectors = kvmio_exporter::collector::default_collectors(&config);
-    collectors.push(Arc::new(FakeQmp(f.path().to_owned())));
+    collectors.push(fake_qmp(f.path().to_owned()));
     let m = Exporter::new(config, collectors).scrape().await;
     assert!(m.rejected().is_empty(), "{:?}", m.rejected());
     let text = m.encode_text();

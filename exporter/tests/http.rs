@@ -5,9 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvmio_exporter::collector::{CollectFuture, Collector, Exporter, ScrapeContext};
+use kvmio_exporter::collector::{collector_fn, Collector, Exporter};
 use kvmio_exporter::config::{Config, HostDevices};
-use kvmio_exporter::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -171,27 +170,20 @@ async fn shutdown_closes_idle_connections_promptly() {
 }
 
 /// Takes a while, so a request is in flight when shutdown starts.
-struct Sleepy;
-impl Collector for Sleepy {
-    fn name(&self) -> &'static str {
-        "sleepy"
-    }
-    fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+fn sleepy() -> Arc<dyn Collector> {
+    Arc::new(collector_fn("sleepy", |_, out| {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(400)).await;
             out.gauge("kvmio_test_slept", "Test.", &[], 1.0);
             Ok(())
         })
-    }
+    }))
 }
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_scrape_finish() {
-    let (addr, stop_tx, server) = serve(Exporter::new(
-        Arc::new(Config::default()),
-        vec![Arc::new(Sleepy)],
-    ))
-    .await;
+    let (addr, stop_tx, server) =
+        serve(Exporter::new(Arc::new(Config::default()), vec![sleepy()])).await;
     let in_flight = tokio::spawn(request(addr, "GET", "/metrics"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop_tx.send(()).unwrap();

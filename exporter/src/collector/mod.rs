@@ -75,6 +75,63 @@ pub trait Collector: Send + Sync + 'static {
     fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a>;
 }
 
+/// A collector made of a name and a function, for stand-ins that keep nothing between scrapes
+/// but what the function captures (the tests' fake, slow, failing and duplicating collectors):
+/// [`collector_fn`] builds one.
+pub struct FnCollector<F> {
+    name: &'static str,
+    provides_images: bool,
+    collect: F,
+}
+
+/// A [`Collector`] named `name` whose [`Collector::collect`] is `collect`.
+pub fn collector_fn<F>(name: &'static str, collect: F) -> FnCollector<F>
+where
+    F: for<'a> Fn(&'a ScrapeContext, &'a mut Metrics) -> CollectFuture<'a> + Send + Sync + 'static,
+{
+    FnCollector {
+        name,
+        provides_images: false,
+        collect,
+    }
+}
+
+impl<F> FnCollector<F> {
+    /// The same collector, publishing images ([`Collector::provides_images`]).
+    pub fn providing_images(self) -> Self {
+        FnCollector {
+            provides_images: true,
+            ..self
+        }
+    }
+}
+
+impl<F> fmt::Debug for FnCollector<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnCollector")
+            .field("name", &self.name)
+            .field("provides_images", &self.provides_images)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Collector for FnCollector<F>
+where
+    F: for<'a> Fn(&'a ScrapeContext, &'a mut Metrics) -> CollectFuture<'a> + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn provides_images(&self) -> bool {
+        self.provides_images
+    }
+
+    fn collect<'a>(&'a self, ctx: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
+        (self.collect)(ctx, out)
+    }
+}
+
 /// Why a collector's scrape failed (logged; exported as `kvmio_collector_success 0`).
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
@@ -393,63 +450,36 @@ impl Exporter {
 mod tests {
     use super::*;
 
-    struct Fixed(&'static str, Result<(), &'static str>);
-    impl Collector for Fixed {
-        fn name(&self) -> &'static str {
-            self.0
-        }
-        fn collect<'a>(
-            &'a self,
-            _ctx: &'a ScrapeContext,
-            out: &'a mut Metrics,
-        ) -> CollectFuture<'a> {
-            Box::pin(async move {
-                out.gauge("kvmio_test_value", "Test.", &[("from", self.0)], 1.0);
-                self.1.map_err(|e| CollectorError::Failed(e.to_owned()))
-            })
-        }
+    /// Writes one sample, then succeeds or fails with `result`.
+    fn fixed(name: &'static str, result: Result<(), &'static str>) -> Arc<dyn Collector> {
+        Arc::new(collector_fn(name, move |_, out| {
+            out.gauge("kvmio_test_value", "Test.", &[("from", name)], 1.0);
+            Box::pin(async move { result.map_err(|e| CollectorError::Failed(e.to_owned())) })
+        }))
     }
 
     /// Writes one sample, then hangs past the deadline.
-    struct Slow;
-    impl Collector for Slow {
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn collect<'a>(&'a self, _: &'a ScrapeContext, out: &'a mut Metrics) -> CollectFuture<'a> {
-            Box::pin(async move {
-                out.gauge("kvmio_test_value", "Test.", &[("from", "slow")], 1.0);
+    fn slow() -> Arc<dyn Collector> {
+        Arc::new(collector_fn("slow", |_, out| {
+            out.gauge("kvmio_test_value", "Test.", &[("from", "slow")], 1.0);
+            Box::pin(async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(())
             })
-        }
+        }))
     }
 
-    struct Panics;
-    impl Collector for Panics {
-        fn name(&self) -> &'static str {
-            "panics"
-        }
-        fn provides_images(&self) -> bool {
-            true
-        }
-        fn collect<'a>(&'a self, _: &'a ScrapeContext, _: &'a mut Metrics) -> CollectFuture<'a> {
-            Box::pin(async move { panic!("collector bug") })
-        }
+    /// An image provider that panics.
+    fn panics() -> Arc<dyn Collector> {
+        let c = collector_fn("panics", |_, _| Box::pin(async { panic!("collector bug") }));
+        Arc::new(c.providing_images())
     }
 
-    /// Publishes images after a while.
-    struct Publisher(Duration);
-    impl Collector for Publisher {
-        fn name(&self) -> &'static str {
-            "publisher"
-        }
-        fn provides_images(&self) -> bool {
-            true
-        }
-        fn collect<'a>(&'a self, ctx: &'a ScrapeContext, _: &'a mut Metrics) -> CollectFuture<'a> {
+    /// Publishes an image after `delay`.
+    fn publisher(delay: Duration) -> Arc<dyn Collector> {
+        let c = collector_fn("publisher", move |ctx, _| {
             Box::pin(async move {
-                tokio::time::sleep(self.0).await;
+                tokio::time::sleep(delay).await;
                 ctx.publish_images([ImageRef {
                     vm: "vm1".into(),
                     device: "virtio0".into(),
@@ -457,26 +487,19 @@ mod tests {
                 }]);
                 Ok(())
             })
-        }
+        });
+        Arc::new(c.providing_images())
     }
 
     /// Records the images it saw as a gauge.
-    struct Consumer;
-    impl Collector for Consumer {
-        fn name(&self) -> &'static str {
-            "consumer"
-        }
-        fn collect<'a>(
-            &'a self,
-            ctx: &'a ScrapeContext,
-            out: &'a mut Metrics,
-        ) -> CollectFuture<'a> {
+    fn consumer() -> Arc<dyn Collector> {
+        Arc::new(collector_fn("consumer", |ctx, out| {
             Box::pin(async move {
                 let images = ctx.resolved_images().await;
                 out.gauge("kvmio_test_images", "Test.", &[], images.len() as f64);
                 Ok(())
             })
-        }
+        }))
     }
 
     fn config(timeout: Duration) -> Arc<Config> {
@@ -491,10 +514,10 @@ mod tests {
         let exporter = Exporter::new(
             config(Duration::from_millis(300)),
             vec![
-                Arc::new(Fixed("ok", Ok(()))),
-                Arc::new(Fixed("bad", Err("boom"))),
-                Arc::new(Slow),
-                Arc::new(Panics),
+                fixed("ok", Ok(())),
+                fixed("bad", Err("boom")),
+                slow(),
+                panics(),
             ],
         );
         let t0 = std::time::Instant::now();
@@ -520,10 +543,7 @@ mod tests {
     async fn consumers_wait_for_image_providers() {
         let exporter = Exporter::new(
             config(Duration::from_secs(5)),
-            vec![
-                Arc::new(Consumer),
-                Arc::new(Publisher(Duration::from_millis(100))),
-            ],
+            vec![consumer(), publisher(Duration::from_millis(100))],
         );
         let m = exporter.scrape().await;
         assert_eq!(m.value("kvmio_test_images", &[]), Some(1.0));
@@ -531,10 +551,7 @@ mod tests {
 
     #[tokio::test]
     async fn consumers_do_not_wait_for_a_panicked_provider() {
-        let exporter = Exporter::new(
-            config(Duration::from_secs(30)),
-            vec![Arc::new(Consumer), Arc::new(Panics)],
-        );
+        let exporter = Exporter::new(config(Duration::from_secs(30)), vec![consumer(), panics()]);
         let t0 = std::time::Instant::now();
         let m = exporter.scrape().await;
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -546,10 +563,7 @@ mod tests {
         // The provider outlives the deadline; the consumer stops waiting before it.
         let exporter = Exporter::new(
             config(Duration::from_millis(800)),
-            vec![
-                Arc::new(Consumer),
-                Arc::new(Publisher(Duration::from_secs(3600))),
-            ],
+            vec![consumer(), publisher(Duration::from_secs(3600))],
         );
         let m = exporter.scrape().await;
         let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
