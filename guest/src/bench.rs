@@ -81,8 +81,84 @@ pub struct BenchResult {
     pub latency_p99_us: f64,
 }
 
-fn bad(m: String) -> io::Error {
+/// An invalid command line.
+pub fn bad(m: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, m)
+}
+
+/// A guest command's flags (`--name value` or `--name`), as `bench` and `write` take them.
+#[derive(Debug)]
+pub struct Flags<'a>(std::slice::Iter<'a, String>);
+
+impl<'a> Flags<'a> {
+    pub fn new(args: &'a [String]) -> Flags<'a> {
+        Flags(args.iter())
+    }
+
+    /// The next flag's name.
+    pub fn next_flag(&mut self) -> Option<&'a str> {
+        self.0.next().map(String::as_str)
+    }
+
+    /// The value after flag `name`.
+    pub fn value(&mut self, name: &str) -> io::Result<&'a str> {
+        self.0
+            .next()
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("{name} needs a value")))
+    }
+
+    /// The whole number after flag `name`.
+    pub fn number(&mut self, name: &str) -> io::Result<u64> {
+        let v = self.value(name)?;
+        v.parse()
+            .map_err(|_| bad(format!("{name} takes a whole number, not {v:?}")))
+    }
+}
+
+/// The flags `bench` and `write` share: the device, its request size and first offset, and
+/// whether it is opened with `O_DIRECT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFlags {
+    pub dev: PathBuf,
+    pub block_size: usize,
+    pub offset: u64,
+    pub direct: bool,
+}
+
+impl Default for DeviceFlags {
+    fn default() -> DeviceFlags {
+        DeviceFlags {
+            dev: PathBuf::new(),
+            block_size: 4096,
+            offset: 0,
+            direct: false,
+        }
+    }
+}
+
+impl DeviceFlags {
+    /// Takes `flag` (and its value) if it is one of these; an unknown flag otherwise.
+    pub fn take(&mut self, flag: &str, flags: &mut Flags<'_>) -> io::Result<()> {
+        match flag {
+            "--dev" => self.dev = PathBuf::from(flags.value(flag)?),
+            "--block-size" => self.block_size = flags.number(flag)? as usize,
+            "--offset" => self.offset = flags.number(flag)?,
+            "--direct" => self.direct = true,
+            other => return Err(bad(format!("unknown flag {other}"))),
+        }
+        Ok(())
+    }
+
+    /// Block size and offset as `O_DIRECT` needs them (multiples of 512 bytes).
+    pub fn check_alignment(&self) -> io::Result<()> {
+        if self.block_size == 0 || self.block_size % 512 != 0 || self.offset % 512 != 0 {
+            return Err(bad(
+                "--block-size and --offset must be multiples of 512".into()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl BenchSpec {
@@ -132,11 +208,12 @@ impl BenchSpec {
 
     /// Parses what [`BenchSpec::to_args`] gives, checking the bounds the run relies on.
     pub fn from_args(args: &[String]) -> io::Result<BenchSpec> {
+        let mut device = DeviceFlags::default();
         let mut s = BenchSpec {
             dev: PathBuf::new(),
             op: Op::Read,
             pattern: Pattern::Seq,
-            block_size: 4096,
+            block_size: 0,
             offset: 0,
             size: 0,
             jobs: 1,
@@ -145,61 +222,49 @@ impl BenchSpec {
             drop_caches: false,
             seed: 0,
         };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| bad(format!("{name} needs a value")))
-            };
-            let number = |name: &str, v: String| {
-                v.parse::<u64>()
-                    .map_err(|_| bad(format!("{name} takes a whole number, not {v:?}")))
-            };
-            match flag.as_str() {
-                "--dev" => s.dev = PathBuf::from(value("--dev")?),
+        let mut flags = Flags::new(args);
+        while let Some(flag) = flags.next_flag() {
+            match flag {
                 "--op" => {
-                    s.op = match value("--op")?.as_str() {
+                    s.op = match flags.value(flag)? {
                         "read" => Op::Read,
                         "write" => Op::Write,
                         v => return Err(bad(format!("--op is read or write, not {v:?}"))),
                     }
                 }
                 "--pattern" => {
-                    s.pattern = match value("--pattern")?.as_str() {
+                    s.pattern = match flags.value(flag)? {
                         "seq" => Pattern::Seq,
                         "rand" => Pattern::Rand,
                         v => return Err(bad(format!("--pattern is seq or rand, not {v:?}"))),
                     }
                 }
                 "--fsync" => {
-                    s.fsync = match value("--fsync")?.as_str() {
+                    s.fsync = match flags.value(flag)? {
                         "none" => Fsync::None,
                         "end" => Fsync::End,
                         "each" => Fsync::Each,
                         v => return Err(bad(format!("--fsync is none, end or each, not {v:?}"))),
                     }
                 }
-                "--block-size" => {
-                    s.block_size = number("--block-size", value("--block-size")?)? as usize
-                }
-                "--offset" => s.offset = number("--offset", value("--offset")?)?,
-                "--size" => s.size = number("--size", value("--size")?)?,
-                "--jobs" => s.jobs = number("--jobs", value("--jobs")?)? as usize,
-                "--seed" => s.seed = number("--seed", value("--seed")?)?,
-                "--direct" => s.direct = true,
+                "--size" => s.size = flags.number(flag)?,
+                "--jobs" => s.jobs = flags.number(flag)? as usize,
+                "--seed" => s.seed = flags.number(flag)?,
                 "--drop-caches" => s.drop_caches = true,
-                other => return Err(bad(format!("unknown flag {other}"))),
+                other => device.take(other, &mut flags)?,
             }
         }
-        if s.dev.as_os_str().is_empty() {
+        if device.dev.as_os_str().is_empty() {
             return Err(bad("bench needs --dev DEV".into()));
         }
-        if s.block_size == 0 || s.block_size % 512 != 0 || s.offset % 512 != 0 {
-            return Err(bad(
-                "--block-size and --offset must be multiples of 512".into()
-            ));
-        }
+        device.check_alignment()?;
+        let s = BenchSpec {
+            dev: device.dev,
+            block_size: device.block_size,
+            offset: device.offset,
+            direct: device.direct,
+            ..s
+        };
         if !(1..=64).contains(&s.jobs) {
             return Err(bad("--jobs is 1 to 64".into()));
         }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use kvmio_guest::bench::{bad, DeviceFlags, Flags};
 use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
@@ -382,92 +383,62 @@ fn disk_workload(path: &Path, size: u64, seed: u64) -> io::Result<()> {
 }
 
 struct WriteArgs {
-    dev: PathBuf,
+    device: DeviceFlags,
     count: u64,
-    block_size: usize,
-    offset: u64,
-    direct: bool,
     sync: bool,
 }
 
 fn parse_write_args(args: &[String]) -> io::Result<WriteArgs> {
-    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let mut out = WriteArgs {
-        dev: PathBuf::new(),
+        device: DeviceFlags::default(),
         count: 0,
-        block_size: 4096,
-        offset: 0,
-        direct: false,
         sync: false,
     };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| bad(format!("{name} needs a value")))
-        };
-        match flag.as_str() {
-            "--dev" => out.dev = PathBuf::from(value("--dev")?),
-            "--count" => {
-                out.count = value("--count")?
-                    .parse()
-                    .map_err(|_| bad("--count takes a whole number".into()))?
-            }
-            "--block-size" => {
-                out.block_size = value("--block-size")?
-                    .parse()
-                    .map_err(|_| bad("--block-size takes a whole number of bytes".into()))?
-            }
-            "--offset" => {
-                out.offset = value("--offset")?
-                    .parse()
-                    .map_err(|_| bad("--offset takes a whole number of bytes".into()))?
-            }
-            "--direct" => out.direct = true,
+    let mut flags = Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--count" => out.count = flags.number(flag)?,
             "--sync" => out.sync = true,
-            other => return Err(bad(format!("unknown flag {other}"))),
+            other => out.device.take(other, &mut flags)?,
         }
     }
-    if out.dev.as_os_str().is_empty() || out.count == 0 {
+    if out.device.dev.as_os_str().is_empty() || out.count == 0 {
         return Err(bad("write needs --dev DEV and --count N (> 0)".into()));
     }
-    if out.block_size == 0 || out.block_size % 512 != 0 || out.offset % 512 != 0 {
-        return Err(bad(
-            "--block-size and --offset must be multiples of 512".into()
-        ));
-    }
+    out.device.check_alignment()?;
     Ok(out)
 }
 
 /// Writes `count` blocks and prints one JSON line with what it did.
 fn write_cmd(args: &[String]) -> io::Result<()> {
-    let a = parse_write_args(args)?;
+    let WriteArgs {
+        device: d,
+        count,
+        sync,
+    } = parse_write_args(args)?;
     let mut opts = OpenOptions::new();
     opts.write(true);
     let mut flags = 0;
-    if a.direct {
+    if d.direct {
         flags |= libc::O_DIRECT;
     }
-    if a.sync {
+    if sync {
         flags |= libc::O_DSYNC;
     }
     opts.custom_flags(flags);
-    let file: File = opts.open(&a.dev)?;
-    let mut buf = AlignedBuf::new(a.block_size);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.offset ^ a.count);
+    let file: File = opts.open(&d.dev)?;
+    let mut buf = AlignedBuf::new(d.block_size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(d.offset ^ count);
     rng.fill(buf.as_mut());
     let start = Instant::now();
-    for i in 0..a.count {
-        file.write_all_at(buf.as_ref(), a.offset + i * a.block_size as u64)?;
+    for i in 0..count {
+        file.write_all_at(buf.as_ref(), d.offset + i * d.block_size as u64)?;
     }
     println!(
-        "{{\"dev\":\"{}\",\"writes\":{},\"block_size\":{},\"direct\":{},\"sync\":{},\"seconds\":{:.3}}}",
-        a.dev.display(),
-        a.count,
-        a.block_size,
-        a.direct,
-        a.sync,
+        "{{\"dev\":\"{}\",\"writes\":{count},\"block_size\":{},\"direct\":{},\"sync\":{sync},\"seconds\":{:.3}}}",
+        d.dev.display(),
+        d.block_size,
+        d.direct,
         start.elapsed().as_secs_f64()
     );
     Ok(())
