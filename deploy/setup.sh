@@ -71,11 +71,13 @@ fi
 # debhelper and lintian build and check the Debian package (`make deb`, tests/deb.rs).
 # chromium renders the crash report (tests/report_html.rs) and the README's screenshots; tmux
 # runs kvmio-top in a real terminal (tests/top.rs), aha turns its screen into HTML for a picture.
+# e2fsprogs and xfsprogs make and check the crash tester's guest filesystems (mkfs, e2fsck,
+# xfs_repair); util-linux brings losetup and mount for verification.
 missing=()
 for p in busybox-static cpio prometheus prometheus-node-exporter nbdkit seabios ipxe-qemu xz-utils zstd kmod systemd \
          libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config prometheus-libvirt-exporter \
          debhelper lintian \
-         chromium tmux aha fonts-dejavu-core; do
+         chromium tmux aha fonts-dejavu-core e2fsprogs xfsprogs util-linux mount; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -20,6 +20,8 @@ pub mod accel;
 pub mod acklog;
 pub mod cli;
 pub mod cpio;
+pub mod fscheck;
+pub mod fsimage;
 pub mod guest_image;
 pub mod kernel;
 pub mod lab;

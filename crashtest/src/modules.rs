@@ -17,8 +17,19 @@ pub const REQUIRED: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console"];
 /// Modules the guest uses when the kernel has them: the IO schedulers the seed-claims
 /// experiment compares (`mq-deadline` is built into Debian's kernel; `bfq` and `kyber` are
 /// modules). A kernel without them still boots a working guest; the experiment reads which
-/// schedulers the guest offers from `/sys/block/*/queue/scheduler`.
-pub const OPTIONAL: &[&str] = &["mq-deadline", "bfq", "kyber-iosched"];
+/// schedulers the guest offers from `/sys/block/*/queue/scheduler`. The crash tester's file
+/// workloads need `ext4` and `xfs` (with their dependencies, `jbd2`, `mbcache`, `crc16`,
+/// `libcrc32c`, from `depends=`) and a `crc32c` implementation, which the filesystems ask the
+/// crypto API for by name at mount time (the guest has no modprobe to load it then): a kernel
+/// without them still boots, and the file workload then reports the filesystem unavailable.
+pub const OPTIONAL: &[&str] = &[
+    "mq-deadline",
+    "bfq",
+    "kyber-iosched",
+    "crc32c_generic",
+    "ext4",
+    "xfs",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {

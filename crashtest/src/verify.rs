@@ -490,11 +490,15 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    pub fn into_temp_path(self) -> tempfile::TempPath {
+        self.0
+    }
 }
 
 /// `qemu-img convert -O raw` into a new sparse scratch file. The inner `Err` is qemu-img's
 /// complaint about the image (which then counts as unreadable).
-fn convert_to_raw(
+pub(crate) fn convert_to_raw(
     qemu_img: &Path,
     image: &Path,
     dir: &Path,

@@ -9,6 +9,7 @@
 //! too, so that the guest writer and the host verifier share one definition.
 
 pub mod bench;
+pub mod fsworkload;
 pub mod protocol;
 pub mod record;
 pub mod writer;
