@@ -252,7 +252,7 @@ fn a_lying_host_is_a_violation() {
     assert_started(&r, "booted");
     let prom = std::fs::read_to_string(out.path().join("crashtest.prom")).unwrap();
     assert!(prom.contains(
-        "kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"fdatasync\",format=\"raw\"} 1"
+        "kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"fdatasync\",format=\"raw\",workload=\"raw-append\"} 1"
     ));
     assert_clean(tmp.path());
 }

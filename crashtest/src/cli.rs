@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::accel::AccelChoice;
-use crate::oracle::{Cell, Fault};
+use crate::oracle::{Cell, Fault, Workload};
 use crate::run::{BootPolicy, RunOptions};
 use crate::vm::ImageFormat;
 use clap::{Args, Parser, Subcommand};
@@ -89,6 +89,14 @@ pub struct RunArgs {
         default_value = "fdatasync,dsync,none"
     )]
     pub sync: Vec<SyncPolicy>,
+    /// Workloads: raw-append (checksummed records appended to the raw disk, each slot once).
+    #[arg(
+        long,
+        value_name = "WORKLOADS",
+        value_delimiter = ',',
+        default_value = "raw-append"
+    )]
+    pub workload: Vec<Workload>,
     /// Image formats.
     #[arg(
         long,
@@ -335,9 +343,11 @@ fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
         for &fault in &faults {
             for &sync in &args.sync {
                 for &format in &args.format {
-                    let cell = Cell::new(cache, fault, sync, format);
-                    if !out.contains(&cell) {
-                        out.push(cell);
+                    for &workload in &args.workload {
+                        let cell = Cell::new(cache, fault, sync, format).with_workload(workload);
+                        if !out.contains(&cell) {
+                            out.push(cell);
+                        }
                     }
                 }
             }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub use kvmio_guest::workload::{Workload, WorkloadKind};
 use kvmio_guest::writer::SyncPolicy;
 use kvmio_nbd::PowerFailMode;
 use kvmio_qemu::{CacheFlags, CacheMode};
@@ -126,6 +127,9 @@ pub struct Cell {
     pub fault: Fault,
     pub sync: SyncName,
     pub format: ImageFormat,
+    /// What the guest writes (absent from ack logs and reports of older runs: raw-append).
+    #[serde(default)]
+    pub workload: Workload,
 }
 
 /// [`SyncPolicy`] with serde, as the reports spell it.
@@ -164,29 +168,46 @@ impl fmt::Display for SyncName {
 }
 
 impl Cell {
+    /// A cell of the default workload, [`Workload::RawAppend`] (see [`Cell::with_workload`]).
     pub fn new(cache_mode: CacheMode, fault: Fault, sync: SyncPolicy, format: ImageFormat) -> Cell {
         Cell {
             cache_mode,
             fault,
             sync: sync.into(),
             format,
+            workload: Workload::RawAppend,
         }
+    }
+
+    pub fn with_workload(self, workload: Workload) -> Cell {
+        Cell { workload, ..self }
     }
 
     pub fn sync_policy(&self) -> SyncPolicy {
         self.sync.into()
     }
 
-    /// `none-power-fdatasync-raw`: file names, seeds.
+    /// `none-power-fdatasync-raw`, then `-WORKLOAD` unless it is raw-append (whose cells keep
+    /// the names, hence the seeds, they had before workloads existed): file names, seeds.
     pub fn id(&self) -> String {
-        format!(
+        let base = format!(
             "{}-{}-{}-{}",
             self.cache_mode, self.fault, self.sync, self.format
-        )
+        );
+        if self.workload == Workload::RawAppend {
+            base
+        } else {
+            format!("{base}-{}", self.workload)
+        }
     }
 
+    /// The cell's contract: one dispatch on the workload's kind.
     pub fn promise(&self) -> Promise {
-        promise(self.cache_mode, self.fault, self.sync_policy(), self.format)
+        match self.workload.kind() {
+            WorkloadKind::Raw => {
+                promise(self.cache_mode, self.fault, self.sync_policy(), self.format)
+            }
+        }
     }
 }
 
@@ -414,6 +435,10 @@ mod tests {
             ImageFormat::Qcow2,
         );
         assert_eq!(cell.id(), "writeback-power-torn-dsync-qcow2");
+        // Cells of reports and ack logs written before workloads existed are raw-append.
+        let mut old = serde_json::to_value(cell).unwrap();
+        old.as_object_mut().unwrap().remove("workload");
+        assert_eq!(serde_json::from_value::<Cell>(old).unwrap(), cell);
         assert_eq!(
             serde_json::to_value(Verdict::Violation).unwrap(),
             "VIOLATION"

@@ -3,7 +3,7 @@
 //!
 //! `crashtest.prom` is a contract with the exporter (which re-serves every
 //! `kvmio_crashtest_*` series) and with the alerting rules. Every series but the timestamp has
-//! the labels `cache_mode`, `fault`, `sync`, `format`:
+//! the labels `cache_mode`, `fault`, `sync`, `format`, `workload`:
 //!
 //! | metric | meaning |
 //! |---|---|
@@ -112,6 +112,7 @@ pub struct CellReport {
     pub fault: crate::oracle::Fault,
     pub sync: crate::oracle::SyncName,
     pub format: crate::vm::ImageFormat,
+    pub workload: crate::oracle::Workload,
     /// The run's seed: `run --seed SEED` with this cell's flags repeats its iterations (a
     /// cell's randomness depends only on the run's seed, the cell and the iteration number).
     pub seed: u64,
@@ -241,11 +242,12 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<12} {:<12} {:<9} {:<6} {:>5} {:>7} {:>8} {:>6} {:>9} {:>10} {:>8} {:>6}  verdict",
+            "{:<12} {:<12} {:<9} {:<6} {:<13} {:>5} {:>7} {:>8} {:>6} {:>9} {:>10} {:>8} {:>6}  verdict",
             "cache",
             "fault",
             "sync",
             "format",
+            "workload",
             "iters",
             "acked",
             "survived",
@@ -263,11 +265,12 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "{:<12} {:<12} {:<9} {:<6} {:>5} {:>7} {:>8} {:>6} {:>9} {:>10} {:>8} {:>6}  {}",
+                "{:<12} {:<12} {:<9} {:<6} {:<13} {:>5} {:>7} {:>8} {:>6} {:>9} {:>10} {:>8} {:>6}  {}",
                 c.cache_mode.as_str(),
                 c.fault.as_str(),
                 c.sync.to_string(),
                 c.format.as_str(),
+                c.workload.as_str(),
                 c.iterations,
                 c.acked,
                 c.survived,
@@ -390,22 +393,15 @@ impl Report {
         }
         let _ = writeln!(s, "\npromises:");
         for c in &self.cells {
-            let _ = writeln!(
-                s,
-                "  {}-{}-{}-{}: {}",
-                c.cache_mode, c.fault, c.sync, c.format, c.promise
-            );
+            let _ = writeln!(s, "  {}: {}", c.cell().id(), c.promise);
         }
         for c in &self.cells {
             for it in &c.results {
                 if it.verdict == Verdict::Violation {
                     let _ = writeln!(
                         s,
-                        "\nVIOLATION {}-{}-{}-{} iteration {} (seed {}): acked {} survived {} lost {} corrupted {}",
-                        c.cache_mode,
-                        c.fault,
-                        c.sync,
-                        c.format,
+                        "\nVIOLATION {} iteration {} (seed {}): acked {} survived {} lost {} corrupted {}",
+                        c.cell().id(),
                         it.iteration,
                         it.seed,
                         it.acked,
@@ -472,11 +468,12 @@ impl Report {
             for c in &self.cells {
                 let _ = writeln!(
                     s,
-                    "{name}{{cache_mode=\"{}\",fault=\"{}\",sync=\"{}\",format=\"{}\"}} {}",
+                    "{name}{{cache_mode=\"{}\",fault=\"{}\",sync=\"{}\",format=\"{}\",workload=\"{}\"}} {}",
                     c.cache_mode.as_str(),
                     c.fault.as_str(),
                     c.sync,
                     c.format.as_str(),
+                    c.workload.as_str(),
                     get(c)
                 );
             }
@@ -495,6 +492,19 @@ impl Report {
     }
 }
 
+impl CellReport {
+    /// The cell this report is of.
+    pub fn cell(&self) -> Cell {
+        Cell {
+            cache_mode: self.cache_mode,
+            fault: self.fault,
+            sync: self.sync,
+            format: self.format,
+            workload: self.workload,
+        }
+    }
+}
+
 fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport {
     let promise = cell.promise();
     let sum = |f: fn(&IterationResult) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
@@ -509,6 +519,7 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
         fault: cell.fault,
         sync: cell.sync,
         format: cell.format,
+        workload: cell.workload,
         seed: run_seed,
         derived_seed: crate::run::cell_seed(run_seed, &cell),
         iterations: rs.len() as u32,
@@ -655,11 +666,11 @@ mod tests {
         let prom = report.prometheus();
         for needle in [
             "# TYPE kvmio_crashtest_acked_writes gauge",
-            "kvmio_crashtest_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 10",
-            "kvmio_crashtest_lost_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 10",
-            "kvmio_crashtest_violations{cache_mode=\"writethrough\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
-            "kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 0",
-            "kvmio_crashtest_restored_iterations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 1",
+            "kvmio_crashtest_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 10",
+            "kvmio_crashtest_lost_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 10",
+            "kvmio_crashtest_violations{cache_mode=\"writethrough\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 1",
+            "kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 0",
+            "kvmio_crashtest_restored_iterations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 1",
             "kvmio_crashtest_last_run_timestamp_seconds 1700000000.500",
         ] {
             assert!(prom.contains(needle), "missing {needle} in\n{prom}");
@@ -672,6 +683,7 @@ mod tests {
             "fault",
             "sync",
             "format",
+            "workload",
             "iterations",
             "acked",
             "survived",

@@ -35,7 +35,7 @@ use kvmio_guest::record::{self, Digest, RecordSpec, SECTOR};
 use serde::{Deserialize, Serialize};
 
 use crate::acklog::AckLog;
-use crate::oracle::Verdict;
+use crate::oracle::{Verdict, WorkloadKind};
 use crate::qemu_img::{self, QemuImgError};
 use crate::vm::ImageFormat;
 
@@ -144,9 +144,24 @@ impl Verification {
     }
 }
 
-/// Verifies `image` against `log`. `format` overrides the header's; qcow2 images are
-/// converted with `qemu_img` into a scratch file in `scratch_dir` (removed afterwards).
+/// Verifies `image` against `log`, by the kind of the logged cell's workload: the one place
+/// every verification (a run's iterations, `kvmio-crashtest verify`) is dispatched. `format`
+/// overrides the header's; qcow2 images are converted with `qemu_img` into a scratch file in
+/// `scratch_dir` (removed afterwards).
 pub fn verify_image(
+    image: &Path,
+    log: &AckLog,
+    format: Option<ImageFormat>,
+    qemu_img: &Path,
+    scratch_dir: &Path,
+) -> Result<Verification, VerifyError> {
+    match log.header.cell.workload.kind() {
+        WorkloadKind::Raw => verify_raw_image(image, log, format, qemu_img, scratch_dir),
+    }
+}
+
+/// [`verify_image`] for the raw workloads: the disk's slots against the records.
+fn verify_raw_image(
     image: &Path,
     log: &AckLog,
     format: Option<ImageFormat>,

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod fsworkload;
 pub mod protocol;
 pub mod record;
+pub mod workload;
 pub mod writer;
 
 /// Name of the virtio-serial port the guest program uses to call the host back.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use kvmio_guest::bench::{bad, DeviceFlags, Flags};
 use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
+use kvmio_guest::workload::Workload;
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use rand::{Rng, SeedableRng};
@@ -231,11 +232,22 @@ fn set_wall_clock(now_ns: u64) -> io::Result<()> {
 }
 
 /// The crash tester's writer (`kvmio.role=writer`): waits for the host's `START`, answers
-/// `STATE`, then records slot after slot, an `ACK` after each record's durability point,
-/// `DONE` when the disk is full; then idles until the host injects its fault.
+/// `STATE`, runs the workload it names (the one dispatch on the workload), then idles until the
+/// host injects its fault.
 fn crash_writer(port: &mut File) -> io::Result<()> {
-    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let params = apply_start(port)?;
+    match params.workload {
+        Workload::RawAppend => raw_writer(port, &params)?,
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The raw workloads: records slot after slot, an `ACK` after each record's durability point,
+/// `DONE` when the disk is full.
+fn raw_writer(port: &mut File, params: &WriterParams) -> io::Result<()> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let spec = params.spec().map_err(invalid)?;
     // The broken self-test writer keeps the policy's flush for the very end.
     let sync_each = !params.ack_early;
@@ -269,10 +281,7 @@ fn crash_writer(port: &mut File) -> io::Result<()> {
     if !sync_each && params.sync != SyncPolicy::None {
         dev.sync_data()?;
     }
-    send(port, &GuestMessage::Done { records: slots })?;
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    send(port, &GuestMessage::Done { records: slots })
 }
 
 /// The virtio disks of this guest (`vda`, `vdb`, ...), with their size in bytes.

@@ -273,6 +273,7 @@ mod tests {
                 dev: "/dev/vda".into(),
                 records: None,
                 ack_early: false,
+                workload: crate::workload::Workload::RawAppend,
             },
             now_ns: 1_764_000_000_000_000_000,
             entropy: [0x5a; 32],

@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::record::{self, RecordSpec};
+use crate::workload::Workload;
 
 pub const RUN_PARAM: &str = "run";
 pub const SEED_PARAM: &str = "seed";
@@ -28,6 +29,7 @@ pub const RECORD_PARAM: &str = "record";
 pub const DEV_PARAM: &str = "dev";
 pub const RECORDS_PARAM: &str = "records";
 pub const ACK_EARLY_PARAM: &str = "ack_early";
+pub const WORKLOAD_PARAM: &str = "workload";
 
 /// The longest device path the writer takes.
 const MAX_DEV_BYTES: usize = 256;
@@ -81,6 +83,8 @@ pub struct WriterParams {
     pub records: Option<u64>,
     /// Test-only: ack before the durability point.
     pub ack_early: bool,
+    /// What to write (absent from a `START` line: [`Workload::RawAppend`]).
+    pub workload: Workload,
 }
 
 impl WriterParams {
@@ -96,6 +100,7 @@ impl WriterParams {
             format!("{SYNC_PARAM}={}", self.sync),
             format!("{RECORD_PARAM}={}", self.record_size),
             format!("{DEV_PARAM}={}", self.dev),
+            format!("{WORKLOAD_PARAM}={}", self.workload),
         ];
         if let Some(n) = self.records {
             p.push(format!("{RECORDS_PARAM}={n}"));
@@ -136,6 +141,10 @@ impl WriterParams {
             None => None,
         };
         let ack_early = get(ACK_EARLY_PARAM).is_some_and(|v| v == "1");
+        let workload = match get(WORKLOAD_PARAM) {
+            Some(v) => v.parse()?,
+            None => Workload::RawAppend,
+        };
         let params = WriterParams {
             run_id,
             seed,
@@ -144,6 +153,7 @@ impl WriterParams {
             dev,
             records,
             ack_early,
+            workload,
         };
         params.spec()?;
         Ok(params)
@@ -156,7 +166,10 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for (records, ack_early) in [(None, false), (Some(10), true)] {
+        for (records, ack_early, workload) in [
+            (None, false, Workload::RawAppend),
+            (Some(10), true, Workload::RawAppend),
+        ] {
             let p = WriterParams {
                 run_id: 0x0123_4567_89ab_cdef,
                 seed: u64::MAX,
@@ -165,6 +178,7 @@ mod tests {
                 dev: "/dev/vdb".into(),
                 records,
                 ack_early,
+                workload,
             };
             let line = format!("START {} now_ns=1", p.words().join(" "));
             assert_eq!(WriterParams::from_words(&line), Ok(p));
@@ -182,5 +196,10 @@ mod tests {
         assert!(e.contains("multiple of 512"), "{e}");
         let e = WriterParams::from_words("run=1 seed=1 sync=none dev=/etc/passwd").unwrap_err();
         assert!(e.contains("under /dev/"), "{e}");
+        let e = WriterParams::from_words("run=1 seed=1 sync=none workload=mmap").unwrap_err();
+        assert!(e.contains("unknown workload"), "{e}");
+        // A START line of a host without workloads means the append-only records.
+        let p = WriterParams::from_words("run=1 seed=1 sync=none").unwrap();
+        assert_eq!(p.workload, Workload::RawAppend);
     }
 }

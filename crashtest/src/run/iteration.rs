@@ -135,6 +135,7 @@ async fn steps(
         dev: "/dev/vda".into(),
         records: None,
         ack_early: opts.ack_early,
+        workload: cell.workload,
     };
     let phase = tokio::select! {
         r = guest_phase(ctx, cell, config, writer, acks, Strike { host: &host, delay }, label) => r,

@@ -261,7 +261,9 @@ mod tests {
             kvmio_crashtest_acked_writes{format=\"qcow2\",cache_mode=\"none\",fault=\"sigkill\",sync=\"fsync\"} 1000\n\
             # TYPE kvmio_crashtest_lost_acked_writes gauge\n\
             kvmio_crashtest_lost_acked_writes{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 17 1700000000000\n\
-            kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\"} 1\n\
+            kvmio_crashtest_violations{cache_mode=\"unsafe\",fault=\"power\",sync=\"none\",format=\"raw\",workload=\"raw-append\"} 1\n\
+            kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"dsync\",format=\"raw\",workload=\"raw-append\"} 0\n\
+            kvmio_crashtest_violations{cache_mode=\"none\",fault=\"power\",sync=\"dsync\",format=\"raw\",workload=\"raw-overwrite\"} 2\n\
             kvmio_crashtest_violations{cache_mode=\"none\" 1\n\
             node_load1 3\n\
             # TYPE kvmio_crashtest_runs_total counter\n\
@@ -291,6 +293,24 @@ mod tests {
             ),
             Some(17.0)
         );
+        // kvmio-crashtest's cells carry a workload label: served as written, one series per
+        // workload of an otherwise equal cell.
+        for (workload, v) in [("raw-append", 0.0), ("raw-overwrite", 2.0)] {
+            assert_eq!(
+                m.value(
+                    "kvmio_crashtest_violations",
+                    &[
+                        ("cache_mode", "none"),
+                        ("fault", "power"),
+                        ("format", "raw"),
+                        ("sync", "dsync"),
+                        ("workload", workload)
+                    ]
+                ),
+                Some(v),
+                "{workload}"
+            );
+        }
         assert_eq!(m.value("kvmio_crashtest_runs_total", &[]), Some(4.0));
         assert_eq!(
             m.value("kvmio_crashtest_last_run_timestamp_seconds", &[]),
@@ -298,7 +318,7 @@ mod tests {
         );
         assert!(!m.contains("node_load1"));
         assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
-        assert!(l.problems[0].contains("line 7"), "{:?}", l.problems);
+        assert!(l.problems[0].contains("line 9"), "{:?}", l.problems);
         let text = m.encode_text();
         assert!(
             text.contains("# TYPE kvmio_crashtest_acked_writes gauge"),

@@ -802,7 +802,7 @@ pub fn storage_layers() -> Value {
 /// "kvmio / Crash consistency": the latest matrix and losses over time.
 pub fn crash_consistency() -> Value {
     let mut b = Board::default();
-    let cell = "cache_mode, fault, sync, format";
+    let cell = "cache_mode, fault, sync, format, workload";
     let verdict = format!(
         "max by ({cell}) (2 * (kvmio_crashtest_violations{{{J}}} > bool 0) \
          + on (job, instance, {cell}) (kvmio_crashtest_violations{{{J}}} == bool 0) \
@@ -824,7 +824,7 @@ pub fn crash_consistency() -> Value {
     b.add(6, 5, json!({
         "type": "stat",
         "title": "Cells with a VIOLATION",
-        "description": "Cells (cache mode x fault x sync x format) of the latest runs where acknowledged writes were lost or corrupted although the cache mode promises they survive. Anything above 0 is KvmioCrashtestViolation.",
+        "description": "Cells (cache mode x fault x sync x format x workload) of the latest runs where acknowledged writes were lost or corrupted although the cache mode promises they survive. Anything above 0 is KvmioCrashtestViolation.",
         "fieldConfig": {"defaults": {"unit": "none", "thresholds": {"mode": "absolute", "steps": [
             {"color": "green", "value": null}, {"color": "red", "value": 1}]}}, "overrides": []},
         "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false}, "colorMode": "background", "graphMode": "none", "textMode": "auto", "justifyMode": "auto", "orientation": "auto"},
@@ -842,7 +842,7 @@ pub fn crash_consistency() -> Value {
         ],
     }));
     b.add(24, 10, table(
-        "Verdict matrix: cache mode x fault / sync / format",
+        "Verdict matrix: cache mode x fault / sync / format / workload",
         "The latest verdict of every cell: ok (nothing lost), loss-allowed (acknowledged writes lost \
          where the cache mode promises nothing, e.g. unsafe under power loss), VIOLATION (lost or \
          corrupted where survival was promised). With several hosts selected, each cell shows the \
@@ -850,7 +850,7 @@ pub fn crash_consistency() -> Value {
         "none",
         vec![table_target(
             "A",
-            format!("label_join({verdict}, \"cell\", \" / \", \"fault\", \"sync\", \"format\")"),
+            format!("label_join({verdict}, \"cell\", \" / \", \"fault\", \"sync\", \"format\", \"workload\")"),
         )],
         json!([{"id": "groupingToMatrix", "options": {
             "columnField": "cell", "rowField": "cache_mode", "valueField": "Value", "emptyValue": "null"}}]),
@@ -882,8 +882,8 @@ pub fn crash_consistency() -> Value {
             {"id": "organize", "options": {
                 "excludeByName": {"Time": true},
                 "indexByName": {"instance": 0, "cache_mode": 1, "fault": 2, "sync": 3, "format": 4,
-                                "Value #D": 5, "Value #E": 6, "Value #A": 7, "Value #B": 8, "Value #F": 9,
-                                "Value #C": 10},
+                                "workload": 5, "Value #D": 6, "Value #E": 7, "Value #A": 8, "Value #B": 9,
+                                "Value #F": 10, "Value #C": 11},
                 "renameByName": {"Value #A": "acknowledged", "Value #B": "lost", "Value #C": "violations",
                                  "Value #D": "verdict", "Value #E": "iterations", "Value #F": "corrupted"}
             }}
@@ -905,7 +905,7 @@ pub fn crash_consistency() -> Value {
          is a VIOLATION.",
         "short",
         vec![target("A", format!("sum by (instance, {cell}) (kvmio_crashtest_lost_acked_writes{{{J}}})"),
-                    "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}}")],
+                    "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}} {{workload}}")],
     ));
     b.add(
         12,
@@ -920,7 +920,7 @@ pub fn crash_consistency() -> Value {
                     "sum by (instance, {cell}) (kvmio_crashtest_lost_acked_writes{{{J}}}) \
              / (sum by (instance, {cell}) (kvmio_crashtest_acked_writes{{{J}}}) > 0)"
                 ),
-                "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}}",
+                "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}} {{workload}}",
             )],
         ),
     );
@@ -929,7 +929,7 @@ pub fn crash_consistency() -> Value {
         "Iterations with a VIOLATION per cell, as each run reported them. Should be 0 everywhere.",
         "short",
         vec![target("A", format!("sum by (instance, {cell}) (kvmio_crashtest_violations{{{J}}})"),
-                    "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}}")],
+                    "{{instance}} {{cache_mode}} {{fault}} {{sync}} {{format}} {{workload}}")],
     ));
 
     dashboard(
