@@ -7,8 +7,9 @@
 //! cargo run -p kvmio-exporter --example capture_qom_fixtures [-- OUTPUT_FILE]
 //! ```
 //!
-//! The VM has the devices of `qemu/examples/capture_fixtures.rs` (q35 under TCG, paused with
-//! `-S`, no guest): `vd0`, `vd1` and `vd2` (behind `pcie-root-port` `rp0`), virtio-blk-pci with
+//! The VM is the fixture VM of `qemu/examples/capture_fixtures.rs` (one command line:
+//! `kvmio_test_support::qemu::fixture_vm_args`; q35 under TCG, paused with `-S`, no guest):
+//! `vd0`, `vd1` and `vd2` (behind `pcie-root-port` `rp0`), virtio-blk-pci with
 //! serials `kvmio-0`..`kvmio-2` and no iothread; plus `vd3` with `iothread=io1` and no serial,
 //! to capture those two replies too. Each entry is `{"path", "property", "reply"}` with the reply
 //! as received (`return` or `error`).
@@ -55,40 +56,18 @@ async fn main() {
     let _qemu = Reap(
         Command::new("qemu-system-x86_64")
             .current_dir(w)
-            .args([
-                "-name",
-                "kvmio-fixture",
-                "-M",
-                "q35",
-                "-accel",
-                "tcg",
-                "-S",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-qmp",
-                "unix:qmp.sock,server=on,wait=off",
-                "-drive",
-                "if=none,id=d0,file=d0.raw,format=raw,cache=writeback",
-                "-device",
-                "virtio-blk-pci,drive=d0,id=vd0,serial=kvmio-0,addr=0x5",
-                "-drive",
-                "if=none,id=d1,file=d1.raw,format=raw,cache=none",
-                "-device",
-                "virtio-blk-pci,drive=d1,id=vd1,serial=kvmio-1,addr=0x6",
-                "-drive",
-                "if=none,id=d2,file=d2.raw,format=raw,cache=directsync",
-                "-device",
-                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x7",
-                "-device",
-                "virtio-blk-pci,drive=d2,id=vd2,serial=kvmio-2,bus=rp0",
-                "-object",
-                "iothread,id=io1",
-                "-drive",
-                "if=none,id=d3,file=d3.raw,format=raw",
-                "-device",
-                "virtio-blk-pci,drive=d3,id=vd3,iothread=io1,addr=0x8",
-            ])
+            .args(kvmio_test_support::qemu::fixture_vm_args(
+                "file=d0.raw,format=raw",
+                "file=d2.raw,format=raw",
+                &[
+                    "-object",
+                    "iothread,id=io1",
+                    "-drive",
+                    "if=none,id=d3,file=d3.raw,format=raw",
+                    "-device",
+                    "virtio-blk-pci,drive=d3,id=vd3,iothread=io1,addr=0x8",
+                ],
+            ))
             .stdin(Stdio::null())
             .spawn()
             .expect("start qemu-system-x86_64"),

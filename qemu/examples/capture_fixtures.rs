@@ -79,36 +79,11 @@ async fn qmp_fixtures(out: &Path, qemu: &Path, qemu_img: &Path) {
         ],
         w,
     );
-    let args: Vec<String> = [
-        "-name",
-        "kvmio-fixture",
-        "-M",
-        "q35",
-        "-accel",
-        "tcg",
-        "-S",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-qmp",
-        "unix:qmp.sock,server=on,wait=off",
-        "-drive",
-        "if=none,id=d0,file=d0.qcow2,format=qcow2,cache=writeback",
-        "-device",
-        "virtio-blk-pci,drive=d0,id=vd0,serial=kvmio-0,addr=0x5",
-        "-drive",
-        "if=none,id=d1,file=d1.raw,format=raw,cache=none",
-        "-device",
-        "virtio-blk-pci,drive=d1,id=vd1,serial=kvmio-1,addr=0x6",
-        "-drive",
-        "if=none,id=d2,file=d2.qcow2,format=qcow2,cache=directsync",
-        "-device",
-        "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x7",
-        "-device",
-        "virtio-blk-pci,drive=d2,id=vd2,serial=kvmio-2,bus=rp0",
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = kvmio_test_support::qemu::fixture_vm_args(
+        "file=d0.qcow2,format=qcow2",
+        "file=d2.qcow2,format=qcow2",
+        &[],
+    );
     let mut child = ChildGuard::spawn_in(qemu, &args, Some(w), w.join("qemu.stderr"));
     let sock = w.join("qmp.sock");
     let limits = Limits::default().with_call_timeout(Duration::from_secs(10));

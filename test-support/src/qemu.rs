@@ -64,6 +64,64 @@ pub fn qemu_none_with(socket: &Path, extra: &[String]) -> ChildProcess {
     start(cmd, "qemu -M none", socket)
 }
 
+/// The command line (after the program name) of the VM kvmio's QEMU fixtures are captured from
+/// (`qemu/examples/capture_fixtures.rs`, `exporter/examples/capture_qom_fixtures.rs`): a q35
+/// named `kvmio-fixture` under TCG, paused (`-S`), no default devices, no display, its monitor
+/// at `qmp.sock` in the working directory, and three virtio-blk-pci disks: `vd0` (drive `d0`
+/// on `d0_file`, e.g. `file=d0.raw,format=raw`; `cache=writeback`, slot 5, serial `kvmio-0`),
+/// `vd1` (`d1.raw`, raw, `cache=none`, slot 6, serial `kvmio-1`) and `vd2` (`d2` on `d2_file`,
+/// `cache=directsync`, serial `kvmio-2`) behind the `pcie-root-port` `rp0`; then `extra`.
+pub fn fixture_vm_args(d0_file: &str, d2_file: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-name",
+        "kvmio-fixture",
+        "-M",
+        "q35",
+        "-accel",
+        "tcg",
+        "-S",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-qmp",
+        "unix:qmp.sock,server=on,wait=off",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (flag, value) in [
+        ("-drive", format!("if=none,id=d0,{d0_file},cache=writeback")),
+        (
+            "-device",
+            "virtio-blk-pci,drive=d0,id=vd0,serial=kvmio-0,addr=0x5".to_owned(),
+        ),
+        (
+            "-drive",
+            "if=none,id=d1,file=d1.raw,format=raw,cache=none".to_owned(),
+        ),
+        (
+            "-device",
+            "virtio-blk-pci,drive=d1,id=vd1,serial=kvmio-1,addr=0x6".to_owned(),
+        ),
+        (
+            "-drive",
+            format!("if=none,id=d2,{d2_file},cache=directsync"),
+        ),
+        (
+            "-device",
+            "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x7".to_owned(),
+        ),
+        (
+            "-device",
+            "virtio-blk-pci,drive=d2,id=vd2,serial=kvmio-2,bus=rp0".to_owned(),
+        ),
+    ] {
+        args.push(flag.to_owned());
+        args.push(value);
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
 /// The host's own qemu-ga on a Unix socket (`DIR/NAME.qga`), state in `DIR/NAME.ga-state`.
 pub fn qemu_ga(dir: &Path, name: &str) -> (ChildProcess, PathBuf) {
     qemu_ga_with(dir, name, &[])

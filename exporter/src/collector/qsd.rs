@@ -203,20 +203,20 @@ fn emit(
         }
     }
     if let Some(io) = snap.process_io {
-        out.counter(
-            "kvmio_qsd_process_read_bytes_total",
-            "Bytes the qemu-storage-daemon process caused to be read from host storage \
-             (/proc/PID/io read_bytes), all its exports together.",
-            &[("daemon", daemon)],
-            io.read_bytes as f64,
-        );
-        out.counter(
-            "kvmio_qsd_process_written_bytes_total",
-            "Bytes the qemu-storage-daemon process caused to be written to host storage \
-             (/proc/PID/io write_bytes), all its exports together.",
-            &[("daemon", daemon)],
-            io.write_bytes as f64,
-        );
+        for (name, verb, field, bytes) in [
+            ("read", "read from", "read_bytes", io.read_bytes),
+            ("written", "written to", "write_bytes", io.write_bytes),
+        ] {
+            out.counter(
+                &format!("kvmio_qsd_process_{name}_bytes_total"),
+                &format!(
+                    "Bytes the qemu-storage-daemon process caused to be {verb} host storage \
+                     (/proc/PID/io {field}), all its exports together."
+                ),
+                &[("daemon", daemon)],
+                bytes as f64,
+            );
+        }
     }
 }
 
