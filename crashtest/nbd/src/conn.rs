@@ -8,6 +8,7 @@
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
 
+use crate::disk::{Disk, Persisted};
 use crate::proto::*;
 use crate::{Shared, MAX_PAYLOAD, SECTOR_SIZE};
 
@@ -226,6 +227,34 @@ fn simple_reply(wr: &mut Writer, error: u32, cookie: u64) -> io::Result<()> {
 }
 
 /// Maps a backing-file error to an NBD error value.
+/// A `WRITE` or (`zeroes`) a `WRITE_ZEROES` of `len` bytes at `offset` through the volatile
+/// layer: what it persisted accounted, the request counted, an error logged; the NBD error (0:
+/// none).
+fn write(
+    shared: &Shared,
+    zeroes: bool,
+    offset: u64,
+    len: u32,
+    fua: bool,
+    op: impl FnOnce(&mut Disk) -> io::Result<Persisted>,
+) -> u32 {
+    let mut disk = shared.lock_disk();
+    let result = op(&mut disk);
+    shared.account(&disk, result.as_ref().copied().unwrap_or_default());
+    drop(disk);
+    match result {
+        Ok(_) => {
+            shared.count_write(u64::from(len), fua, zeroes);
+            0
+        }
+        Err(e) => {
+            let what = if zeroes { "write-zeroes" } else { "write" };
+            tracing::warn!("nbd: {what} of {len} bytes at {offset}: {e}");
+            nbd_errno(&e)
+        }
+    }
+}
+
 fn nbd_errno(e: &io::Error) -> u32 {
     match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
@@ -299,20 +328,9 @@ fn transmission(
                     } else if !in_range {
                         ENOSPC
                     } else {
-                        let mut disk = shared.lock_disk();
-                        let result = disk.write(offset, &buf[..n], fua);
-                        shared.account(&disk, result.as_ref().copied().unwrap_or_default());
-                        drop(disk);
-                        match result {
-                            Ok(_) => {
-                                shared.count_write(u64::from(len), fua, false);
-                                0
-                            }
-                            Err(e) => {
-                                tracing::warn!("nbd: write of {len} bytes at {offset}: {e}");
-                                nbd_errno(&e)
-                            }
-                        }
+                        write(shared, false, offset, len, fua, |disk| {
+                            disk.write(offset, &buf[..n], fua)
+                        })
                     }
                 }
             }
@@ -347,20 +365,9 @@ fn transmission(
                 } else if !in_range {
                     ENOSPC
                 } else {
-                    let mut disk = shared.lock_disk();
-                    let result = disk.write_zeroes(offset, u64::from(len), fua);
-                    shared.account(&disk, result.as_ref().copied().unwrap_or_default());
-                    drop(disk);
-                    match result {
-                        Ok(_) => {
-                            shared.count_write(u64::from(len), fua, true);
-                            0
-                        }
-                        Err(e) => {
-                            tracing::warn!("nbd: write-zeroes of {len} bytes at {offset}: {e}");
-                            nbd_errno(&e)
-                        }
-                    }
+                    write(shared, true, offset, len, fua, |disk| {
+                        disk.write_zeroes(offset, u64::from(len), fua)
+                    })
                 }
             }
             CMD_FLUSH => {

@@ -756,9 +756,7 @@ mod tests {
         d.write(512, &[7; 1024], false).unwrap();
         d.write(1024, &[9; 512], false).unwrap();
         let v = view(&d);
-        assert!(v[..512].iter().all(|&b| b == 0));
-        assert!(v[512..1024].iter().all(|&b| b == 7));
-        assert!(v[1024..1536].iter().all(|&b| b == 9));
+        assert_filled(&v, &[(0..512, 0), (512..1024, 7), (1024..1536, 9)]);
         assert!(backing(&tmp).iter().all(|&b| b == 0));
         assert_eq!(d.volatile_bytes(), 1024);
         assert_eq!(d.volatile_writes(), 2);
@@ -779,10 +777,15 @@ mod tests {
         assert_eq!(p.syncs, 1);
         assert_eq!(p.bytes, 8 * 4096);
         let b = backing(&tmp);
-        assert!(b[..4096].iter().all(|&x| x == 1));
-        assert!(b[4096..4608].iter().all(|&x| x == 0xee));
-        assert!(b[4608..8192].iter().all(|&x| x == 2));
-        assert!(b[7 * 4096..8 * 4096].iter().all(|&x| x == 8));
+        assert_filled(
+            &b,
+            &[
+                (0..4096, 1),
+                (4096..4608, 0xee),
+                (4608..8192, 2),
+                (7 * 4096..8 * 4096, 8),
+            ],
+        );
         assert_eq!(d.volatile_bytes(), 0);
         assert_eq!(d.flush().unwrap(), Persisted::default(), "nothing to sync");
     }
@@ -809,15 +812,23 @@ mod tests {
         b.iter().all(|&x| x == v)
     }
 
+    /// Every byte of each `b[range]` is its `byte`.
+    fn assert_filled(b: &[u8], runs: &[(std::ops::Range<usize>, u8)]) {
+        for (range, byte) in runs {
+            assert!(
+                all_eq(&b[range.clone()], *byte),
+                "{range:?} is not all {byte:#x}"
+            );
+        }
+    }
+
     #[test]
     fn unaligned_write_is_read_modify_write() {
         let (tmp, mut d) = disk(4);
         d.write(0, &[1; 2048], true).unwrap();
         d.write(100, &[5; 1000], false).unwrap();
         let v = view(&d);
-        assert!(v[..100].iter().all(|&b| b == 1));
-        assert!(v[100..1100].iter().all(|&b| b == 5));
-        assert!(v[1100..2048].iter().all(|&b| b == 1));
+        assert_filled(&v, &[(0..100, 1), (100..1100, 5), (1100..2048, 1)]);
         // The volatile layer holds whole sectors 0..3.
         assert_eq!(d.volatile_bytes(), 3 * 512);
         d.power_fail(PowerFailMode::DropAll).unwrap();
@@ -830,9 +841,7 @@ mod tests {
         d.write(0, &[3; 4096], true).unwrap();
         d.write_zeroes(10, 3000, false).unwrap();
         let v = view(&d);
-        assert!(v[..10].iter().all(|&b| b == 3));
-        assert!(v[10..3010].iter().all(|&b| b == 0));
-        assert!(v[3010..4096].iter().all(|&b| b == 3));
+        assert_filled(&v, &[(0..10, 3), (10..3010, 0), (3010..4096, 3)]);
         assert!(backing(&tmp)[..4096].iter().all(|&b| b == 3));
         d.flush().unwrap();
         assert_eq!(backing(&tmp)[..4096], v[..4096]);

@@ -96,10 +96,16 @@ impl Fixture {
         Client::connect(&self.socket)
     }
 
-    /// Greeting, fixed newstyle + no zeroes, NBD_OPT_GO for the default export.
-    fn ready(&self) -> Client {
+    /// Greeting, then fixed newstyle + no zeroes: in option haggling.
+    fn negotiating(&self) -> Client {
         let mut c = self.connect();
         c.start(3);
+        c
+    }
+
+    /// [`Fixture::negotiating`], then NBD_OPT_GO for the default export.
+    fn ready(&self) -> Client {
+        let mut c = self.negotiating();
         let replies = c.go(OPT_GO, "", &[]);
         assert_eq!(replies.last().unwrap().0, REP_ACK);
         c
@@ -171,6 +177,12 @@ impl Client {
         m.extend_from_slice(&(data.len() as u32).to_be_bytes());
         m.extend_from_slice(data);
         self.s.write_all(&m).unwrap();
+    }
+
+    /// Sends option `opt` and reads its one reply's type (an error, where this is used).
+    fn option_error(&mut self, opt: u32, data: &[u8]) -> u32 {
+        self.option(opt, data);
+        self.option_reply(opt).0
     }
 
     fn option_reply(&mut self, opt: u32) -> (u32, Vec<u8>) {
@@ -315,18 +327,15 @@ fn export_name_fallback_with_and_without_zeroes() {
 #[test]
 fn unknown_options_are_refused_and_negotiation_continues() {
     let fx = Fixture::default();
-    let mut c = fx.connect();
-    c.start(3);
-    c.option(0x1234, b"hello");
-    assert_eq!(c.option_reply(0x1234).0, REP_ERR_UNSUP);
-    c.option(OPT_STRUCTURED_REPLY, b"");
-    assert_eq!(c.option_reply(OPT_STRUCTURED_REPLY).0, REP_ERR_UNSUP);
-    c.option(OPT_STARTTLS, b"");
-    assert_eq!(c.option_reply(OPT_STARTTLS).0, REP_ERR_UNSUP);
-    c.option(OPT_SET_META_CONTEXT, b"\0\0\0\0\0\0\0\0");
-    assert_eq!(c.option_reply(OPT_SET_META_CONTEXT).0, REP_ERR_INVALID);
-    c.option(OPT_LIST, b"x");
-    assert_eq!(c.option_reply(OPT_LIST).0, REP_ERR_INVALID);
+    let mut c = fx.negotiating();
+    assert_eq!(c.option_error(0x1234, b"hello"), REP_ERR_UNSUP);
+    assert_eq!(c.option_error(OPT_STRUCTURED_REPLY, b""), REP_ERR_UNSUP);
+    assert_eq!(c.option_error(OPT_STARTTLS, b""), REP_ERR_UNSUP);
+    assert_eq!(
+        c.option_error(OPT_SET_META_CONTEXT, b"\0\0\0\0\0\0\0\0"),
+        REP_ERR_INVALID
+    );
+    assert_eq!(c.option_error(OPT_LIST, b"x"), REP_ERR_INVALID);
     c.option(OPT_LIST, b"");
     assert_eq!(c.option_reply(OPT_LIST), (REP_SERVER, vec![0, 0, 0, 0]));
     assert_eq!(c.option_reply(OPT_LIST), (REP_ACK, vec![]));
@@ -346,28 +355,29 @@ fn malformed_or_unknown_exports_are_refused() {
             ..ServerOptions::default()
         },
     );
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     assert_eq!(
         c.go(OPT_GO, "nope", &[]),
         vec![(REP_ERR_UNKNOWN, b"no such export".to_vec())]
     );
     // Name length larger than the data.
-    c.option(OPT_GO, &[0, 0, 1, 0, b'x', 0, 0]);
-    assert_eq!(c.option_reply(OPT_GO).0, REP_ERR_INVALID);
+    assert_eq!(
+        c.option_error(OPT_GO, &[0, 0, 1, 0, b'x', 0, 0]),
+        REP_ERR_INVALID
+    );
     // Information request count does not match.
-    c.option(OPT_INFO, &[0, 0, 0, 0, 0, 2, 0, 0]);
-    assert_eq!(c.option_reply(OPT_INFO).0, REP_ERR_INVALID);
+    assert_eq!(
+        c.option_error(OPT_INFO, &[0, 0, 0, 0, 0, 2, 0, 0]),
+        REP_ERR_INVALID
+    );
     // Too short.
-    c.option(OPT_GO, &[0, 0]);
-    assert_eq!(c.option_reply(OPT_GO).0, REP_ERR_INVALID);
+    assert_eq!(c.option_error(OPT_GO, &[0, 0]), REP_ERR_INVALID);
     // The configured name works.
     assert_eq!(c.go(OPT_GO, "disk", &[]).last().unwrap().0, REP_ACK);
     assert!(c.read(1, 0, 4096).is_ok());
 
     // NBD_OPT_EXPORT_NAME cannot fail: an unknown name ends the session.
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     c.option(OPT_EXPORT_NAME, b"nope");
     assert!(c.closed());
     fx.ready();
@@ -377,8 +387,7 @@ fn malformed_or_unknown_exports_are_refused() {
 #[test]
 fn abort_is_acknowledged_then_closed() {
     let fx = Fixture::default();
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     c.option(OPT_ABORT, b"");
     assert_eq!(c.option_reply(OPT_ABORT), (REP_ACK, vec![]));
     assert!(c.closed());
@@ -393,13 +402,11 @@ fn protocol_violations_close_the_connection_but_not_the_server() {
     c.start(0x80);
     assert!(c.closed());
     // Bad option magic.
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     c.s.write_all(&[0xde; 16]).unwrap();
     assert!(c.closed());
     // Absurd option length.
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     let mut m = IHAVEOPT.to_be_bytes().to_vec();
     m.extend_from_slice(&OPT_GO.to_be_bytes());
     m.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -509,8 +516,7 @@ fn unaligned_requests_use_read_modify_write_unless_block_size_was_agreed() {
     assert!(all(&fx.backing_bytes(), FILL));
 
     // A client that asked for the block size constraints must honour them.
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     assert_eq!(
         c.go(OPT_GO, "", &[INFO_BLOCK_SIZE]).last().unwrap().0,
         REP_ACK
@@ -572,11 +578,9 @@ fn client_disconnect_mid_request_leaves_the_server_running() {
     let mut c = fx.ready();
     c.s.write_all(&REQUEST_MAGIC.to_be_bytes()).unwrap();
     drop(c);
-    let mut c = fx.connect();
-    c.start(3);
+    let c = fx.negotiating();
     drop(c);
-    let mut c = fx.connect();
-    c.start(3);
+    let mut c = fx.negotiating();
     c.s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
     drop(c);
     drop(fx.connect());

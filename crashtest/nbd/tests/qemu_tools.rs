@@ -15,6 +15,14 @@ fn opts() -> ServerOptions {
     ServerOptions::default()
 }
 
+/// A fresh server (`SIZE` bytes of `FILL`) after a `qemu-io` with `cache=writeback` ran `cmds`
+/// and killed itself (so nothing was flushed at its exit).
+async fn killed_qemu_io(cmds: &[&str]) -> TestServer {
+    let srv = TestServer::start(SIZE, FILL, opts());
+    qemu_io_killed(&srv.url(), "writeback", cmds).await;
+    srv
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_then_read_back_matches() {
     let srv = TestServer::start(SIZE, FILL, opts());
@@ -49,13 +57,7 @@ async fn write_then_read_back_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unflushed_write_is_lost_at_power_failure() {
-    let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(
-        &srv.url(),
-        "writeback",
-        &["write -P 0xab 0 64k", "read -P 0xab 0 64k"],
-    )
-    .await;
+    let srv = killed_qemu_io(&["write -P 0xab 0 64k", "read -P 0xab 0 64k"]).await;
     let stats = srv.handle.stats();
     assert_eq!(stats.writes, 1, "{stats:?}");
     assert_eq!(stats.fua_writes, 0);
@@ -82,13 +84,7 @@ async fn unflushed_write_is_lost_at_power_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_write_survives_power_failure() {
-    let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(
-        &srv.url(),
-        "writeback",
-        &["write -P 0xab 0 64k", "flush", "write -P 0xcd 1M 64k"],
-    )
-    .await;
+    let srv = killed_qemu_io(&["write -P 0xab 0 64k", "flush", "write -P 0xcd 1M 64k"]).await;
     let stats = srv.handle.stats();
     assert_eq!(stats.flushes, 1, "{stats:?}");
     assert_eq!(stats.bytes_persisted, 65536);
@@ -104,13 +100,7 @@ async fn flushed_write_survives_power_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fua_write_survives_without_flush() {
-    let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(
-        &srv.url(),
-        "writeback",
-        &["write -P 0xee 1M 64k", "write -f -P 0xcd 0 64k"],
-    )
-    .await;
+    let srv = killed_qemu_io(&["write -P 0xee 1M 64k", "write -f -P 0xcd 0 64k"]).await;
     let stats = srv.handle.stats();
     assert_eq!((stats.writes, stats.fua_writes, stats.flushes), (2, 1, 0));
     // Durable before the power failure already, and only that write.
@@ -128,12 +118,8 @@ async fn fua_write_survives_without_flush() {
 async fn writethrough_client_writes_are_all_durable() {
     // qemu-io's default cache mode, writethrough, sends every write with FUA.
     let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(
-        &srv.url(),
-        "writethrough",
-        &["write -P 0x11 0 4k", "write -P 0x22 8k 4k"],
-    )
-    .await;
+    let cmds = ["write -P 0x11 0 4k", "write -P 0x22 8k 4k"];
+    qemu_io_killed(&srv.url(), "writethrough", &cmds).await;
     assert_eq!(srv.handle.stats().fua_writes, 2);
     srv.handle.power_fail(PowerFailMode::DropAll).await.unwrap();
     let b = srv.backing_bytes();
@@ -144,13 +130,7 @@ async fn writethrough_client_writes_are_all_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fua_write_is_never_undone_by_an_older_unflushed_write() {
     for seed in 0..8 {
-        let srv = TestServer::start(SIZE, FILL, opts());
-        qemu_io_killed(
-            &srv.url(),
-            "writeback",
-            &["write -P 0x11 0 8k", "write -f -P 0x22 0 4k"],
-        )
-        .await;
+        let srv = killed_qemu_io(&["write -P 0x11 0 8k", "write -f -P 0x22 0 4k"]).await;
         let mode = if seed % 2 == 0 {
             PowerFailMode::Subset { seed }
         } else {
@@ -286,13 +266,7 @@ async fn lying_disk_loses_flushed_and_fua_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_zeroes_go_through_the_volatile_layer() {
-    let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(
-        &srv.url(),
-        "writeback",
-        &["write -z 0 64k", "read -P 0 0 64k", "read -P 0x5a 64k 4k"],
-    )
-    .await;
+    let srv = killed_qemu_io(&["write -z 0 64k", "read -P 0 0 64k", "read -P 0x5a 64k 4k"]).await;
     let stats = srv.handle.stats();
     assert_eq!(stats.write_zeroes, 1, "{stats:?}");
     assert!(all(&srv.backing_bytes(), FILL));
@@ -309,8 +283,7 @@ async fn write_zeroes_go_through_the_volatile_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_client_sees_volatile_data() {
-    let srv = TestServer::start(SIZE, FILL, opts());
-    qemu_io_killed(&srv.url(), "writeback", &["write -P 0x77 2M 128k"]).await;
+    let srv = killed_qemu_io(&["write -P 0x77 2M 128k"]).await;
     assert_ok(&qemu_io(&srv.url(), "writeback", &["read -P 0x77 2M 128k"]).await);
     let stats = srv.handle.stats();
     assert_eq!(stats.connections, 2);
