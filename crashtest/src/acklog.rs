@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use kvmio_guest::fsworkload::FileAck;
 use kvmio_guest::protocol::GuestMessage;
 use kvmio_guest::record::{Digest, RecordSpec};
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,8 @@ pub struct AckLog {
     pub acks: Vec<Ack>,
     /// `DONE n`: the writer filled the disk before the fault.
     pub done: Option<u64>,
+    /// A file workload's acks (`FACK`), as received.
+    pub file_acks: Vec<FileAck>,
 }
 
 /// Why an ack log could not be read. The inner error is only the `source`.
@@ -139,6 +142,7 @@ impl AckLog {
             header,
             acks: Vec::new(),
             done: None,
+            file_acks: Vec::new(),
         };
         for (n, line) in lines.enumerate() {
             let line = line.map_err(|source| AckLogError::Read {
@@ -149,8 +153,23 @@ impl AckLog {
                 Some(GuestMessage::Ack { seq, slot, digest }) => {
                     log.acks.push(Ack { seq, slot, digest })
                 }
+                Some(GuestMessage::FileAck(ack)) => {
+                    if log.file_acks.len() as u64 >= kvmio_guest::fsworkload::MAX_OPS {
+                        return Err(bad(format!(
+                            "line {}: more FACK lines than a file workload's {} operations",
+                            n + 2,
+                            kvmio_guest::fsworkload::MAX_OPS
+                        )));
+                    }
+                    log.file_acks.push(ack)
+                }
                 Some(GuestMessage::Done { records }) => log.done = Some(records),
-                _ => return Err(bad(format!("line {}: not an ACK or DONE line", n + 2))),
+                _ => {
+                    return Err(bad(format!(
+                        "line {}: not an ACK, FACK or DONE line",
+                        n + 2
+                    )))
+                }
             }
         }
         Ok(log)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::accel::AccelChoice;
-use crate::oracle::{Cell, Fault, Workload};
+use crate::oracle::{Cell, Fault, Workload, WorkloadKind};
 use crate::run::{BootPolicy, RunOptions};
 use crate::vm::ImageFormat;
 use clap::{Args, Parser, Subcommand};
@@ -89,7 +89,10 @@ pub struct RunArgs {
         default_value = "fdatasync,dsync,none"
     )]
     pub sync: Vec<SyncPolicy>,
-    /// Workloads: raw-append (checksummed records appended to the raw disk, each slot once).
+    /// Workloads: raw-append (checksummed records appended to the raw disk, each slot once);
+    /// files on a guest filesystem: ext4-append, ext4-replace, ext4-overwrite (fsync after
+    /// each append / write-temp + fsync + rename + fsync(dir) / in-place write), the same on
+    /// ext4 mounted barrier=0 (ext4-nobarrier-*), and xfs-* (xfs needs --disk-size 300).
     #[arg(
         long,
         value_name = "WORKLOADS",
@@ -284,6 +287,16 @@ pub fn run_options(args: &RunArgs, out: &Path) -> Result<RunOptions, String> {
     if (args.disk_size << 20) < args.record_size as u64 {
         return Err("--disk-size is smaller than one record".into());
     }
+    for fs in args.workload.iter().filter_map(|w| w.fs()) {
+        let min = crate::fsimage::min_disk_mib(fs.fs);
+        if args.disk_size < min {
+            return Err(format!(
+                "--disk-size {} is too small for workload {fs}: {} needs at least {min} MiB",
+                args.disk_size,
+                fs.fs.as_str()
+            ));
+        }
+    }
     let image_dir = match &args.image_dir {
         Some(d) => d.clone(),
         None if args.keep_images => out.join("images"),
@@ -344,6 +357,12 @@ fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
             for &sync in &args.sync {
                 for &format in &args.format {
                     for &workload in &args.workload {
+                        // A file workload's durability point is the application's fsync, not
+                        // --sync: its cells say fdatasync, once.
+                        let sync = match workload.kind() {
+                            WorkloadKind::Raw => sync,
+                            WorkloadKind::Filesystem => SyncPolicy::Fdatasync,
+                        };
                         let cell = Cell::new(cache, fault, sync, format).with_workload(workload);
                         if !out.contains(&cell) {
                             out.push(cell);

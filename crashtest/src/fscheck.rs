@@ -31,6 +31,7 @@ use kvmio_guest::fsworkload::{self, FileAck, FsKind, FsOp, FsWorkload, Planner, 
 use kvmio_guest::record::{Digest, SECTOR};
 use kvmio_qemu::CacheMode;
 
+use crate::acklog::AckLog;
 use crate::fsimage::{self, bounded};
 use crate::oracle::{Fault, Promise};
 use crate::verify::{self, Verification, VerifyError};
@@ -46,6 +47,8 @@ const MAX_PROBLEMS: usize = 20;
 /// Why an image could not be checked (a broken filesystem is a finding, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum FsCheckError {
+    #[error("the ack log's workload {0} is not a file workload")]
+    NotAFileWorkload(String),
     #[error("cannot make the raw copy of {path}")]
     Copy {
         path: PathBuf,
@@ -232,21 +235,24 @@ pub struct FsCheck<'a> {
     pub scratch_dir: &'a Path,
 }
 
-/// An exit status and the tool's last words, for the report.
+/// An exit status and the tool's last words (its summary on stdout, else stderr's last line),
+/// for the report.
 fn run_tool(mut cmd: Command) -> Result<(i32, String), FsCheckError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .output()
         .map_err(|source| FsCheckError::Spawn { program, source })?;
-    let mut text = out.stdout;
-    text.extend_from_slice(&out.stderr);
-    let last = String::from_utf8_lossy(&text)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| bounded(l.as_bytes()))
+    let last = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| bounded(l.as_bytes()))
+    };
+    let words = last(&out.stdout)
+        .or_else(|| last(&out.stderr))
         .unwrap_or_default();
-    Ok((out.status.code().unwrap_or(-1), last))
+    Ok((out.status.code().unwrap_or(-1), words))
 }
 
 /// The read-only consistency check: `e2fsck -fn` (0 = clean) or `xfs_repair -n` (0 = clean).
@@ -490,6 +496,35 @@ fn unreadable(mut v: Verification, what: &str, detail: String, start: Instant) -
     v.image_error = Some(detail);
     v.seconds = start.elapsed().as_secs_f64();
     v
+}
+
+/// Verifies `image` against the ack log of a file workload's iteration (`format` overrides the
+/// header's): what [`crate::verify::verify_image`] calls for `WorkloadKind::Filesystem`.
+pub fn verify_log(
+    image: &Path,
+    log: &AckLog,
+    format: Option<ImageFormat>,
+    qemu_img: &Path,
+    scratch_dir: &Path,
+) -> Result<Verification, FsCheckError> {
+    let h = &log.header;
+    let workload = h
+        .cell
+        .workload
+        .fs()
+        .ok_or_else(|| FsCheckError::NotAFileWorkload(h.cell.workload.to_string()))?;
+    verify_fs(
+        image,
+        &FsCheck {
+            workload,
+            seed: h.payload_seed,
+            acks: &log.file_acks,
+            done: log.done.is_some(),
+            format: format.unwrap_or(h.cell.format),
+            qemu_img,
+            scratch_dir,
+        },
+    )
 }
 
 /// Verifies a file workload's surviving `image`.

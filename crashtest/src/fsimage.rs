@@ -14,6 +14,7 @@ use std::process::Command;
 
 use kvmio_guest::fsworkload::FsKind;
 
+use crate::oracle::Cell;
 use crate::qemu_img::{self, QemuImgError};
 use crate::vm::ImageFormat;
 
@@ -147,6 +148,47 @@ pub fn make_template(
             }
             Ok(qcow2)
         }
+    }
+}
+
+/// The run's templates, made on first use (one per filesystem and format), in kvmio's image
+/// directory; iterations running in parallel wait for the one being made.
+#[derive(Debug, Default)]
+pub struct Templates {
+    made: std::sync::Mutex<std::collections::BTreeMap<(FsKind, ImageFormat), PathBuf>>,
+}
+
+impl Templates {
+    /// Creates the image of `cell` at `path` (which must not exist): a copy of the template of
+    /// `fs` in the cell's format for `disk_bytes` disks (made in `dir` on first use, while
+    /// parallel iterations wait); a qcow2 file served over NBD
+    /// is grown up front, as [`crate::run::qcow2_headroom`] says, since the export cannot grow.
+    pub fn instantiate(
+        &self,
+        qemu_img: &Path,
+        dir: &Path,
+        path: &Path,
+        fs: FsKind,
+        cell: Cell,
+        disk_bytes: u64,
+    ) -> Result<(), FsImageError> {
+        let template = {
+            let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+            match made.get(&(fs, cell.format)) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = make_template(qemu_img, dir, fs, cell.format, disk_bytes)?;
+                    made.insert((fs, cell.format), p.clone());
+                    p
+                }
+            }
+        };
+        let min_len = if cell.format == ImageFormat::Qcow2 && cell.fault.over_nbd() {
+            disk_bytes + crate::run::qcow2_headroom(disk_bytes)
+        } else {
+            0
+        };
+        instantiate(&template, path, min_len)
     }
 }
 

@@ -207,6 +207,10 @@ impl Cell {
             WorkloadKind::Raw => {
                 promise(self.cache_mode, self.fault, self.sync_policy(), self.format)
             }
+            WorkloadKind::Filesystem => {
+                let barriers = self.workload.fs().is_some_and(|f| f.barriers);
+                crate::fscheck::fs_promise(self.cache_mode, self.fault, self.format, barriers)
+            }
         }
     }
 }

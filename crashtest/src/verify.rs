@@ -43,6 +43,12 @@ use crate::vm::ImageFormat;
 /// the `source`, never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("cannot check the filesystem in {path}")]
+    Filesystem {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::fscheck::FsCheckError>,
+    },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -157,6 +163,14 @@ pub fn verify_image(
 ) -> Result<Verification, VerifyError> {
     match log.header.cell.workload.kind() {
         WorkloadKind::Raw => verify_raw_image(image, log, format, qemu_img, scratch_dir),
+        WorkloadKind::Filesystem => {
+            crate::fscheck::verify_log(image, log, format, qemu_img, scratch_dir).map_err(
+                |source| VerifyError::Filesystem {
+                    path: image.to_path_buf(),
+                    source: Box::new(source),
+                },
+            )
+        }
     }
 }
 
@@ -643,6 +657,7 @@ mod tests {
                 header: h,
                 acks,
                 done: None,
+                file_acks: Vec::new(),
             },
         )
     }

@@ -332,8 +332,26 @@ fn ctx(what: String) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Mounts `dev` on [`MOUNT_POINT`] as the workload says.
+/// Whether the running kernel knows `fs` (`/proc/filesystems`, one `[nodev]\tNAME` a line).
+pub fn kernel_has(fs: FsKind, proc_filesystems: &str) -> bool {
+    proc_filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(fs.as_str()))
+}
+
+/// Mounts `dev` on [`MOUNT_POINT`] as the workload says; a kernel without the filesystem (its
+/// module absent from the guest image) is said plainly.
 pub fn mount(dev: &str, workload: &FsWorkload) -> io::Result<()> {
+    let known = fs::read_to_string("/proc/filesystems")?;
+    if !kernel_has(workload.fs, &known) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "workload {workload} unavailable: the guest kernel has no {} (its module is not in the guest image: pass --modules of a kernel that has it)",
+                workload.fs.as_str()
+            ),
+        ));
+    }
     fs::create_dir_all(MOUNT_POINT)?;
     let c = |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::other("NUL in a string"));
     let (src, target, fstype, data) = (
@@ -530,6 +548,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn proc_filesystems_says_which_filesystems_the_kernel_has() {
+        let known = "nodev\tsysfs\nnodev\tproc\n\text4\n";
+        assert!(kernel_has(FsKind::Ext4, known));
+        assert!(!kernel_has(FsKind::Xfs, known));
     }
 
     #[test]

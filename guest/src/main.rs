@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kvmio_guest::bench::{bad, DeviceFlags, Flags};
+use kvmio_guest::fsworkload::{self, FsWorkload};
 use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
 use kvmio_guest::workload::Workload;
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
@@ -238,10 +239,23 @@ fn crash_writer(port: &mut File) -> io::Result<()> {
     let params = apply_start(port)?;
     match params.workload {
         Workload::RawAppend => raw_writer(port, &params)?,
+        w => match w.fs() {
+            Some(fs) => fs_writer(port, &params, &fs)?,
+            None => unreachable!("{w} is a raw workload"),
+        },
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The file workloads (`kvmio_guest::fsworkload`): mounts the disk, runs the plan with a
+/// `FACK` after each operation's durability point, `DONE` when the plan is done.
+fn fs_writer(port: &mut File, params: &WriterParams, fs: &FsWorkload) -> io::Result<()> {
+    let ops = fsworkload::run(&params.dev, fs, params.seed, params.ack_early, |ack| {
+        send(port, &GuestMessage::FileAck(ack.clone()))
+    })?;
+    send(port, &GuestMessage::Done { records: ops })
 }
 
 /// The raw workloads: records slot after slot, an `ACK` after each record's durability point,

@@ -144,8 +144,12 @@ pub enum GuestMessage {
     /// The writer's record `seq` in `slot`, whose sha256 is `digest`, reached its durability
     /// point.
     Ack { seq: u64, slot: u64, digest: Digest },
-    /// The writer wrote `records` records and stopped (the disk is full).
+    /// The writer wrote `records` records and stopped (the disk is full); a file workload did
+    /// `records` operations (its whole plan).
     Done { records: u64 },
+    /// A file workload's operation reached its durability point (`FACK ...`, see
+    /// [`crate::fsworkload::FileAck`]).
+    FileAck(crate::fsworkload::FileAck),
     /// The writer applied the host's `START` and sees this.
     State(GuestState),
 }
@@ -161,6 +165,7 @@ impl fmt::Display for GuestMessage {
                 write!(f, "ACK {seq} {slot} {}", record::to_hex(digest))
             }
             GuestMessage::Done { records } => write!(f, "DONE {records}"),
+            GuestMessage::FileAck(ack) => write!(f, "{ack}"),
             GuestMessage::State(s) => write!(
                 f,
                 "STATE write_cache={} disk_bytes={} partitions={} cached_kib={} clock_ns={} uptime_ms={}",
@@ -198,6 +203,7 @@ impl GuestMessage {
                 }
                 Some(GuestMessage::Ack { seq, slot, digest })
             }
+            "FACK" => crate::fsworkload::FileAck::parse_words(rest).map(GuestMessage::FileAck),
             "DONE" => Some(GuestMessage::Done {
                 records: rest.parse().ok()?,
             }),
@@ -240,6 +246,13 @@ mod tests {
                 digest: [0xab; 32],
             },
             GuestMessage::Done { records: 16384 },
+            GuestMessage::FileAck(crate::fsworkload::FileAck {
+                seq: 3,
+                name: "f1".into(),
+                version: 2,
+                len: 100,
+                digest: [0xcd; 32],
+            }),
             GuestMessage::State(GuestState {
                 write_cache: false,
                 disk_bytes: 64 << 20,

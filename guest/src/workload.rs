@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsworkload::{FsKind, FsOp, FsWorkload};
+
 /// A crash-test workload. To add one: a variant here with its name in [`Workload::as_str`] and
 /// [`Workload::ALL`], its [`Workload::kind`] (a new kind of workload gets its arm in each
 /// `match` on the kind), the guest side in the writer's dispatch (`kvmio-guest`'s
@@ -23,6 +25,33 @@ pub enum Workload {
     #[default]
     #[serde(rename = "raw-append")]
     RawAppend,
+    /// Files on ext4 (default mount: data=ordered, barriers), appended, each append + fsync.
+    #[serde(rename = "ext4-append")]
+    Ext4Append,
+    /// Files on ext4 replaced by write-temp + fsync + rename + fsync(dir).
+    #[serde(rename = "ext4-replace")]
+    Ext4Replace,
+    /// Files on ext4 overwritten in place, each write + fsync.
+    #[serde(rename = "ext4-overwrite")]
+    Ext4Overwrite,
+    /// [`Workload::Ext4Append`] on an ext4 mounted with `barrier=0`: the mis-configuration.
+    #[serde(rename = "ext4-nobarrier-append")]
+    Ext4NobarrierAppend,
+    /// [`Workload::Ext4Replace`] with `barrier=0`.
+    #[serde(rename = "ext4-nobarrier-replace")]
+    Ext4NobarrierReplace,
+    /// [`Workload::Ext4Overwrite`] with `barrier=0`.
+    #[serde(rename = "ext4-nobarrier-overwrite")]
+    Ext4NobarrierOverwrite,
+    /// Files on xfs, appended, each append + fsync.
+    #[serde(rename = "xfs-append")]
+    XfsAppend,
+    /// Files on xfs replaced by write-temp + fsync + rename + fsync(dir).
+    #[serde(rename = "xfs-replace")]
+    XfsReplace,
+    /// Files on xfs overwritten in place, each write + fsync.
+    #[serde(rename = "xfs-overwrite")]
+    XfsOverwrite,
 }
 
 /// Where a workload writes.
@@ -30,21 +59,65 @@ pub enum Workload {
 pub enum WorkloadKind {
     /// Records on the raw block device, checked slot by slot.
     Raw,
+    /// Files on a guest filesystem ([`crate::fsworkload`]), checked file by file on a loop
+    /// mount of a copy of the image.
+    Filesystem,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 1] = [Workload::RawAppend];
+    pub const ALL: [Workload; 10] = [
+        Workload::RawAppend,
+        Workload::Ext4Append,
+        Workload::Ext4Replace,
+        Workload::Ext4Overwrite,
+        Workload::Ext4NobarrierAppend,
+        Workload::Ext4NobarrierReplace,
+        Workload::Ext4NobarrierOverwrite,
+        Workload::XfsAppend,
+        Workload::XfsReplace,
+        Workload::XfsOverwrite,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Workload::RawAppend => "raw-append",
+            Workload::Ext4Append => "ext4-append",
+            Workload::Ext4Replace => "ext4-replace",
+            Workload::Ext4Overwrite => "ext4-overwrite",
+            Workload::Ext4NobarrierAppend => "ext4-nobarrier-append",
+            Workload::Ext4NobarrierReplace => "ext4-nobarrier-replace",
+            Workload::Ext4NobarrierOverwrite => "ext4-nobarrier-overwrite",
+            Workload::XfsAppend => "xfs-append",
+            Workload::XfsReplace => "xfs-replace",
+            Workload::XfsOverwrite => "xfs-overwrite",
         }
     }
 
     pub fn kind(self) -> WorkloadKind {
-        match self {
-            Workload::RawAppend => WorkloadKind::Raw,
+        match self.fs() {
+            None => WorkloadKind::Raw,
+            Some(_) => WorkloadKind::Filesystem,
         }
+    }
+
+    /// The file workload (filesystem, pattern, barriers) of a [`WorkloadKind::Filesystem`]
+    /// workload; `None` for the raw ones.
+    pub fn fs(self) -> Option<FsWorkload> {
+        use FsKind::*;
+        use FsOp::*;
+        let (fs, op, barriers) = match self {
+            Workload::RawAppend => return None,
+            Workload::Ext4Append => (Ext4, Append, true),
+            Workload::Ext4Replace => (Ext4, Replace, true),
+            Workload::Ext4Overwrite => (Ext4, Overwrite, true),
+            Workload::Ext4NobarrierAppend => (Ext4, Append, false),
+            Workload::Ext4NobarrierReplace => (Ext4, Replace, false),
+            Workload::Ext4NobarrierOverwrite => (Ext4, Overwrite, false),
+            Workload::XfsAppend => (Xfs, Append, true),
+            Workload::XfsReplace => (Xfs, Replace, true),
+            Workload::XfsOverwrite => (Xfs, Overwrite, true),
+        };
+        Some(FsWorkload { fs, op, barriers })
     }
 }
 
@@ -83,5 +156,20 @@ mod tests {
         let e = "raw".parse::<Workload>().unwrap_err();
         assert!(e.contains("use raw-append"), "{e}");
         assert_eq!(Workload::default(), Workload::RawAppend);
+    }
+
+    #[test]
+    fn file_workloads_are_named_after_their_filesystem_pattern_and_barriers() {
+        let fs: Vec<FsWorkload> = Workload::ALL.iter().filter_map(|w| w.fs()).collect();
+        assert_eq!(fs, FsWorkload::all());
+        for w in Workload::ALL {
+            match w.fs() {
+                Some(f) => {
+                    assert_eq!(f.name(), w.as_str());
+                    assert_eq!(w.kind(), WorkloadKind::Filesystem);
+                }
+                None => assert_eq!(w.kind(), WorkloadKind::Raw),
+            }
+        }
     }
 }

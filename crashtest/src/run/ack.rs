@@ -65,7 +65,7 @@ impl<'a> Acks<'a> {
 
     fn handle(&mut self, line: &str, vm: &Vm) -> Result<Line, RunError> {
         let (message, kind) = match GuestMessage::parse(line) {
-            Some(m @ GuestMessage::Ack { .. }) => (m, Line::Ack),
+            Some(m @ (GuestMessage::Ack { .. } | GuestMessage::FileAck(_))) => (m, Line::Ack),
             Some(m @ GuestMessage::Done { .. }) => (m, Line::Done),
             Some(GuestMessage::Error { message }) => {
                 return Err(RunError::Writer {

@@ -35,6 +35,8 @@ pub(super) struct Ctx {
     pub guest: Guest,
     /// The saved guests (`--boot auto`); before `dirs`, so they go first.
     snapshots: Option<Snapshots>,
+    /// The file workloads' filesystem templates, made on first use in `dirs`.
+    templates: crate::fsimage::Templates,
     pub dirs: RunDirs,
 }
 
@@ -55,6 +57,7 @@ impl Ctx {
             opts,
             guest,
             snapshots,
+            templates: Default::default(),
             dirs,
         })
     }
@@ -102,14 +105,31 @@ async fn steps(
     let t = Instant::now();
     let socket = ctx.dirs.sockets().join(format!("n{index}.sock"));
     let mut host = Host::mount(cell, opts, &files.image, ctx.dirs.sockets(), index, label)?;
-    image::create(
-        &opts.qemu_img,
-        &host.create_path(),
-        cell.format,
-        disk_bytes,
-        cell.fault.over_nbd(),
-        label,
-    )?;
+    match cell.workload.fs() {
+        None => image::create(
+            &opts.qemu_img,
+            &host.create_path(),
+            cell.format,
+            disk_bytes,
+            cell.fault.over_nbd(),
+            label,
+        )?,
+        // A file workload's disk holds the filesystem the host made (the guest has no mkfs).
+        Some(fs) => ctx
+            .templates
+            .instantiate(
+                &opts.qemu_img,
+                ctx.dirs.images(),
+                &host.create_path(),
+                fs.fs,
+                cell,
+                disk_bytes,
+            )
+            .map_err(|source| RunError::FsImage {
+                cell: label.to_string(),
+                source,
+            })?,
+    }
     host.serve(opts, socket, label)?;
     let header = ack_log_header(opts, cell, iteration, &seeds, &files.image);
     let acks = Acks::create(&files.acks, &header, label)?;

@@ -153,6 +153,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{cell}: cannot make the file workload's filesystem image")]
+    FsImage {
+        cell: String,
+        #[source]
+        source: crate::fsimage::FsImageError,
+    },
     #[error("{cell}: cannot create the disk image {path}")]
     QemuImg {
         cell: String,
