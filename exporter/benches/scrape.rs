@@ -497,6 +497,12 @@ fn main() {
     );
     table_head(&["measure", "value"]);
     let row = |what: &str, value: String| println!("| {what} | {value} |");
+    let against_floor = |what: &str, v: &[f64]| {
+        row(
+            &format!("{what} median / floor median"),
+            format!("{:.2}x", median(v) / floor_med),
+        )
+    };
     row(
         "raw floor, QMP + agents, all sockets at once: median (before / after the exporter)",
         format!(
@@ -527,10 +533,7 @@ fn main() {
     );
     row("raw floor client's own CPU per round", ms(floor_cpu));
     row("kvmio-exporter scrape: median / p99", median_p99(lat, 1));
-    row(
-        "scrape median / floor median",
-        format!("{:.2}x", median(lat) / floor_med),
-    );
+    against_floor("scrape", lat);
     row(
         "exporter CPU per scrape (user + system)",
         format!(
@@ -561,10 +564,7 @@ fn main() {
             .join(", "),
     );
     row("--qmp.persistent scrape: median / p99", median_p99(plat, 1));
-    row(
-        "persistent median / floor median",
-        format!("{:.2}x", median(plat) / floor_med),
-    );
+    against_floor("persistent", plat);
     row(
         "against the floor without guest-get-disks: scrape / persistent",
         format!("{:.2}x / {:.2}x", median(lat) / sw, median(plat) / sw),

@@ -309,15 +309,35 @@ fn enter(
     Ok(())
 }
 
+/// The families in order of appearance, at most [`MAX_FAMILIES`], and the same as a set
+/// (membership in O(1): a file of many families must not make the parse quadratic).
+#[derive(Debug, Default)]
+struct FamilyOrder {
+    order: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl FamilyOrder {
+    /// Notes `family`; false when it is new and there are [`MAX_FAMILIES`] already.
+    fn note(&mut self, family: &str) -> bool {
+        if self.seen.contains(family) {
+            return true;
+        }
+        if self.order.len() >= MAX_FAMILIES {
+            return false;
+        }
+        self.seen.insert(family.to_owned());
+        self.order.push(family.to_owned());
+        true
+    }
+}
+
 /// Parses a whole file.
 pub fn parse(text: &str) -> Parsed {
     let mut out = Parsed::default();
     let mut types: HashMap<String, FamilyType> = HashMap::new();
     let mut helps: HashMap<String, String> = HashMap::new();
-    // Families in order of appearance, and the same as a set (membership in O(1): a file of
-    // many families must not make the parse quadratic).
-    let mut order: Vec<String> = Vec::new();
-    let mut ordered: HashSet<String> = HashSet::new();
+    let mut order = FamilyOrder::default();
     let mut samples: HashMap<String, Vec<Sample>> = HashMap::new();
     let mut series: BTreeSet<(String, Vec<(String, String)>)> = BTreeSet::new();
     // The family whose lines are being read; a family may not start again once left.
@@ -382,15 +402,11 @@ pub fn parse(text: &str) -> Parsed {
                 }
                 types.insert(name.to_owned(), kind);
             }
-            if !ordered.contains(name) {
-                if order.len() >= MAX_FAMILIES {
-                    err(format!(
-                        "{TOO_MANY_FAMILIES}: the rest of the file is not read"
-                    ));
-                    break;
-                }
-                ordered.insert(name.to_owned());
-                order.push(name.to_owned());
+            if !order.note(name) {
+                err(format!(
+                    "{TOO_MANY_FAMILIES}: the rest of the file is not read"
+                ));
+                break;
             }
             continue;
         }
@@ -412,19 +428,15 @@ pub fn parse(text: &str) -> Parsed {
             err(format!("duplicate series of {}", sample.name));
             continue;
         }
-        if !ordered.contains(&family) {
-            if order.len() >= MAX_FAMILIES {
-                err(format!(
-                    "{TOO_MANY_FAMILIES}: the rest of the file is not read"
-                ));
-                break;
-            }
-            ordered.insert(family.clone());
-            order.push(family.clone());
+        if !order.note(&family) {
+            err(format!(
+                "{TOO_MANY_FAMILIES}: the rest of the file is not read"
+            ));
+            break;
         }
         samples.entry(family).or_default().push(sample);
     }
-    for name in order {
+    for name in order.order {
         let family_samples = samples.remove(&name).unwrap_or_default();
         out.families.push(Family {
             kind: types.get(&name).copied().unwrap_or(FamilyType::Untyped),

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use kvmio_exporter::collector::Exporter;
@@ -75,46 +74,7 @@ async fn compare(variant: &str, config: Config) {
     common::promtool_check(&raw, variant);
     let got = normalise(&raw);
 
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{variant}.prom"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0") {
-        std::fs::write(&golden, &got).expect("write golden file");
-        eprintln!("updated {}", golden.display());
-        return;
-    }
-    let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden",
-            golden.display()
-        )
-    });
-    if got != want {
-        let diff = line_diff(&want, &got);
-        panic!(
-            "/metrics output differs from {} (- expected, + got); if the change is intended, \
-             regenerate with UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden\n{diff}",
-            golden.display()
-        );
-    }
-}
-
-/// A minimal diff: lines only in one side, in order (the outputs are sorted, so this is
-/// readable).
-fn line_diff(want: &str, got: &str) -> String {
-    let w: std::collections::BTreeSet<&str> = want.lines().collect();
-    let g: std::collections::BTreeSet<&str> = got.lines().collect();
-    let mut out = String::new();
-    for l in want.lines().filter(|l| !g.contains(l)) {
-        out.push_str(&format!("- {l}\n"));
-    }
-    for l in got.lines().filter(|l| !w.contains(l)) {
-        out.push_str(&format!("+ {l}\n"));
-    }
-    if out.is_empty() {
-        out.push_str("(same lines, different order or duplicates)\n");
-    }
-    out
+    common::assert_golden(&format!("{variant}.prom"), &got, "golden");
 }
 
 #[tokio::test]

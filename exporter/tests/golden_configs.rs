@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use common::peer;
@@ -71,29 +70,5 @@ async fn golden_qemu_7_2_configurations() {
     common::promtool_check(&raw, "qemu-7.2-configs");
     kvmio_test_support::metrics::parse(&raw);
     let got = qmp_families(&raw);
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/qemu-7.2-configs.prom");
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0") {
-        std::fs::write(&golden, &got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test golden_configs",
-            golden.display()
-        )
-    });
-    if got != want {
-        let w: std::collections::BTreeSet<&str> = want.lines().collect();
-        let g: std::collections::BTreeSet<&str> = got.lines().collect();
-        let diff: Vec<String> = w
-            .difference(&g)
-            .map(|l| format!("- {l}"))
-            .chain(g.difference(&w).map(|l| format!("+ {l}")))
-            .collect();
-        panic!(
-            "QMP families differ from {} (regenerate with UPDATE_GOLDEN=1 if intended):\n{}",
-            golden.display(),
-            diff.join("\n")
-        );
-    }
+    common::assert_golden("qemu-7.2-configs.prom", &got, "golden_configs");
 }

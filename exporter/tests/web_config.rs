@@ -17,8 +17,11 @@ use kvmio_test_support::wait_for;
 const BIN: &str = env!("CARGO_BIN_EXE_kvmio-exporter");
 const T: Duration = Duration::from_secs(20);
 
-/// The exporter over the captured host trees (so it has kvmio series without VMs), under `web`.
-fn exporter(dir: &Path, web: &Path) -> (common::procs::Proc, String) {
+/// The exporter over the captured host trees (so it has kvmio series without VMs), under the
+/// web configuration `web_yml` (written to `DIR/web.yml`), its log in `DIR/exporter.log`.
+fn exporter(dir: &Path, web_yml: &str) -> (common::procs::Proc, String) {
+    let web = dir.join("web.yml");
+    std::fs::write(&web, web_yml).unwrap();
     let fixtures = common::fixtures();
     common::procs::exporter(
         &[
@@ -54,25 +57,14 @@ basic_auth_users:
 fn tls_and_basic_auth_guard_every_path() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let web = dir.path().join("web.yml");
-    std::fs::write(
-        &web,
-        tls_file(&pki, "", &format!("  prometheus: {}\n", hash("scrape-me"))),
-    )
-    .unwrap();
-    let (_exporter, addr) = exporter(dir.path(), &web);
+    let users = format!("  prometheus: {}\n", hash("scrape-me"));
+    let (_exporter, addr) = exporter(dir.path(), &tls_file(&pki, "", &users));
     let log = std::fs::read_to_string(dir.path().join("exporter.log")).unwrap();
     assert!(log.contains("listening on https://"), "{log}");
     let tls = client_config(&pki.ca, None);
 
-    let ok = https_get(
-        &addr,
-        "/metrics",
-        &tls,
-        Some(("prometheus", "scrape-me")),
-        T,
-    )
-    .unwrap();
+    let get = |path| https_get(&addr, path, &tls, Some(("prometheus", "scrape-me")), T).unwrap();
+    let ok = get("/metrics");
     assert_eq!(ok.status, 200);
     assert!(
         ok.body
@@ -83,15 +75,7 @@ fn tls_and_basic_auth_guard_every_path() {
     assert_eq!(ok.header("x-frame-options"), Some("deny"));
     assert_eq!(ok.header("x-content-type-options"), Some("nosniff"));
     // Cached after the first success: the second costs no bcrypt, and still passes.
-    let again = https_get(
-        &addr,
-        "/metrics",
-        &tls,
-        Some(("prometheus", "scrape-me")),
-        T,
-    )
-    .unwrap();
-    assert_eq!(again.status, 200);
+    assert_eq!(get("/metrics").status, 200);
 
     for (path, auth) in [
         ("/metrics", Some(("prometheus", "wrong"))),
@@ -115,7 +99,7 @@ fn tls_and_basic_auth_guard_every_path() {
             "headers on a 401 too"
         );
     }
-    let landing = https_get(&addr, "/", &tls, Some(("prometheus", "scrape-me")), T).unwrap();
+    let landing = get("/");
     assert_eq!(landing.status, 200);
     assert!(landing.body.contains("kvmio-exporter"));
     // Its scrape job asks Prometheus for what this configuration needs.
@@ -141,21 +125,12 @@ fn tls_and_basic_auth_guard_every_path() {
 fn client_certificates_are_required_and_verified() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let web = dir.path().join("web.yml");
-    std::fs::write(
-        &web,
-        tls_file(
-            &pki,
-            &format!(
-                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
-                // Relative to the file's directory, as the toolkit resolves it.
-                pki.ca.file_name().unwrap().to_str().unwrap()
-            ),
-            "",
-        ),
-    )
-    .unwrap();
-    let (_exporter, addr) = exporter(dir.path(), &web);
+    let client_auth = format!(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
+        // Relative to the file's directory, as the toolkit resolves it.
+        pki.ca.file_name().unwrap().to_str().unwrap()
+    );
+    let (_exporter, addr) = exporter(dir.path(), &tls_file(&pki, &client_auth, ""));
 
     let with_cert = client_config(&pki.ca, Some((&pki.client_cert, &pki.client_key)));
     let r = https_get(&addr, "/metrics", &with_cert, None, T).unwrap();
@@ -191,9 +166,8 @@ fn changes_apply_without_restart_and_a_broken_file_keeps_the_last_good_one() {
             hash(password)
         )
     };
+    let (_exporter, addr) = exporter(dir.path(), &file("one"));
     let web = dir.path().join("web.yml");
-    std::fs::write(&web, file("one")).unwrap();
-    let (_exporter, addr) = exporter(dir.path(), &web);
     let old_ca = client_config(&pki.ca, None);
     let get = |tls, password| https_get(&addr, "/metrics", tls, Some(("prometheus", password)), T);
     assert_eq!(get(&old_ca, "one").unwrap().status, 200);
@@ -307,13 +281,8 @@ fn a_broken_file_at_start_up_is_a_clear_error() {
 #[test]
 fn basic_auth_without_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let web = dir.path().join("web.yml");
-    std::fs::write(
-        &web,
-        format!("basic_auth_users:\n  prometheus: {}\n", hash("pw")),
-    )
-    .unwrap();
-    let (_exporter, addr) = exporter(dir.path(), &web);
+    let users = format!("basic_auth_users:\n  prometheus: {}\n", hash("pw"));
+    let (_exporter, addr) = exporter(dir.path(), &users);
     let log = std::fs::read_to_string(dir.path().join("exporter.log")).unwrap();
     assert!(log.contains("listening on http://"), "{log}");
     let denied = parse(&plain_get_raw(&addr, "/metrics", None, T).unwrap()).unwrap();

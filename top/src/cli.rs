@@ -134,9 +134,8 @@ mod tests {
     /// kvmio-top's floor of 50 ms.
     #[test]
     fn durations_have_a_floor_of_50ms() {
-        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("49ms").is_err());
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
         assert!(parse_duration("x").is_err());
     }
 

@@ -502,26 +502,25 @@ mod tests {
         }))
     }
 
-    fn config(timeout: Duration) -> Arc<Config> {
-        Arc::new(Config {
+    /// One scrape of `collectors` with `--scrape.timeout` `timeout`.
+    async fn scrape(timeout: Duration, collectors: Vec<Arc<dyn Collector>>) -> Metrics {
+        let config = Arc::new(Config {
             scrape_timeout: timeout,
             ..Config::default()
-        })
+        });
+        Exporter::new(config, collectors).scrape().await
     }
 
     #[tokio::test]
     async fn failures_timeouts_and_panics_are_contained() {
-        let exporter = Exporter::new(
-            config(Duration::from_millis(300)),
-            vec![
-                fixed("ok", Ok(())),
-                fixed("bad", Err("boom")),
-                slow(),
-                panics(),
-            ],
-        );
         let t0 = std::time::Instant::now();
-        let m = exporter.scrape().await;
+        let collectors = vec![
+            fixed("ok", Ok(())),
+            fixed("bad", Err("boom")),
+            slow(),
+            panics(),
+        ];
+        let m = scrape(Duration::from_millis(300), collectors).await;
         assert!(t0.elapsed() < Duration::from_secs(5));
         let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
         assert_eq!(ok("ok"), Some(1.0));
@@ -541,19 +540,15 @@ mod tests {
 
     #[tokio::test]
     async fn consumers_wait_for_image_providers() {
-        let exporter = Exporter::new(
-            config(Duration::from_secs(5)),
-            vec![consumer(), publisher(Duration::from_millis(100))],
-        );
-        let m = exporter.scrape().await;
+        let providers = vec![consumer(), publisher(Duration::from_millis(100))];
+        let m = scrape(Duration::from_secs(5), providers).await;
         assert_eq!(m.value("kvmio_test_images", &[]), Some(1.0));
     }
 
     #[tokio::test]
     async fn consumers_do_not_wait_for_a_panicked_provider() {
-        let exporter = Exporter::new(config(Duration::from_secs(30)), vec![consumer(), panics()]);
         let t0 = std::time::Instant::now();
-        let m = exporter.scrape().await;
+        let m = scrape(Duration::from_secs(30), vec![consumer(), panics()]).await;
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert_eq!(m.value("kvmio_test_images", &[]), Some(0.0));
     }
@@ -561,11 +556,8 @@ mod tests {
     #[tokio::test]
     async fn late_provider_leaves_consumer_time() {
         // The provider outlives the deadline; the consumer stops waiting before it.
-        let exporter = Exporter::new(
-            config(Duration::from_millis(800)),
-            vec![consumer(), publisher(Duration::from_secs(3600))],
-        );
-        let m = exporter.scrape().await;
+        let providers = vec![consumer(), publisher(Duration::from_secs(3600))];
+        let m = scrape(Duration::from_millis(800), providers).await;
         let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
         assert_eq!(ok("consumer"), Some(1.0));
         assert_eq!(ok("publisher"), Some(0.0));

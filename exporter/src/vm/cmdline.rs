@@ -424,13 +424,15 @@ impl QemuCmdline {
     }
 }
 
+/// A command line as `/proc/PID/cmdline` gives it, from string literals (the tests' input).
+#[cfg(test)]
+pub(crate) fn args(s: &[&str]) -> Vec<String> {
+    s.iter().map(|a| (*a).to_owned()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(s: &[&str]) -> Vec<String> {
-        s.iter().map(|a| (*a).to_owned()).collect()
-    }
 
     #[test]
     fn keyval_escapes_and_implied_key() {

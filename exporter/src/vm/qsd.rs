@@ -258,10 +258,7 @@ pub fn export_addrs(args: &[String]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
+    use crate::vm::cmdline::args;
 
     #[test]
     fn export_addresses_from_both_syntaxes() {

@@ -36,6 +36,49 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Compares `got` with `tests/golden/NAME` byte for byte and panics with the lines only in one
+/// side; with `UPDATE_GOLDEN=1` writes `got` there instead. `test` is the test target that
+/// regenerates the file (`golden`, `golden_configs`).
+pub fn assert_golden(name: &str, got: &str, test: &str) {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let regenerate = format!("UPDATE_GOLDEN=1 cargo test -p kvmio-exporter --test {test}");
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0") {
+        std::fs::write(&golden, got).expect("write golden file");
+        eprintln!("updated {}", golden.display());
+        return;
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with {regenerate}", golden.display()));
+    if got != want {
+        panic!(
+            "/metrics output differs from {} (- expected, + got); if the change is intended, \
+             regenerate with {regenerate}\n{}",
+            golden.display(),
+            line_diff(&want, got)
+        );
+    }
+}
+
+/// A minimal diff: lines only in one side, in order (the outputs are sorted, so this is
+/// readable).
+fn line_diff(want: &str, got: &str) -> String {
+    let w: std::collections::BTreeSet<&str> = want.lines().collect();
+    let g: std::collections::BTreeSet<&str> = got.lines().collect();
+    let mut out = String::new();
+    for l in want.lines().filter(|l| !g.contains(l)) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in got.lines().filter(|l| !w.contains(l)) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    if out.is_empty() {
+        out.push_str("(same lines, different order or duplicates)\n");
+    }
+    out
+}
+
 /// Runs `promtool check metrics` on `text`; panics with promtool's findings if it objects, and
 /// fails (never skips) when promtool is missing.
 pub fn promtool_check(text: &str, what: &str) {
