@@ -29,7 +29,8 @@ use serde_json::Value;
 /// Longest command line read (QEMU command lines of many-disk VMs run to tens of KiB).
 const MAX_CMDLINE_BYTES: u64 = 1024 * 1024;
 
-type Opts = BTreeMap<String, String>;
+/// An option's `key=value` pairs, keys dotted for nested JSON objects (`file.filename`).
+pub(crate) type Opts = BTreeMap<String, String>;
 
 /// The block-related options of one QEMU command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,19 +61,26 @@ pub struct DriveConfig {
 /// the monitor's peer may be another process that created the socket (a management daemon
 /// passing a listening socket to QEMU).
 pub fn read_proc(procfs: &Path, pid: u32) -> Option<QemuCmdline> {
-    use std::io::Read;
-    let file = std::fs::File::open(procfs.join(pid.to_string()).join("cmdline")).ok()?;
-    let mut raw = Vec::new();
-    file.take(MAX_CMDLINE_BYTES).read_to_end(&mut raw).ok()?;
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = read_args(procfs, pid, MAX_CMDLINE_BYTES)?;
     let program = Path::new(args.first()?).file_name()?.to_string_lossy();
     if !program.contains("qemu") {
         return None;
     }
     Some(QemuCmdline::parse(&args[1..]))
+}
+
+/// `<procfs>/PID/cmdline`'s arguments, split at NUL bytes (the terminating one gives a last,
+/// empty element), reading at most `max_bytes`; `None` if unreadable.
+pub(crate) fn read_args(procfs: &Path, pid: u32, max_bytes: u64) -> Option<Vec<String>> {
+    use std::io::Read;
+    let file = std::fs::File::open(procfs.join(pid.to_string()).join("cmdline")).ok()?;
+    let mut raw = Vec::new();
+    file.take(max_bytes).read_to_end(&mut raw).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 /// Splits QEMU's `key=value,key2=value2` option syntax (`,,` is a literal comma). A leading
@@ -144,7 +152,9 @@ fn flatten_json(prefix: &str, v: &Value, out: &mut Opts, depth: usize) {
     }
 }
 
-fn parse_opts(s: &str, implied: Option<&str>) -> Opts {
+/// An option's value in either syntax, QEMU's `key=value,...` or JSON (`{"driver": ...}`,
+/// flattened into dotted keys); `implied` as for [`parse_keyval`].
+pub(crate) fn parse_opts(s: &str, implied: Option<&str>) -> Opts {
     if s.trim_start().starts_with('{') {
         let mut out = Opts::new();
         if let Ok(v) = serde_json::from_str::<Value>(s) {

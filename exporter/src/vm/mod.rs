@@ -18,6 +18,7 @@ pub mod libvirt;
 mod monitor;
 pub mod qga;
 pub mod qmp;
+mod qom;
 pub mod qsd;
 mod socket;
 mod target;

@@ -25,7 +25,7 @@ use kvmio_qemu::{Limits, Qmp, QmpCommands};
 use serde::Deserialize;
 use tokio::time::{timeout_at, Instant};
 
-use super::cmdline::parse_keyval;
+use super::cmdline::{parse_opts, read_args, Opts};
 use super::connection::{connect_unix, until};
 use super::qmp::{read_process_io, ProcessIo};
 use crate::config::Config;
@@ -152,59 +152,19 @@ pub async fn scrape(
     })
 }
 
-/// `<procfs>/PID/cmdline` as arguments (bounded); empty if unreadable.
+/// `<procfs>/PID/cmdline` as arguments (bounded), empty ones left out; empty if unreadable.
 fn read_cmdline(procfs: &Path, pid: u32) -> Vec<String> {
-    use std::io::Read;
-    let Ok(file) = std::fs::File::open(procfs.join(pid.to_string()).join("cmdline")) else {
-        return Vec::new();
-    };
-    let mut raw = Vec::new();
-    if file.take(MAX_CMDLINE_BYTES).read_to_end(&mut raw).is_err() {
-        return Vec::new();
-    }
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    let mut args = read_args(procfs, pid, MAX_CMDLINE_BYTES).unwrap_or_default();
+    args.retain(|a| !a.is_empty());
+    args
 }
 
-/// An option's value as key=value pairs with dotted keys (`addr.path`), from either syntax.
-fn options(s: &str) -> Vec<(String, String)> {
-    if s.trim_start().starts_with('{') {
-        let mut out = Vec::new();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(s) {
-            flatten("", &v, &mut out, 0);
-        }
-        out
-    } else {
-        parse_keyval(s, None).into_iter().collect()
-    }
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>, depth: usize) {
-    match v {
-        serde_json::Value::Object(map) if depth < 8 => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out, depth + 1);
-            }
-        }
-        serde_json::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
-        serde_json::Value::Number(n) => out.push((prefix.to_owned(), n.to_string())),
-        _ => {}
-    }
-}
-
-fn get<'a>(opts: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+fn get<'a>(opts: &'a Opts, key: &str) -> Option<&'a str> {
+    opts.get(key).map(String::as_str)
 }
 
 /// The address of a `unix`/`inet` socket option (`addr.type`, `addr.path`, `addr.host`...).
-fn socket_addr(opts: &[(String, String)]) -> Option<(bool, String)> {
+fn socket_addr(opts: &Opts) -> Option<(bool, String)> {
     match get(opts, "addr.type") {
         Some("unix") => get(opts, "addr.path").map(|p| (true, p.to_owned())),
         Some("inet") => {
@@ -226,12 +186,12 @@ pub fn export_addrs(args: &[String]) -> Vec<(String, String)> {
         (a == flag).then(|| args.get(i + 1).cloned()).flatten()
     };
     let mut nbd_server: Option<(bool, String)> = None;
-    let mut exports: Vec<Vec<(String, String)>> = Vec::new();
+    let mut exports: Vec<Opts> = Vec::new();
     for i in 0..args.len() {
         if let Some(v) = value(i, "--nbd-server") {
-            nbd_server = socket_addr(&options(&v));
+            nbd_server = socket_addr(&parse_opts(&v, None));
         } else if let Some(v) = value(i, "--export") {
-            exports.push(options(&v));
+            exports.push(parse_opts(&v, None));
         }
     }
     exports

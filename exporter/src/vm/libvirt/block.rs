@@ -499,17 +499,27 @@ mod tests {
 mod storage_modes {
     use super::*;
 
+    /// The snapshot of a captured domain XML, `tests/fixtures/libvirt/NAME`.
+    macro_rules! captured {
+        ($name:literal) => {
+            snapshot(
+                &super::super::domxml::parse(include_str!(concat!(
+                    "../../../tests/fixtures/libvirt/",
+                    $name
+                )))
+                .unwrap(),
+                &BTreeMap::new(),
+            )
+        };
+    }
+
     /// libvirt 9.0's live XML of tests/libvirt.rs's `lv-modes` domain (virtio disks with and
     /// without an iothread, virtio-scsi with an iothread, lsilogic, SATA, USB, an empty IDE
     /// CD-ROM):
     /// the model, storage mode and iothread QEMU's QOM tree gave for the same domain.
     #[test]
     fn captured_domain_with_every_bus() {
-        let xml = super::super::domxml::parse(include_str!(
-            "../../../tests/fixtures/libvirt/domain-storage-modes.xml"
-        ))
-        .unwrap();
-        let snap = snapshot(&xml, &BTreeMap::new());
+        let snap = captured!("domain-storage-modes.xml");
         let row = |device: &str| {
             let c = &snap.configured[device];
             (
@@ -569,11 +579,7 @@ mod storage_modes {
     /// lists it; the domain's other disks keep their backends.
     #[test]
     fn captured_vhost_user_disk() {
-        let xml = super::super::domxml::parse(include_str!(
-            "../../../tests/fixtures/libvirt/domain-vhostuser.xml"
-        ))
-        .unwrap();
-        let snap = snapshot(&xml, &BTreeMap::new());
+        let snap = captured!("domain-vhostuser.xml");
         assert_eq!(
             snap.other_devices.as_slice(),
             &[OtherDevice {
@@ -596,11 +602,7 @@ mod storage_modes {
     /// controller, and the host device is QEMU's vfio-pci.
     #[test]
     fn captured_lun_and_pci_hostdev() {
-        let xml = super::super::domxml::parse(include_str!(
-            "../../../tests/fixtures/libvirt/domain-lun-hostdev.xml"
-        ))
-        .unwrap();
-        let snap = snapshot(&xml, &BTreeMap::new());
+        let snap = captured!("domain-lun-hostdev.xml");
         let lun = &snap.configured["ua-lun0"].facts;
         assert_eq!(lun.model.as_deref(), Some("scsi-block"));
         assert_eq!(lun.controller.as_deref(), Some("lsi53c895a"));
