@@ -11,6 +11,7 @@
 
 mod base64;
 pub mod cache;
+mod channel;
 pub mod error;
 pub mod limits;
 pub mod line;

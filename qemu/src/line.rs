@@ -10,8 +10,19 @@
 //! in UTF-8 JSON. In [`LineReader::with_sentinel`] mode a 0xFF byte drops whatever partial line
 //! came before it (as the QGA documentation asks of clients) and marks the next line as
 //! [`Line::after_sentinel`].
+//!
+//! Memory: a returned line takes the reader's buffer with it (no copy), and what the reader
+//! keeps afterwards is only the input after that line, so a connection does not hold on to a
+//! large buffer between replies. Readers of many connections can share a [`LineBudget`]: a line
+//! that grows past [`LineBudget::THRESHOLD`] first takes a whole line's worth of the budget, and
+//! gives it back when the line leaves the reader, so at most the budget's worth of large lines
+//! is buffered at once across all of them; the others wait (their peers' writes wait in the
+//! kernel's socket buffers) within their callers' timeouts.
+
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 
@@ -29,6 +40,70 @@ pub struct Line {
     pub after_sentinel: bool,
 }
 
+/// Bytes that large lines may hold at once, shared by the [`LineReader`]s of many connections.
+#[derive(Debug, Clone)]
+pub struct LineBudget {
+    /// One permit per KiB.
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    /// Buffers of earlier large lines, handed back with [`LineReader::recycle`], for the next
+    /// ones (at most the budget's worth): a large line is read into memory that is already
+    /// there, and the heap is not fragmented by a line-sized block freed at every reply.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl LineBudget {
+    /// A line is charged to the budget once it holds more than this many bytes; smaller lines
+    /// (every honest reply kvmio asks for) never wait.
+    pub const THRESHOLD: usize = 64 * 1024;
+
+    /// A budget of `bytes` (at least one KiB).
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX / 2).max(1);
+        LineBudget {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            spare: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Bytes of the budget not held by a line now.
+    pub fn available(&self) -> usize {
+        self.kib.available_permits().saturating_mul(1024)
+    }
+
+    /// A spare buffer of at least `capacity` bytes, else a new one.
+    fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        match spare.iter().position(|b| b.capacity() >= capacity) {
+            Some(i) => spare.swap_remove(i),
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps `buf` for a later large line, if the spares stay within the budget.
+    fn keep(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: usize = spare.iter().map(Vec::capacity).sum();
+        if kept.saturating_add(buf.capacity()) <= (self.total_kib as usize).saturating_mul(1024) {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+
+    /// Waits for room for a line of up to `max_line_bytes` (the whole budget if that is more).
+    async fn acquire(&self, max_line_bytes: usize) -> OwnedSemaphorePermit {
+        let want = u32::try_from(max_line_bytes.saturating_add(2).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total_kib);
+        self.kib
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+}
+
 /// Splits a byte stream into bounded lines. It holds only the buffer; the stream is passed to
 /// each call, so the owner can keep writing to the same stream.
 #[derive(Debug)]
@@ -43,6 +118,10 @@ pub struct LineReader {
     saw_sentinel: bool,
     /// `buf[..scanned]` holds no `\n`: each byte is searched once, not once per read.
     scanned: usize,
+    /// Shared with other readers: large lines wait for room in it.
+    budget: Option<LineBudget>,
+    /// The budget the current large line holds.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl LineReader {
@@ -55,7 +134,15 @@ impl LineReader {
             discarding: false,
             saw_sentinel: false,
             scanned: 0,
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Charges lines longer than [`LineBudget::THRESHOLD`] to `budget` (see the module docs).
+    pub fn set_budget(&mut self, budget: Option<LineBudget>) {
+        self.budget = budget;
+        self.held = None;
     }
 
     /// A reader for the guest agent: 0xFF resets the current line and marks the next one.
@@ -89,6 +176,19 @@ impl LineReader {
                 .saturating_add(2)
                 .saturating_sub(self.buf.len())
                 .clamp(1, CHUNK);
+            if self.held.is_none() && self.buf.len() >= LineBudget::THRESHOLD {
+                // A whole line's room at once (pages are only resident once written), not a
+                // doubling copy per growth: a spare buffer of the budget, or a new one.
+                let line = self.max_line_bytes.saturating_add(2).min(CHUNK * 256);
+                if let Some(budget) = &self.budget {
+                    self.held = Some(budget.acquire(self.max_line_bytes).await);
+                    let mut big = budget.buffer(line);
+                    big.extend_from_slice(&self.buf);
+                    self.buf = big;
+                } else {
+                    self.buf.reserve_exact(line.saturating_sub(self.buf.len()));
+                }
+            }
             let mut chunk = [0u8; CHUNK];
             let n = r.read(&mut chunk[..room]).await?;
             if n == 0 {
@@ -104,8 +204,7 @@ impl LineReader {
             if let Some(i) = data.iter().rposition(|&b| b == SENTINEL) {
                 // Everything before the last sentinel is stale, including complete lines
                 // that were not yet returned: the agent's reply to our sync comes after it.
-                self.buf.clear();
-                self.scanned = 0;
+                self.release();
                 self.discarding = false;
                 self.saw_sentinel = true;
                 data = &data[i + 1..];
@@ -123,13 +222,40 @@ impl LineReader {
         self.buf.extend_from_slice(data);
     }
 
+    /// Hands a returned line's buffer back when it came from the budget's spares (a large
+    /// line), for the next large line of any reader sharing the budget.
+    pub fn recycle(&mut self, line: Vec<u8>) {
+        if let Some(budget) = &self.budget {
+            if line.capacity() > LineBudget::THRESHOLD {
+                budget.keep(line);
+            }
+        }
+    }
+
+    /// Drops the buffered input and its budget; its memory goes back to the spares.
+    fn release(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.recycle(buf);
+        self.scanned = 0;
+        self.held = None;
+    }
+
     /// Returns a complete line from the buffer, or an error if the buffer holds more than a
     /// line's worth without a newline.
     fn take_buffered_line(&mut self) -> Result<Option<Line>> {
         let newline = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
         if let Some(i) = newline.map(|i| i + self.scanned) {
             self.scanned = 0;
-            let mut bytes: Vec<u8> = self.buf.drain(..=i).collect();
+            let mut bytes = if i >= LineBudget::THRESHOLD {
+                // A large line takes the buffer; the reader keeps a copy of what came after.
+                let rest = self.buf.split_off(i + 1);
+                std::mem::replace(&mut self.buf, rest)
+            } else {
+                self.buf.drain(..=i).collect()
+            };
+            if self.buf.len() < LineBudget::THRESHOLD {
+                self.held = None;
+            }
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
                 bytes.pop();
@@ -152,8 +278,7 @@ impl LineReader {
             || (self.buf.len() == self.max_line_bytes.saturating_add(1)
                 && self.buf.last() != Some(&b'\r'));
         if over {
-            self.buf.clear();
-            self.scanned = 0;
+            self.release();
             self.discarding = true;
             return Err(Error::LineTooLong {
                 limit: self.max_line_bytes,
@@ -166,6 +291,7 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     async fn lines_of(input: &[u8], limit: usize, sentinel: bool) -> Vec<Result<Line>> {
@@ -266,6 +392,104 @@ mod tests {
     async fn without_sentinel_mode_ff_is_plain_content() {
         let out = lines_of(b"a\xffb\n", 64, false).await;
         assert_eq!(out[0].as_ref().unwrap().bytes, b"a\xffb");
+    }
+
+    /// A reader sharing `budget`, for lines of up to 512 KiB.
+    fn budgeted(budget: &LineBudget) -> LineReader {
+        let mut r = LineReader::new(512 * 1024);
+        r.set_budget(Some(budget.clone()));
+        r
+    }
+
+    #[tokio::test]
+    async fn a_large_line_holds_the_budget_until_it_is_returned() {
+        let budget = LineBudget::new(2 * 1024 * 1024);
+        let (mut peer, mut ours) = tokio::io::duplex(1024 * 1024);
+        let mut r = budgeted(&budget);
+        peer.write_all(b"small\n").await.unwrap();
+        assert_eq!(r.read_line(&mut ours).await.unwrap().bytes, b"small");
+        assert_eq!(budget.available(), 2 * 1024 * 1024, "a small line is free");
+        peer.write_all(&vec![b'x'; 300 * 1024]).await.unwrap();
+        // The line is not complete: the read waits, holding a whole line's room.
+        let wait = tokio::time::timeout(Duration::from_millis(100), r.read_line(&mut ours));
+        assert!(wait.await.is_err());
+        assert_eq!(budget.available(), 2 * 1024 * 1024 - 513 * 1024);
+        peer.write_all(b"\nnext\n").await.unwrap();
+        let line = r.read_line(&mut ours).await.unwrap();
+        assert_eq!(line.bytes.len(), 300 * 1024);
+        assert_eq!(
+            budget.available(),
+            2 * 1024 * 1024,
+            "given back with the line"
+        );
+        // The reader kept only what came after the line, not a line-sized buffer.
+        assert!(
+            r.buf.capacity() < LineBudget::THRESHOLD,
+            "{}",
+            r.buf.capacity()
+        );
+        let big = line.bytes.as_ptr();
+        r.recycle(line.bytes);
+        assert_eq!(r.read_line(&mut ours).await.unwrap().bytes, b"next");
+        // The next large line is read into the recycled buffer.
+        peer.write_all(&vec![b'y'; 200 * 1024]).await.unwrap();
+        peer.write_all(b"\n").await.unwrap();
+        let again = r.read_line(&mut ours).await.unwrap();
+        assert_eq!(again.bytes.len(), 200 * 1024);
+        assert_eq!(again.bytes.as_ptr(), big);
+    }
+
+    #[tokio::test]
+    async fn a_second_large_line_waits_for_the_first_to_leave() {
+        // Room for one line of 512 KiB.
+        let budget = LineBudget::new(600 * 1024);
+        let (mut peer_a, mut a_in) = tokio::io::duplex(1024 * 1024);
+        let (mut peer_b, mut b_in) = tokio::io::duplex(1024 * 1024);
+        let (mut a, mut b) = (budgeted(&budget), budgeted(&budget));
+        peer_a.write_all(&vec![b'a'; 100 * 1024]).await.unwrap();
+        peer_b.write_all(&vec![b'b'; 100 * 1024]).await.unwrap();
+        let short = Duration::from_millis(100);
+        assert!(tokio::time::timeout(short, a.read_line(&mut a_in))
+            .await
+            .is_err());
+        assert!(a.held.is_some());
+        // B stops at the threshold: the budget is A's.
+        assert!(tokio::time::timeout(short, b.read_line(&mut b_in))
+            .await
+            .is_err());
+        assert!(b.held.is_none());
+        assert!(
+            b.buf.len() <= LineBudget::THRESHOLD + CHUNK,
+            "{}",
+            b.buf.len()
+        );
+        peer_a.write_all(b"\n").await.unwrap();
+        peer_b.write_all(b"\n").await.unwrap();
+        assert_eq!(
+            a.read_line(&mut a_in).await.unwrap().bytes.len(),
+            100 * 1024
+        );
+        assert_eq!(
+            b.read_line(&mut b_in).await.unwrap().bytes.len(),
+            100 * 1024
+        );
+        assert_eq!(budget.available(), 600 * 1024);
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_gives_its_budget_back() {
+        let budget = LineBudget::new(1024 * 1024);
+        let mut r = LineReader::new(100 * 1024);
+        r.set_budget(Some(budget.clone()));
+        let mut input = vec![b'z'; 200 * 1024];
+        input.extend_from_slice(b"\nok\n");
+        let mut src = input.as_slice();
+        assert!(matches!(
+            r.read_line(&mut src).await,
+            Err(Error::LineTooLong { .. })
+        ));
+        assert_eq!(budget.available(), 1024 * 1024);
+        assert_eq!(r.read_line(&mut src).await.unwrap().bytes, b"ok");
     }
 
     #[tokio::test]

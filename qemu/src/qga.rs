@@ -20,16 +20,17 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
 
 use crate::base64;
+use crate::channel::{self, Channel};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::line::{LineReader, SENTINEL};
-use crate::qmp::{is_blank, truncate};
-use crate::reply::{self, raw_return, Bounded};
+use crate::line::{LineBudget, LineReader, SENTINEL};
+use crate::qmp::truncate;
+use crate::reply::{self, Bounded};
 use crate::types::{
     ExecStatus, GuestAgentInfo, GuestDiskInfo, GuestDiskStatsInfo, GuestExec, GuestExecStatusRaw,
     GuestFileRead, GuestFilesystemInfo,
@@ -44,9 +45,7 @@ const MAX_FILE_READ_CHUNK: usize = 48 * 1024 * 1024;
 /// A guest-agent connection, in sync with the agent.
 #[derive(Debug)]
 pub struct GuestAgent<S = UnixStream> {
-    stream: S,
-    lines: LineReader,
-    limits: Limits,
+    chan: Channel<S>,
     /// The last call did not end cleanly: the stream may hold stale replies.
     needs_sync: bool,
 }
@@ -55,18 +54,32 @@ impl GuestAgent<UnixStream> {
     /// Connects to the host side of the agent's channel (a chardev socket, or the socket of a
     /// host-side `qemu-ga -m unix-listen`) and synchronises.
     pub async fn connect(path: &Path, limits: Limits) -> Result<Self> {
-        let stream = crate::socket::connect(path, limits).await?;
-        GuestAgent::with_stream(stream, limits).await
+        channel::connect(path, limits, GuestAgent::with_stream).await
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
     /// Synchronises with the agent on an already connected stream.
     pub async fn with_stream(stream: S, limits: Limits) -> Result<Self> {
+        GuestAgent::with_stream_and_budget(stream, limits, None).await
+    }
+
+    /// [`GuestAgent::with_stream`] whose reply lines over [`LineBudget::THRESHOLD`] are charged
+    /// to `budget`, shared with other connections (bounds the large replies buffered at once
+    /// across many agents).
+    pub async fn with_stream_and_budget(
+        stream: S,
+        limits: Limits,
+        budget: Option<LineBudget>,
+    ) -> Result<Self> {
+        let mut lines = LineReader::with_sentinel(limits.max_line_bytes);
+        lines.set_budget(budget);
         let mut agent = GuestAgent {
-            stream,
-            lines: LineReader::with_sentinel(limits.max_line_bytes),
-            limits,
+            chan: Channel {
+                stream,
+                lines,
+                limits,
+            },
             needs_sync: true,
         };
         agent.sync().await?;
@@ -75,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
 
     /// The limits this connection was opened with.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.chan.limits
     }
 
     /// Whether the next call will resynchronise first (the previous one did not end cleanly).
@@ -90,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         self.needs_sync = true;
         // Within 2^53 so that agents that parse numbers as doubles echo it exactly.
         let id: i64 = rand::random_range(1..(1i64 << 53));
-        let limit = self.limits.call_timeout;
+        let limit = self.chan.limits.call_timeout;
         match timeout(limit, self.sync_inner(id)).await {
             Ok(Ok(())) => {
                 self.needs_sync = false;
@@ -111,14 +124,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         )
         .map_err(Error::Json)?;
         request.push(b'\n');
-        self.stream.write_all(&request).await?;
-        self.stream.flush().await?;
+        self.chan.send(&request).await?;
 
-        let byte_budget = self.limits.max_line_bytes.saturating_mul(8);
+        let byte_budget = self.chan.limits.max_line_bytes.saturating_mul(8);
         let mut skipped_lines = 0usize;
         let mut skipped_bytes = 0usize;
         loop {
-            match self.lines.read_line(&mut self.stream).await {
+            match self.chan.read_line().await {
                 Ok(line) => {
                     if line.after_sentinel {
                         match serde_json::from_slice::<Value>(&line.bytes) {
@@ -130,6 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
                         }
                     }
                     skipped_bytes = skipped_bytes.saturating_add(line.bytes.len());
+                    self.chan.lines.recycle(line.bytes);
                 }
                 Err(Error::LineTooLong { limit }) => {
                     skipped_bytes = skipped_bytes.saturating_add(limit);
@@ -155,6 +168,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Box<RawValue>> {
+        self.execute_decoded(command, arguments, |ret| Ok(ret.to_owned()))
+            .await
+    }
+
+    /// Runs a command and decodes its `return` value with `decode`, straight from the reply
+    /// line (no copy of it); the line's buffer goes back to the reader. As
+    /// [`GuestAgent::execute_raw`] otherwise.
+    pub async fn execute_decoded<T>(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        decode: impl FnOnce(&RawValue) -> Result<T>,
+    ) -> Result<T> {
         if self.needs_sync {
             self.sync().await?;
         }
@@ -167,15 +193,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         bytes.push(b'\n');
 
         self.needs_sync = true;
-        let limit = self.limits.call_timeout;
-        match timeout(limit, self.call(&bytes)).await {
+        let limit = self.chan.limits.call_timeout;
+        match timeout(limit, self.call(&bytes, decode)).await {
             Ok(Ok(value)) => {
                 self.needs_sync = false;
                 Ok(value)
             }
             Ok(Err(e)) => {
-                // The agent answered with an error: the stream is still in step.
-                if e.is_command() {
+                // The agent answered with an error, or a whole reply that did not decode: the
+                // stream is still in step.
+                if e.is_command() || matches!(e, Error::Decode { .. }) {
                     self.needs_sync = false;
                 }
                 Err(e)
@@ -186,16 +213,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuestAgent<S> {
         }
     }
 
-    async fn call(&mut self, request: &[u8]) -> Result<Box<RawValue>> {
-        self.stream.write_all(request).await?;
-        self.stream.flush().await?;
-        loop {
-            let line = self.lines.read_line(&mut self.stream).await?;
-            if is_blank(&line.bytes) {
-                continue;
-            }
-            return raw_return(&line.bytes, "the guest agent");
-        }
+    async fn call<T>(
+        &mut self,
+        request: &[u8],
+        decode: impl FnOnce(&RawValue) -> Result<T>,
+    ) -> Result<T> {
+        self.chan.send(request).await?;
+        let line = self.chan.next_line().await?;
+        let decoded = reply::with_return(&line.bytes, "the guest agent", decode);
+        self.chan.lines.recycle(line.bytes);
+        decoded
     }
 }
 
@@ -226,6 +253,20 @@ pub trait AgentCommands: Send {
         self.execute::<Value>(command, arguments)
     }
 
+    /// Runs a command without arguments and decodes its `return` value with `decode`.
+    /// [`GuestAgent`] decodes straight from the reply line (the large replies are the lists);
+    /// the default goes through [`AgentCommands::execute_raw`].
+    fn execute_decoded<T: Send>(
+        &mut self,
+        command: &str,
+        decode: impl FnOnce(&RawValue) -> Result<T> + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        async move {
+            let raw = self.execute_raw(command, None).await?;
+            decode(&raw)
+        }
+    }
+
     /// Runs a command and decodes its `return` value.
     fn execute<T: DeserializeOwned>(
         &mut self,
@@ -238,15 +279,21 @@ pub trait AgentCommands: Send {
         }
     }
 
+    /// A list command's `return`: at most `max` elements decoded, the rest only counted.
+    fn execute_bounded<T: DeserializeOwned + Send>(
+        &mut self,
+        command: &str,
+        max: usize,
+    ) -> impl Future<Output = Result<Bounded<T>>> + Send {
+        self.execute_decoded(command, move |raw| reply::decode_bounded(command, raw, max))
+    }
+
     /// `guest-get-diskstats`, at most `max` disks decoded; the rest are only counted.
     fn get_diskstats_bounded(
         &mut self,
         max: usize,
     ) -> impl Future<Output = Result<Bounded<GuestDiskStatsInfo>>> + Send {
-        async move {
-            let raw = self.execute_raw("guest-get-diskstats", None).await?;
-            reply::decode_bounded("guest-get-diskstats", &raw, max)
-        }
+        self.execute_bounded("guest-get-diskstats", max)
     }
 
     /// `guest-get-disks`, at most `max` disks decoded; the rest are only counted.
@@ -254,10 +301,7 @@ pub trait AgentCommands: Send {
         &mut self,
         max: usize,
     ) -> impl Future<Output = Result<Bounded<GuestDiskInfo>>> + Send {
-        async move {
-            let raw = self.execute_raw("guest-get-disks", None).await?;
-            reply::decode_bounded("guest-get-disks", &raw, max)
-        }
+        self.execute_bounded("guest-get-disks", max)
     }
 
     /// `guest-ping`.
@@ -445,15 +489,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentCommands for GuestAgent<S> {
         GuestAgent::execute_raw(self, command, arguments)
     }
 
+    fn execute_decoded<T: Send>(
+        &mut self,
+        command: &str,
+        decode: impl FnOnce(&RawValue) -> Result<T> + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        GuestAgent::execute_decoded(self, command, None, decode)
+    }
+
     fn max_reply_bytes(&self) -> usize {
-        self.limits.max_line_bytes
+        self.chan.limits.max_line_bytes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
     /// The test's side of the pipe: it plays the agent.
     struct Peer {

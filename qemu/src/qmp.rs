@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
 
+use crate::channel::{self, Channel};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::line::LineReader;
@@ -36,9 +37,7 @@ pub const MAX_QUEUED_EVENTS: usize = 256;
 /// Generic over the stream so that tests can play QEMU over an in-memory pipe.
 #[derive(Debug)]
 pub struct Qmp<S = UnixStream> {
-    stream: S,
-    lines: LineReader,
-    limits: Limits,
+    chan: Channel<S>,
     greeting: Greeting,
     next_id: u64,
     events: VecDeque<Event>,
@@ -52,8 +51,7 @@ impl Qmp<UnixStream> {
     /// Connects to a monitor socket (`-qmp unix:PATH,server=on,wait=off`), reads the greeting
     /// and negotiates capabilities.
     pub async fn connect(path: &Path, limits: Limits) -> Result<Self> {
-        let stream = crate::socket::connect(path, limits).await?;
-        Qmp::handshake(stream, limits).await
+        channel::connect(path, limits, Qmp::handshake).await
     }
 }
 
@@ -65,9 +63,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     /// `limits.call_timeout`.
     pub async fn handshake(stream: S, limits: Limits) -> Result<Self> {
         let mut qmp = Qmp {
-            stream,
-            lines: LineReader::new(limits.max_line_bytes),
-            limits,
+            chan: Channel {
+                stream,
+                lines: LineReader::new(limits.max_line_bytes),
+                limits,
+            },
             greeting: Greeting::default(),
             next_id: 1,
             events: VecDeque::new(),
@@ -92,23 +92,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     }
 
     async fn read_greeting(&mut self) -> Result<Greeting> {
-        loop {
-            let line = self.lines.read_line(&mut self.stream).await?;
-            if is_blank(&line.bytes) {
-                continue;
-            }
-            let value: Value = serde_json::from_slice(&line.bytes).map_err(Error::Json)?;
-            let Some(inner) = value.get("QMP") else {
-                return Err(Error::Protocol(
-                    "the first line is not a QMP greeting (no \"QMP\" member); is this a QMP socket?"
-                        .into(),
-                ));
-            };
-            return serde_json::from_value(inner.clone()).map_err(|source| Error::Decode {
-                command: "the QMP greeting".into(),
-                source,
-            });
-        }
+        let line = self.chan.next_line().await?;
+        let value: Value = serde_json::from_slice(&line.bytes).map_err(Error::Json)?;
+        let Some(inner) = value.get("QMP") else {
+            return Err(Error::Protocol(
+                "the first line is not a QMP greeting (no \"QMP\" member); is this a QMP socket?"
+                    .into(),
+            ));
+        };
+        serde_json::from_value(inner.clone()).map_err(|source| Error::Decode {
+            command: "the QMP greeting".into(),
+            source,
+        })
     }
 
     /// The greeting QEMU sent: its version and offered capabilities.
@@ -118,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
 
     /// The limits this connection was opened with.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.chan.limits
     }
 
     /// Runs a command and returns its `return` value as JSON.
@@ -147,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
         let mut bytes = serde_json::to_vec(&request).map_err(Error::Json)?;
         bytes.push(b'\n');
 
-        let limit = self.limits.call_timeout;
+        let limit = self.chan.limits.call_timeout;
         match timeout(limit, self.call(id, &bytes)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
@@ -158,8 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
 
     async fn call(&mut self, id: u64, request: &[u8]) -> Result<Value> {
         self.write_cut = true;
-        self.stream.write_all(request).await?;
-        self.stream.flush().await?;
+        self.chan.send(request).await?;
         self.write_cut = false;
         loop {
             let obj = self.read_object().await?;
@@ -186,18 +180,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
 
     /// Reads one non-blank line as a JSON object.
     async fn read_object(&mut self) -> Result<Map<String, Value>> {
-        loop {
-            let line = self.lines.read_line(&mut self.stream).await?;
-            if is_blank(&line.bytes) {
-                continue;
-            }
-            return match serde_json::from_slice(&line.bytes).map_err(Error::Json)? {
-                Value::Object(obj) => Ok(obj),
-                other => Err(Error::Protocol(format!(
-                    "expected a JSON object, got {}",
-                    kind_of(&other)
-                ))),
-            };
+        let line = self.chan.next_line().await?;
+        match serde_json::from_slice(&line.bytes).map_err(Error::Json)? {
+            Value::Object(obj) => Ok(obj),
+            other => Err(Error::Protocol(format!(
+                "expected a JSON object, got {}",
+                kind_of(&other)
+            ))),
         }
     }
 
@@ -536,7 +525,7 @@ mod reply_text_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
     const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}"#;
 

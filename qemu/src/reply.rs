@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::qmp::{command_error, kind_of};
+use crate::qmp::command_error;
 
 /// A reply as the protocol frames it; `return` stays raw text.
 #[derive(Deserialize)]
@@ -28,20 +28,37 @@ struct Reply<'a> {
 
 /// The raw `return` of one reply line (or the reply's error).
 pub fn raw_return(bytes: &[u8], who: &str) -> Result<Box<RawValue>> {
+    with_return(bytes, who, |ret| Ok(ret.to_owned()))
+}
+
+/// Calls `decode` with the `return` value of one reply line, borrowed from the line (a guest's
+/// reply may be a 512 KiB line: it is not copied), or returns the reply's error.
+pub fn with_return<T>(
+    bytes: &[u8],
+    who: &str,
+    decode: impl FnOnce(&RawValue) -> Result<T>,
+) -> Result<T> {
     let reply: Reply<'_> = match serde_json::from_slice(bytes) {
         Ok(r) => r,
         Err(e) if e.is_data() => {
-            // Valid JSON of the wrong shape: say which.
-            let v: Value = serde_json::from_slice(bytes).map_err(Error::Json)?;
+            // Valid JSON of the wrong shape: say which (from its first byte: a line-long
+            // array is not built into a tree to name it).
+            let kind = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'[') => "an array",
+                Some(b'{') => "an object",
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'n') => "null",
+                _ => "a number",
+            };
             return Err(Error::Protocol(format!(
-                "{who} sent {} instead of a reply",
-                kind_of(&v)
+                "{who} sent {kind} instead of a reply"
             )));
         }
         Err(e) => return Err(Error::Json(e)),
     };
     match (reply.ret, reply.error) {
-        (Some(ret), _) => Ok(ret.to_owned()),
+        (Some(ret), _) => decode(ret),
         (None, Some(error)) => Err(command_error(&error)),
         (None, None) => Err(Error::Protocol(format!(
             "{who}'s reply has neither \"return\" nor \"error\""

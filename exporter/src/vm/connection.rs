@@ -59,7 +59,7 @@ impl SocketClient for GuestAgent {
         stream: UnixStream,
         limits: Limits,
     ) -> impl Future<Output = kvmio_qemu::Result<Self>> + Send {
-        GuestAgent::with_stream(stream, limits)
+        GuestAgent::with_stream_and_budget(stream, limits, Some(super::qga::line_budget()))
     }
 }
 

@@ -14,8 +14,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use kvmio_qemu::types::{GuestDiskInfo, GuestDiskStatsInfo};
+use std::sync::LazyLock;
+
+use kvmio_qemu::line::LineBudget;
+use kvmio_qemu::reply::Bounded;
+use kvmio_qemu::types::{
+    GuestDiskAddress, GuestDiskInfo, GuestDiskStats, GuestDiskStatsInfo, GuestPciAddress,
+};
 use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent};
+use serde::Deserialize;
 use tokio::time::{timeout_at, Instant};
 
 use super::connection::{acquire, failed_twice, release, Pooled, Step};
@@ -37,6 +44,146 @@ pub const QUEUE_READS_PER_SCRAPE: usize = 8;
 /// The longest agent reply line: `guest-get-diskstats` is about 400 bytes per disk, so this holds
 /// well over a thousand disks; a guest cannot make us buffer more.
 pub const QGA_MAX_LINE_BYTES: usize = 512 * 1024;
+
+/// How many bytes of agent reply lines over [`LineBudget::THRESHOLD`] (64 KiB) all VMs together
+/// may buffer at once: 8 lines at the cap. An honest agent's replies are a few KiB and never
+/// wait; a VM whose agent sends a long line waits for room (its agent's write waits in the
+/// socket), within the scrape deadline, which also ends the hold of an agent that stalls
+/// mid-line (its connection is dropped at its call's timeout).
+pub const QGA_LINE_BUDGET_BYTES: usize = 8 * QGA_MAX_LINE_BYTES;
+
+/// The budget every agent connection of this process shares.
+pub(crate) fn line_budget() -> LineBudget {
+    static BUDGET: LazyLock<LineBudget> = LazyLock::new(|| LineBudget::new(QGA_LINE_BUDGET_BYTES));
+    BUDGET.clone()
+}
+
+/// The longest string kept from a guest disk entry (a name, a device path, a serial, a bus
+/// type). An entry with a longer one is refused at decode and counted in
+/// `kvmio_guest_disks_dropped`: no real disk has such a field, and it could not be a label.
+pub const MAX_GUEST_FIELD_BYTES: usize = 256;
+
+/// A string field of a guest disk entry, kept only up to [`MAX_GUEST_FIELD_BYTES`].
+#[derive(Debug, Default)]
+enum Capped {
+    Kept(String),
+    #[default]
+    Missing,
+    TooLong,
+}
+
+impl Capped {
+    /// The string; `None` refuses the entry (too long).
+    fn take(self) -> Option<String> {
+        match self {
+            Capped::Kept(s) => Some(s),
+            Capped::Missing => Some(String::new()),
+            Capped::TooLong => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Capped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Capped;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Capped, E> {
+                // Borrowed from the reply (or the parser's scratch): a long one costs nothing.
+                Ok(if v.len() > MAX_GUEST_FIELD_BYTES {
+                    Capped::TooLong
+                } else {
+                    Capped::Kept(v.to_owned())
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A `guest-get-diskstats` entry as decoded: the fields kvmio uses, strings capped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WireDiskStats {
+    name: Capped,
+    major: u64,
+    minor: u64,
+    stats: GuestDiskStats,
+}
+
+/// A `guest-get-disks` entry as decoded: only what the join uses (name, partition, PCI
+/// address, bus type, serial), strings capped; `alias`, `dependencies`, `smart` and the rest
+/// are skipped unread.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WireDisk {
+    name: Capped,
+    partition: bool,
+    address: Option<WireAddress>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct WireAddress {
+    pci_controller: GuestPciAddress,
+    bus_type: Capped,
+    serial: Option<Capped>,
+}
+
+impl WireDiskStats {
+    fn accept(self) -> Option<GuestDiskStatsInfo> {
+        Some(GuestDiskStatsInfo {
+            name: self.name.take()?,
+            major: self.major,
+            minor: self.minor,
+            stats: self.stats,
+        })
+    }
+}
+
+impl WireDisk {
+    fn accept(self) -> Option<GuestDiskInfo> {
+        let address = match self.address {
+            None => None,
+            Some(a) => Some(GuestDiskAddress {
+                pci_controller: a.pci_controller,
+                bus_type: a.bus_type.take()?,
+                serial: match a.serial {
+                    None => None,
+                    Some(serial) => Some(serial.take()?),
+                },
+                ..GuestDiskAddress::default()
+            }),
+        };
+        Some(GuestDiskInfo {
+            name: self.name.take()?,
+            partition: self.partition,
+            address,
+            ..GuestDiskInfo::default()
+        })
+    }
+}
+
+/// Runs a guest-agent list command and decodes at most `max` entries, refusing those with an
+/// over-long string; returns them and how many were skipped or refused.
+async fn bounded_list<W, T>(
+    agent: &mut impl AgentCommands,
+    command: &str,
+    max: usize,
+    accept: fn(W) -> Option<T>,
+) -> Result<(Vec<T>, usize), QemuError>
+where
+    W: serde::de::DeserializeOwned + Send,
+{
+    let Bounded { items, skipped } = agent.execute_bounded::<W>(command, max).await?;
+    let decoded = items.len();
+    let kept: Vec<T> = items.into_iter().filter_map(accept).collect();
+    let refused = decoded - kept.len();
+    Ok((kept, skipped.saturating_add(refused)))
+}
 
 /// The longest sysfs queue file read from the guest.
 const MAX_QUEUE_FILE_BYTES: usize = 4096;
@@ -146,22 +293,24 @@ pub async fn query(
         // Decoded with a bound: a guest's list longer than --qga.max-disks is counted, not
         // kept (twice the bound: partitions come in the same list).
         let max = config.qga_max_disks.saturating_mul(2);
-        let (diskstats, skipped) = match agent.get_diskstats_bounded(max).await {
-            Ok(d) => (d.items, d.skipped),
-            // Agents before 7.1, non-Linux guests.
-            Err(e) if e.is_command() => (Vec::new(), 0),
-            Err(e) => return Err(e),
-        };
+        let (diskstats, skipped) =
+            match bounded_list(agent, "guest-get-diskstats", max, WireDiskStats::accept).await {
+                Ok(d) => d,
+                // Agents before 7.1, non-Linux guests.
+                Err(e) if e.is_command() => (Vec::new(), 0),
+                Err(e) => return Err(e),
+            };
         let names: BTreeSet<String> = diskstats.iter().map(|d| d.name.clone()).collect();
         let fresh = cached_disks
             .as_ref()
             .is_some_and(|(at, known, _, _)| *known == names && at.elapsed() < DISKS_TTL);
         if !fresh {
-            let (disks, disks_skipped) = match agent.get_disks_bounded(max).await {
-                Ok(d) => (d.items, d.skipped),
-                Err(e) if e.is_command() => (Vec::new(), 0),
-                Err(e) => return Err(e),
-            };
+            let (disks, disks_skipped) =
+                match bounded_list(agent, "guest-get-disks", max, WireDisk::accept).await {
+                    Ok(d) => d,
+                    Err(e) if e.is_command() => (Vec::new(), 0),
+                    Err(e) => return Err(e),
+                };
             *cached_disks = Some((Instant::now(), names, disks, disks_skipped));
         }
         // The disks past the bound are counted at every scrape the answer is used, like the
@@ -339,6 +488,82 @@ mod tests {
         ] {
             assert!(!valid_disk_name(bad), "{bad:?}");
         }
+    }
+
+    /// An agent whose every reply is `ret`.
+    struct Canned(String);
+
+    impl AgentCommands for Canned {
+        fn execute_raw(
+            &mut self,
+            _: &str,
+            _: Option<serde_json::Value>,
+        ) -> impl std::future::Future<Output = Result<Box<serde_json::value::RawValue>, QemuError>> + Send
+        {
+            let raw =
+                serde_json::value::RawValue::from_string(self.0.clone()).map_err(QemuError::Json);
+            async move { raw }
+        }
+
+        fn max_reply_bytes(&self) -> usize {
+            1 << 20
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_with_an_over_long_string_are_refused_and_counted() {
+        let long = "x".repeat(MAX_GUEST_FIELD_BYTES + 1);
+        let at_bound = "s".repeat(MAX_GUEST_FIELD_BYTES);
+        let reply = format!(
+            r#"[{{"name": "/dev/vda", "partition": false, "alias": "{long}",
+                 "dependencies": ["{long}"], "smart": [[], {{}}],
+                 "address": {{"pci-controller": {{"domain": 0, "bus": 0, "slot": 4, "function": 0}},
+                              "bus-type": "virtio", "serial": "{at_bound}", "dev": "{long}"}}}},
+                {{"name": "/dev/{long}"}},
+                {{"name": "/dev/vdb", "address": {{"bus-type": "virtio", "serial": "{long}"}}}},
+                {{"name": "/dev/vdc", "address": {{"bus-type": "{long}"}}}},
+                {{"name": "/dev/vdd", "partition": true, "address": null}},
+                {{"name": "/dev/vde"}}]"#
+        );
+        let mut agent = Canned(reply);
+        let (disks, refused) = bounded_list(&mut agent, "guest-get-disks", 5, WireDisk::accept)
+            .await
+            .unwrap();
+        let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["/dev/vda", "/dev/vdd"]);
+        // Three refused for a long name, serial or bus type; one past the bound of 5.
+        assert_eq!(refused, 4);
+        let vda = &disks[0];
+        let address = vda.address.as_ref().unwrap();
+        assert_eq!(address.pci_controller.slot, 4);
+        assert_eq!(address.bus_type, "virtio");
+        assert_eq!(address.serial.as_deref(), Some(at_bound.as_str()));
+        // Only what the join uses is kept.
+        assert_eq!(
+            (&vda.alias, &vda.dependencies, &address.dev),
+            (&None, &None, &None)
+        );
+        assert!(disks[1].partition && disks[1].address.is_none());
+
+        let stats = format!(
+            r#"[{{"name": "vda", "major": 254, "stats": {{"read-ios": 7}}}},
+                {{"name": "{long}", "stats": {{"read-ios": 1}}}}, {{}}]"#
+        );
+        let mut agent = Canned(stats);
+        let (stats, refused) =
+            bounded_list(&mut agent, "guest-get-diskstats", 64, WireDiskStats::accept)
+                .await
+                .unwrap();
+        assert_eq!(refused, 1);
+        assert_eq!(stats[0].name, "vda");
+        assert_eq!((stats[0].major, stats[0].stats.read_ios), (254, Some(7)));
+        // A nameless entry is kept here and dropped (counted) by `select` as an invalid name.
+        assert_eq!(stats[1].name, "");
+        let mut agent = Canned(r#"[{"name": 5}]"#.to_owned());
+        assert!(matches!(
+            bounded_list(&mut agent, "guest-get-diskstats", 64, WireDiskStats::accept).await,
+            Err(QemuError::Decode { .. })
+        ));
     }
 
     #[test]
