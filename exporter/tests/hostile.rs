@@ -172,21 +172,29 @@ fn assert_memory_bounded(baseline: &Run, hostile: &Run, what: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_inputs_keep_memory_bounded_and_the_honest_vms_intact() {
-    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile");
-    let d = dir.path();
-    let [honest_dir, hostile_dir] = kvmio_test_support::subdirs(d, ["honest", "hostile"]);
+/// The honest VMs (a real QEMU and the host's real qemu-ga each) under `d/honest`, and the
+/// `--qmp.socket-glob` flag that finds them.
+fn honest_vms(d: &Path) -> (Vec<Proc>, String) {
+    let [honest_dir] = kvmio_test_support::subdirs(d, ["honest"]);
     let mut children: Vec<Proc> = Vec::new();
     for vm in HONEST {
         children.push(procs::qemu_none(&honest_dir, vm, 2).0);
         children.push(procs::qemu_ga(&honest_dir, vm).0);
     }
+    let glob = format!("--qmp.socket-glob={}/*.qmp", honest_dir.display());
+    (children, glob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_keep_memory_bounded_and_the_honest_vms_intact() {
+    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile");
+    let d = dir.path();
+    let [hostile_dir] = kvmio_test_support::subdirs(d, ["hostile"]);
+    let (mut children, honest_glob) = honest_vms(d);
     // The hostile VM's QEMU is real; its agent socket is the fake agent of each case.
     let (hostile_qemu, hostile_qmp) = procs::qemu_none(&hostile_dir, "hostile", 2);
     children.push(hostile_qemu);
     let hostile_qga = hostile_dir.join("hostile.qga");
-    let honest_glob = format!("--qmp.socket-glob={}/*.qmp", honest_dir.display());
     let with_hostile = [
         honest_glob.clone(),
         format!("--qmp.socket-glob={}", hostile_qmp.display()),
@@ -361,12 +369,105 @@ async fn crashtest_results(d: &Path, baseline: &Run, honest_glob: &str) {
             hostile.log.contains(refusal),
             "{what}: the log says {refusal:?}"
         );
-        eprintln!(
-            "{what}: kvmio_collector_success{{collector=\"crashtest\"}} {:?}",
-            sample(
-                &hostile.bodies[0],
-                "kvmio_collector_success{collector=\"crashtest\"}"
-            )
-        );
+        for body in &hostile.bodies {
+            assert_eq!(
+                sample(body, "kvmio_collector_success{collector=\"crashtest\"}"),
+                Some(0.0),
+                "{what}: a partly refused file is not a success"
+            );
+        }
     }
+}
+
+/// QEMU's latency histograms at the ends of their types (issue 11, item 5): the accounted time
+/// `*_total_time_ns` at `i64::MIN` when kvmio sets the histograms (the `_sum` base) and at
+/// `i64::MAX` after, every bin at `u64::MAX`. A fake monitor (the captured QEMU 7.2 replies,
+/// `query-blockstats` changed so) beside the honest VMs, all with `--qmp.latency-buckets` at the
+/// capture's boundaries: every scrape is valid text (promtool), the extreme device's histogram
+/// is there with its count and sum saturated, and the honest VMs' series are those of an
+/// exporter without the fake VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_latency_histograms_keep_the_scrape_valid() {
+    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile");
+    let d = dir.path();
+    let (children, honest_glob) = honest_vms(d);
+    let buckets = "--qmp.latency-buckets=0.00001,0.0001,0.001,0.01".to_owned();
+    let baseline = run(
+        d,
+        "histograms-baseline",
+        &[honest_glob.clone(), buckets.clone()],
+    )
+    .await;
+
+    let [extreme_dir] = kvmio_test_support::subdirs(d, ["extreme"]);
+    let sets = Arc::new(AtomicUsize::new(0));
+    let seen_sets = sets.clone();
+    let peer = peer::qmp_fixture_with(&extreme_dir.join("extreme.qmp"), move |req| {
+        match req["execute"].as_str() {
+            Some("block-latency-histogram-set") => {
+                seen_sets.fetch_add(1, Ordering::SeqCst);
+                Some(serde_json::json!({}))
+            }
+            // The `_sum` base is taken from the scrape that sets the histograms.
+            Some("query-blockstats") if req["arguments"]["query-nodes"] != true => {
+                Some(extreme_blockstats(seen_sets.load(Ordering::SeqCst) > 0))
+            }
+            _ => None,
+        }
+    });
+    let hostile = run(
+        d,
+        "histograms-extreme",
+        &[
+            honest_glob,
+            format!("--qmp.socket-glob={}", peer.path.display()),
+            buckets,
+        ],
+    )
+    .await;
+    assert!(sets.load(Ordering::SeqCst) > 0, "kvmio set the histograms");
+    assert_honest_intact(&baseline, &hostile, "histograms-extreme");
+    let last = parse(&hostile.bodies[SCRAPES - 1]);
+    let extreme = |suffix: &str| -> Vec<f64> {
+        let name = format!("kvmio_qemu_block_read_latency_seconds{suffix}");
+        last.iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                !s.labels
+                    .get("vm")
+                    .is_some_and(|vm| HONEST.contains(&vm.as_str()))
+            })
+            .map(|s| s.value)
+            .collect()
+    };
+    let (counts, sums) = (extreme("_count"), extreme("_sum"));
+    assert!(!counts.is_empty(), "the extreme VM's read histograms");
+    assert!(counts.iter().all(|&c| c == u64::MAX as f64), "{counts:?}");
+    assert!(sums.iter().all(|&s| s == i64::MAX as f64 / 1e9), "{sums:?}");
+    for mut c in children {
+        c.stop();
+    }
+    drop(peer);
+}
+
+/// The captured `query-blockstats` with each device's accounted times at `i64::MIN` (before
+/// kvmio set the histograms) or `i64::MAX` (after), and every histogram bin at `u64::MAX` after.
+fn extreme_blockstats(set: bool) -> serde_json::Value {
+    let mut list = fixture_return("query-blockstats");
+    for dev in list.as_array_mut().unwrap() {
+        let stats = &mut dev["stats"];
+        for op in ["rd", "wr", "flush"] {
+            let total = if set { i64::MAX } else { i64::MIN };
+            stats[format!("{op}_total_time_ns")] = serde_json::json!(total);
+            match stats.get_mut(format!("{op}_latency_histogram")) {
+                Some(h) if set => {
+                    for bin in h["bins"].as_array_mut().unwrap() {
+                        *bin = serde_json::json!(u64::MAX);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    list
 }

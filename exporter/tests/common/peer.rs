@@ -116,6 +116,14 @@ fn reply(value: Result<Value, (&str, String)>, id: Option<&Value>) -> String {
 
 /// A QMP monitor answering from the captured QEMU 7.2 replies.
 pub fn qmp_fixture(path: &Path) -> Peer {
+    qmp_fixture_with(path, |_| None)
+}
+
+/// [`qmp_fixture`] where `answer(request)` may give the `return` value instead of the capture.
+pub fn qmp_fixture_with<F>(path: &Path, answer: F) -> Peer
+where
+    F: Fn(&Value) -> Option<Value> + Send + Sync + 'static,
+{
     let greeting = load(&qemu_fixtures().join("qmp-greeting.json"));
     let qom: Vec<Value> = serde_json::from_value(load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-7.2/qom-get.json"),
@@ -135,6 +143,9 @@ pub fn qmp_fixture(path: &Path) -> Peer {
             .collect(),
     );
     qmp_peer(path, greeting, move |req| {
+        if let Some(value) = answer(req) {
+            return reply_object(Ok(value));
+        }
         let cmd = req["execute"].as_str().unwrap_or("");
         let args = &req["arguments"];
         reply_object(match cmd {
