@@ -55,3 +55,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         }
     }
 }
+
+/// For the clients' tests: `open` against a peer that never answers fails with a timeout, well
+/// within 2 s.
+#[cfg(test)]
+pub(crate) async fn assert_times_out<T: std::fmt::Debug>(open: impl Future<Output = Result<T>>) {
+    let started = std::time::Instant::now();
+    let err = open.await.unwrap_err();
+    assert!(matches!(err, crate::Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
