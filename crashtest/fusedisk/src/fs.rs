@@ -89,13 +89,25 @@ impl State {
         let mut inner = self.lock();
         if inner.cut {
             if inner.released {
-                Box::new(reply).eio();
+                Box::new(reply).fail(Errno::EIO);
             } else {
                 inner.parked.push(Box::new(reply));
             }
             return None;
         }
         Some((inner, reply))
+    }
+
+    /// `op` on file `ino` with the lock held, unless the power is cut (the reply is parked) or
+    /// there is no such file (`ENOENT`).
+    fn on_node<R: Parked + 'static>(&self, ino: INodeNo, reply: R, op: impl FnOnce(&mut Node, R)) {
+        let Some((mut inner, reply)) = self.live(reply) else {
+            return;
+        };
+        match inner.nodes.get_mut(&ino.0) {
+            Some(node) => op(node, reply),
+            None => Box::new(reply).fail(Errno::ENOENT),
+        }
     }
 
     /// Every file's volatile data made durable (the host's `sync`).
@@ -125,7 +137,7 @@ impl State {
         };
         let n = parked.len();
         for reply in parked {
-            reply.eio();
+            reply.fail(Errno::EIO);
         }
         n
     }
@@ -241,16 +253,16 @@ impl State {
     }
 }
 
-/// A reply held back at the power cut, answered `EIO` later.
+/// A reply that can fail: held back at the power cut and answered `EIO` later, or `ENOENT`.
 trait Parked: Send + std::fmt::Debug {
-    fn eio(self: Box<Self>);
+    fn fail(self: Box<Self>, errno: Errno);
 }
 
 macro_rules! parked {
     ($($t:ty),*) => {$(
         impl Parked for $t {
-            fn eio(self: Box<Self>) {
-                self.error(Errno::EIO);
+            fn fail(self: Box<Self>, errno: Errno) {
+                self.error(errno);
             }
         }
     )*};
@@ -408,18 +420,14 @@ impl Filesystem for VolatileFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((inner, reply)) = self.0.live(reply) else {
-            return;
-        };
-        let Some(node) = inner.nodes.get(&ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let end = offset.saturating_add(u64::from(size)).min(node.disk.size());
-        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
-        match node.disk.read(offset, &mut buf) {
-            Ok(()) => reply.data(&buf),
-            Err(e) => reply.error(Errno::from(e)),
-        }
+        self.0.on_node(ino, reply, |node, reply| {
+            let end = offset.saturating_add(u64::from(size)).min(node.disk.size());
+            let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+            match node.disk.read(offset, &mut buf) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => reply.error(Errno::from(e)),
+            }
+        });
     }
 
     fn write(
@@ -434,19 +442,15 @@ impl Filesystem for VolatileFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some((mut inner, reply)) = self.0.live(reply) else {
-            return;
-        };
-        let Some(node) = inner.nodes.get_mut(&ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match node.disk.write(offset, data, sync_write(flags)) {
-            Ok(_) => {
-                node.mtime = SystemTime::now();
-                reply.written(data.len() as u32)
+        self.0.on_node(ino, reply, |node, reply| {
+            match node.disk.write(offset, data, sync_write(flags)) {
+                Ok(_) => {
+                    node.mtime = SystemTime::now();
+                    reply.written(data.len() as u32)
+                }
+                Err(e) => reply.error(Errno::from(e)),
             }
-            Err(e) => reply.error(Errno::from(e)),
-        }
+        });
     }
 
     fn flush(
@@ -471,18 +475,13 @@ impl Filesystem for VolatileFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some((mut inner, reply)) = self.0.live(reply) else {
-            return;
-        };
-        let Some(node) = inner.nodes.get_mut(&ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
         // fdatasync and fsync alike: the file's length is the only metadata kept, and a
         // changed length is what fdatasync must make durable too.
-        match node.disk.flush() {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(Errno::from(e)),
-        }
+        self.0
+            .on_node(ino, reply, |node, reply| match node.disk.flush() {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(Errno::from(e)),
+            });
     }
 
     fn readdir(
@@ -585,19 +584,15 @@ impl Filesystem for VolatileFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some((mut inner, reply)) = self.0.live(reply) else {
-            return;
-        };
-        let Some(node) = inner.nodes.get_mut(&ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match fallocate(&mut node.disk, offset, length, mode) {
-            Ok(()) => {
-                node.mtime = SystemTime::now();
-                reply.ok()
+        self.0.on_node(ino, reply, |node, reply| {
+            match fallocate(&mut node.disk, offset, length, mode) {
+                Ok(()) => {
+                    node.mtime = SystemTime::now();
+                    reply.ok()
+                }
+                Err(e) => reply.error(e),
             }
-            Err(e) => reply.error(e),
-        }
+        });
     }
 }
 

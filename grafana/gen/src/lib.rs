@@ -252,6 +252,32 @@ impl Board {
     }
 }
 
+/// A stat panel: each target's last value, with the field `defaults` (unit, thresholds) and
+/// Grafana's colour and text modes (`modes`).
+fn stat(
+    title: &str,
+    description: &str,
+    defaults: Value,
+    (colour, text): (&str, &str),
+    targets: Vec<Value>,
+) -> Value {
+    json!({
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false},
+            "colorMode": colour,
+            "graphMode": "none",
+            "textMode": text,
+            "justifyMode": "auto",
+            "orientation": "auto",
+        },
+        "targets": targets,
+    })
+}
+
 fn timeseries(title: &str, description: &str, unit: &str, targets: Vec<Value>) -> Value {
     json!({
         "type": "timeseries",
@@ -811,36 +837,32 @@ pub fn crash_consistency() -> Value {
     let verdict_colours = mapping(&VERDICT_COLOURS.map(|c| (c.value, c.verdict, c.grafana)));
 
     b.row("Latest run");
-    b.add(6, 5, json!({
-        "type": "stat",
-        "title": "Newest result age",
-        "description": "Time since the newest crash-test run finished (kvmio-crashtest.timer runs it daily). \
-                        KvmioCrashtestStale fires past kvmio:crashtest_max_age_seconds (36 h by default).",
-        "fieldConfig": {"defaults": {"unit": "s", "thresholds": {"mode": "absolute", "steps": [
-            {"color": "green", "value": null}, {"color": "orange", "value": 129600}]}}, "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false}, "colorMode": "value", "graphMode": "none", "textMode": "auto", "justifyMode": "auto", "orientation": "auto"},
-        "targets": [target("A", format!("time() - max (kvmio_crashtest_last_run_timestamp_seconds{{{J}}})"), "age")],
-    }));
-    b.add(6, 5, json!({
-        "type": "stat",
-        "title": "Cells with a VIOLATION",
-        "description": "Cells (cache mode x fault x sync x format x workload) of the latest runs where acknowledged writes were lost or corrupted although the cache mode promises they survive. Anything above 0 is KvmioCrashtestViolation.",
-        "fieldConfig": {"defaults": {"unit": "none", "thresholds": {"mode": "absolute", "steps": [
-            {"color": "green", "value": null}, {"color": "red", "value": 1}]}}, "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false}, "colorMode": "background", "graphMode": "none", "textMode": "auto", "justifyMode": "auto", "orientation": "auto"},
-        "targets": [target("A", format!("count (kvmio_crashtest_violations{{{J}}} > 0) or sum (kvmio_crashtest_violations{{{J}}} * 0)"), "cells")],
-    }));
-    b.add(12, 5, json!({
-        "type": "stat",
-        "title": "Acknowledged writes checked / lost",
-        "description": "Across all cells of the latest runs: acknowledged writes the crash test verified after the fault, and how many of them were lost (allowed where the cache mode promises nothing, a VIOLATION where it does).",
-        "fieldConfig": {"defaults": {"unit": "short"}, "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false}, "colorMode": "none", "graphMode": "none", "textMode": "value_and_name", "justifyMode": "auto", "orientation": "auto"},
-        "targets": [
+    b.add(6, 5, stat(
+        "Newest result age",
+        "Time since the newest crash-test run finished (kvmio-crashtest.timer runs it daily). KvmioCrashtestStale fires past kvmio:crashtest_max_age_seconds (36 h by default).",
+        json!({"unit": "s", "thresholds": {"mode": "absolute", "steps": [
+            {"color": "green", "value": null}, {"color": "orange", "value": 129600}]}}),
+        ("value", "auto"),
+        vec![target("A", format!("time() - max (kvmio_crashtest_last_run_timestamp_seconds{{{J}}})"), "age")],
+    ));
+    b.add(6, 5, stat(
+        "Cells with a VIOLATION",
+        "Cells (cache mode x fault x sync x format x workload) of the latest runs where acknowledged writes were lost or corrupted although the cache mode promises they survive. Anything above 0 is KvmioCrashtestViolation.",
+        json!({"unit": "none", "thresholds": {"mode": "absolute", "steps": [
+            {"color": "green", "value": null}, {"color": "red", "value": 1}]}}),
+        ("background", "auto"),
+        vec![target("A", format!("count (kvmio_crashtest_violations{{{J}}} > 0) or sum (kvmio_crashtest_violations{{{J}}} * 0)"), "cells")],
+    ));
+    b.add(12, 5, stat(
+        "Acknowledged writes checked / lost",
+        "Across all cells of the latest runs: acknowledged writes the crash test verified after the fault, and how many of them were lost (allowed where the cache mode promises nothing, a VIOLATION where it does).",
+        json!({"unit": "short"}),
+        ("none", "value_and_name"),
+        vec![
             target("A", format!("sum (kvmio_crashtest_acked_writes{{{J}}})"), "acknowledged"),
             target("B", format!("sum (kvmio_crashtest_lost_acked_writes{{{J}}})"), "lost"),
         ],
-    }));
+    ));
     b.add(24, 10, table(
         "Verdict matrix: cache mode x fault / sync / format / workload",
         "The latest verdict of every cell: ok (nothing lost), loss-allowed (acknowledged writes lost \
