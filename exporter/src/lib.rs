@@ -5,17 +5,21 @@
 //! ([`vm::QmpSnapshot`], [`vm::QgaSnapshot`], the guest disk join) for every VM of a scrape
 //! ([`vm::Fleet`]); *collectors* read snapshots and host facts and write metrics; the *scrape*
 //! ([`scrape::ScrapeContext`]) holds the deadline and how the time is split. Dependencies run
-//! one way: `collector -> vm -> scrape -> host`, with `config`, `metrics` and `errors` below all.
+//! one way: `http -> collector -> vm -> scrape -> host`, with `config`, `metrics` and `errors`
+//! below all: no module here imports one that imports it back. Inside `vm`, the snapshot types
+//! (`vm::qmp`) import nothing that fills them.
 //!
 //! Module map:
 //! - [`metrics`]: the per-scrape metric builder ([`metrics::Metrics`]), label hygiene, the text
 //!   encoder;
-//! - [`collector`]: the [`collector::Collector`] trait, the scrape runner
-//!   ([`collector::Exporter`]), and one collector per file (`host_diskstats`, `host_image`, `qmp`
-//!   with its `qmp/stats` and `qmp/config` families, `qga`, `crashtest`);
+//! - [`collector`]: the [`collector::Collector`] trait (and [`collector::collector_fn`] for
+//!   stand-ins), the scrape runner ([`collector::Exporter`]), and one collector per file
+//!   (`host_diskstats`, `host_image`, `qmp` with its `qmp/stats`, `qmp/config` and
+//!   `qmp/backend` families, `qga`, `qsd`, `crashtest`);
 //! - [`vm`]: the fleet and its sources: `target` (what a VM is), `socket` (a socket VM's scrape),
-//!   `connection` (the pooled monitor/agent connection), `monitor` (QMP queries and the
-//!   per-process cache), `qga`, `cmdline`, `join`, `libvirt`;
+//!   `qmp` (the QEMU snapshot model), `monitor` (the monitor's queries, the per-process cache, a
+//!   socket VM's QMP scrape), `qom` (device facts from QOM), `connection` (the pooled
+//!   monitor/agent connection), `qga`, `cmdline`, `join`, `qsd` (qemu-storage-daemon), `libvirt`;
 //! - [`discovery`] and [`glob`]: which sockets to scrape, found at each scrape;
 //! - [`scrape`]: one scrape's shared context and how its time is split;
 //! - [`textformat`]: a strict text-format parser for the crash-test results file;

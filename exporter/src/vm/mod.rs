@@ -15,7 +15,7 @@ pub mod cmdline;
 pub mod connection;
 pub mod join;
 pub mod libvirt;
-mod monitor;
+pub mod monitor;
 pub mod qga;
 pub mod qmp;
 mod qom;
@@ -67,7 +67,7 @@ pub struct VmOutcome {
 
 #[derive(Debug, Default)]
 pub(super) struct VmState {
-    qmp: qmp::QmpState,
+    qmp: monitor::QmpState,
     qga: qga::QgaState,
     libvirt: DomainState,
     /// Last scrape's QMP/QGA health, to log changes once rather than every scrape.

@@ -1,6 +1,13 @@
 //! The monitor's part of a scrape, over any [`QmpCommands`] (a socket, or libvirt's monitor
-//! passthrough): `query-blockstats` and `query-block` at every scrape, and what is cached per
-//! QEMU process and only asked once (or when it changes):
+//! passthrough), into a [`QmpSnapshot`]; and a socket VM's whole QMP scrape ([`scrape`]):
+//! connect (or reuse the pooled monitor, [`super::connection`]), then the queries.
+//!
+//! The cache belongs to one QEMU process: the monitor socket's peer PID (`SO_PEERCRED`) keys it,
+//! so a VM restarted on the same socket starts afresh. Every call is bounded by the VM's deadline;
+//! a connection whose call did not complete is dropped, never reused.
+//!
+//! `query-blockstats` and `query-block` are asked at every scrape, and what is cached per QEMU
+//! process only once (or when it changes):
 //!
 //! - `query-name` (the `vm` label);
 //! - `query-pci` (for the guest disk join; only for VMs with an agent, refreshed when a guest disk
@@ -19,15 +26,17 @@
 //! - with `--qmp.latency-buckets`, the latency histograms this exporter set.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvmio_qemu::types::{flatten_pci, BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
-use kvmio_qemu::{Error as QemuError, QmpCommands};
+use kvmio_qemu::{Error as QemuError, Qmp, QmpCommands};
 use serde_json::json;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{self, QemuCmdline};
+use super::connection::{acquire, failed_twice, release, Pooled, Step};
 use super::qmp::{
     device_label, read_process_io, DeviceFacts, HistogramBase, NodeFacts, OtherDevice, QemuOrigin,
     QmpSnapshot, RunState, ThrottleLimits,
@@ -40,6 +49,33 @@ const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A failed `block-latency-histogram-set` is retried after this long.
 const HISTOGRAM_RETRY: Duration = Duration::from_secs(300);
+
+/// A VM's QMP state kept between scrapes.
+#[derive(Debug, Default)]
+pub struct QmpState {
+    /// The pooled monitor (`--qmp.persistent`) and the last peer's PID.
+    conn: Pooled<Qmp>,
+    pub(crate) cache: Cache,
+    /// Set by the join when a guest disk found no PCI match: refresh `query-pci`.
+    pub(crate) pci_stale: bool,
+}
+
+impl QmpState {
+    /// The VM's `-name`, if this QEMU process has been asked.
+    pub fn name(&self) -> Option<&str> {
+        self.cache.name()
+    }
+
+    /// The PID of the last monitor peer connected to, if any.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.conn.peer()
+    }
+
+    /// Whether a monitor connection is pooled.
+    pub fn has_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+}
 
 /// Per-QEMU-process cache.
 #[derive(Debug, Default)]
@@ -386,4 +422,41 @@ fn collect_unknown_nodes(
     for child in [&s.parent, &s.backing].into_iter().flatten() {
         collect_unknown_nodes(child, known, out, depth + 1);
     }
+}
+
+/// Scrapes one VM's monitor.
+pub(crate) async fn scrape(
+    path: &Path,
+    has_agent: bool,
+    st: &mut QmpState,
+    config: &Config,
+    deadline: Instant,
+) -> Result<QmpSnapshot, String> {
+    for _ in 0..2 {
+        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
+        adopt(&mut st.cache, c.pid);
+        let stale = std::mem::take(&mut st.pci_stale);
+        let calls = queries(
+            &mut c.client,
+            c.pid,
+            has_agent,
+            stale,
+            &mut st.cache,
+            config,
+        );
+        let result = match timeout_at(deadline, calls).await {
+            Ok(Ok(snapshot)) => Ok((snapshot, true)),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        };
+        if result.is_err() {
+            // Not refreshed: ask again next time.
+            st.pci_stale |= stale;
+        }
+        match release(path, &mut st.conn, config, c, result) {
+            Step::Done(r) => return r,
+            Step::Retry => continue,
+        }
+    }
+    failed_twice::<Qmp, _>()
 }

@@ -1,23 +1,15 @@
-//! One VM's QMP side: the snapshot a scrape yields (also the libvirt source's), and a socket
-//! VM's scrape: connect (or reuse the pooled monitor, [`super::connection`]), then the
-//! monitor's queries and the per-process cache (`super::monitor`).
-//!
-//! The cache belongs to one QEMU process: the monitor socket's peer PID (`SO_PEERCRED`) keys it,
-//! so a VM restarted on the same socket starts afresh. Every call is bounded by the VM's deadline;
-//! a connection whose call did not complete is dropped, never reused.
+//! One VM's QMP side as a scrape yields it, whatever the source (a monitor socket, libvirt's
+//! statistics and XML, libvirt's monitor passthrough): the snapshot model ([`QmpSnapshot`] and
+//! the facts it holds), and the QEMU process's IO from `/proc/PID/io`. What fills it from a
+//! monitor is [`super::monitor`].
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use kvmio_qemu::types::{BlockDeviceInfo, BlockInfo, BlockStats, PciFunction};
-use kvmio_qemu::Qmp;
-use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{DriveConfig, QemuCmdline};
-use super::connection::{acquire, failed_twice, release, Pooled, Step};
-pub(crate) use super::monitor::{adopt, queries, Cache};
-use crate::config::Config;
 
 /// QMP replies are QEMU's (trusted more than a guest), but still bounded.
 pub(crate) const QMP_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
@@ -280,33 +272,6 @@ impl QmpSnapshot {
     }
 }
 
-/// A VM's QMP state kept between scrapes.
-#[derive(Debug, Default)]
-pub struct QmpState {
-    /// The pooled monitor (`--qmp.persistent`) and the last peer's PID.
-    conn: Pooled<Qmp>,
-    pub(crate) cache: Cache,
-    /// Set by the join when a guest disk found no PCI match: refresh `query-pci`.
-    pub(crate) pci_stale: bool,
-}
-
-impl QmpState {
-    /// The VM's `-name`, if this QEMU process has been asked.
-    pub fn name(&self) -> Option<&str> {
-        self.cache.name()
-    }
-
-    /// The PID of the last monitor peer connected to, if any.
-    pub fn peer_pid(&self) -> Option<u32> {
-        self.conn.peer()
-    }
-
-    /// Whether a monitor connection is pooled.
-    pub fn has_connection(&self) -> bool {
-        self.conn.is_some()
-    }
-}
-
 /// The label QEMU uses for a backend: the `-drive id=`, else the device's qdev id, else the qdev
 /// path, else the node name.
 pub fn device_label<'a>(
@@ -347,43 +312,6 @@ pub(crate) fn read_process_io(procfs: &Path, pid: u32) -> Option<ProcessIo> {
         }
     }
     (found == 2).then_some(io)
-}
-
-/// Scrapes one VM's monitor.
-pub(crate) async fn scrape(
-    path: &Path,
-    has_agent: bool,
-    st: &mut QmpState,
-    config: &Config,
-    deadline: Instant,
-) -> Result<QmpSnapshot, String> {
-    for _ in 0..2 {
-        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
-        adopt(&mut st.cache, c.pid);
-        let stale = std::mem::take(&mut st.pci_stale);
-        let calls = queries(
-            &mut c.client,
-            c.pid,
-            has_agent,
-            stale,
-            &mut st.cache,
-            config,
-        );
-        let result = match timeout_at(deadline, calls).await {
-            Ok(Ok(snapshot)) => Ok((snapshot, true)),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(_) => Err(None),
-        };
-        if result.is_err() {
-            // Not refreshed: ask again next time.
-            st.pci_stale |= stale;
-        }
-        match release(path, &mut st.conn, config, c, result) {
-            Step::Done(r) => return r,
-            Step::Retry => continue,
-        }
-    }
-    failed_twice::<Qmp, _>()
 }
 
 #[cfg(test)]

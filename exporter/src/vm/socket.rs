@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use super::{join, log_change, qga, qmp, QgaSnapshot, QmpSnapshot, VmOutcome, VmState, VmTarget};
+use super::{
+    join, log_change, monitor, qga, QgaSnapshot, QmpSnapshot, VmOutcome, VmState, VmTarget,
+};
 use crate::config::Config;
 use crate::discovery::Target;
 
@@ -29,7 +31,7 @@ pub(super) async fn scrape_socket_vm(
         async {
             match &target.qmp {
                 Some(path) => {
-                    Some(qmp::scrape(path, has_agent, &mut st.qmp, config, deadline).await)
+                    Some(monitor::scrape(path, has_agent, &mut st.qmp, config, deadline).await)
                 }
                 None => None,
             }

@@ -38,8 +38,9 @@ use self::domxml::DomainXml;
 use self::passthrough::Relay;
 use self::pool::Pool;
 use crate::config::{Config, LibvirtConfig};
+use crate::vm::monitor::QmpState;
 use crate::vm::qga::{QgaSnapshot, QgaState};
-use crate::vm::qmp::{QmpSnapshot, QmpState};
+use crate::vm::qmp::QmpSnapshot;
 
 /// At most this many domains are scraped from one libvirtd.
 pub const MAX_DOMAINS: usize = 4096;

@@ -12,6 +12,7 @@ use super::passthrough::LibvirtMonitor;
 use super::{block, domxml, ffi, virt_error, DomainState, DomainTarget, Libvirt};
 use crate::config::Config;
 use crate::errors::chain;
+use crate::vm::monitor;
 use crate::vm::qmp::{self, QmpSnapshot, QMP_MAX_LINE_BYTES};
 
 /// A domain's XML is read again after this long (and whenever its disk set changes).
@@ -78,10 +79,11 @@ impl Libvirt {
 
         let mut snapshot = if self.config.qmp_passthrough {
             let mut monitor = LibvirtMonitor(self.relay(t, deadline, QMP_MAX_LINE_BYTES));
-            qmp::adopt(&mut st.qmp.cache, pid);
-            let mut snap = qmp::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
-                .await
-                .map_err(|e| format!("monitor passthrough: {}", chain(&e)))?;
+            monitor::adopt(&mut st.qmp.cache, pid);
+            let mut snap =
+                monitor::queries(&mut monitor, pid, false, false, &mut st.qmp.cache, config)
+                    .await
+                    .map_err(|e| format!("monitor passthrough: {}", chain(&e)))?;
             snap.configured = block::configured(disks);
             snap
         } else {
