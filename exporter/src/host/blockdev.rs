@@ -239,66 +239,15 @@ fn anonymous_source(minor: u32, procfs: &Path) -> Result<(u32, u32), AnonReason>
     })
 }
 
-/// One `/proc/self/mountinfo` entry, the parts used here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// Mount point (octal escapes decoded).
-    pub mount_point: PathBuf,
-    /// Filesystem type (`ext4`, `tmpfs`, `btrfs`, `nfs4`, `fuse.sshfs`).
-    pub fstype: String,
-    /// Mount source (`/dev/vda1`, `tmpfs`, `server:/export`).
-    pub source: String,
-}
+pub use kvmio_mountinfo::MountEntry;
 
 /// Finds the first mount of device `major:minor` in mountinfo text.
 pub fn find_mount(mountinfo: &str, major: u32, minor: u32) -> Option<MountEntry> {
     let want = format!("{major}:{minor}");
-    mountinfo.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        let dev = fields.nth(2)?;
-        if dev != want {
-            return None;
-        }
-        // The kernel escapes blanks inside fields, so an empty field is a malformed line (found
-        // by the fuzz target host_sysfs_mountinfo: "- " and two blanks gave an empty fstype).
-        let mount_point = fields.nth(1).filter(|f| !f.is_empty())?;
-        // Optional fields end with a lone "-", then fstype and source.
-        let mut rest = fields.skip_while(|f| *f != "-");
-        rest.next()?;
-        let fstype = rest.next().filter(|f| !f.is_empty())?;
-        let source = rest.next().unwrap_or("");
-        Some(MountEntry {
-            mount_point: PathBuf::from(unescape_octal(mount_point)),
-            fstype: unescape_octal(fstype),
-            source: unescape_octal(source),
-        })
-    })
-}
-
-/// Decodes mountinfo's `\040`-style escapes (space, tab, newline, backslash).
-fn unescape_octal(s: &str) -> String {
-    if !s.contains('\\') {
-        return s.to_owned();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    mountinfo
+        .lines()
+        .filter_map(kvmio_mountinfo::parse_line)
+        .find(|m| m.dev == want)
 }
 
 /// Resolves a device number through sysfs (`<sysfs>/dev/block/MAJ:MIN`); a loop device's
