@@ -15,10 +15,8 @@
 //!   what `qemu-img create` and most management layers offer);
 //! * `raw-sparse`: a raw image with holes; the host file system allocates on first write.
 
-use std::fmt;
 use std::path::Path;
 use std::process::Command;
-use std::str::FromStr;
 
 use kvmio_crashtest::qemu_img::{self, QemuImgError};
 use kvmio_crashtest::vm::ImageFormat;
@@ -28,7 +26,21 @@ use rand::SeedableRng;
 /// qcow2's default cluster size: the unit of allocation, and of splitting.
 pub const QCOW2_CLUSTER: u64 = 64 << 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An image layout; its name (`qcow2-thin`...) is the variant's in kebab case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Layout {
     Qcow2Thin,
     Qcow2Fragmented,
@@ -45,12 +57,7 @@ impl Layout {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Layout::Qcow2Thin => "qcow2-thin",
-            Layout::Qcow2Fragmented => "qcow2-fragmented",
-            Layout::RawPrealloc => "raw-prealloc",
-            Layout::RawSparse => "raw-sparse",
-        }
+        self.into()
     }
 
     pub fn format(self) -> ImageFormat {
@@ -58,26 +65,6 @@ impl Layout {
             Layout::Qcow2Thin | Layout::Qcow2Fragmented => ImageFormat::Qcow2,
             Layout::RawPrealloc | Layout::RawSparse => ImageFormat::Raw,
         }
-    }
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Layout {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Layout::ALL
-            .into_iter()
-            .find(|l| l.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown layout {s:?} (qcow2-thin, qcow2-fragmented, raw-prealloc, raw-sparse)"
-                )
-            })
     }
 }
 
@@ -179,6 +166,16 @@ mod tests {
             assert_eq!(l.as_str().parse::<Layout>().unwrap(), l);
         }
         assert!("qcow3".parse::<Layout>().is_err());
+        // The names result rows and file names carry.
+        assert_eq!(
+            Layout::ALL.map(Layout::as_str),
+            [
+                "qcow2-thin",
+                "qcow2-fragmented",
+                "raw-prealloc",
+                "raw-sparse"
+            ]
+        );
     }
 
     #[test]
