@@ -44,17 +44,29 @@ type Hostile = (
     fn(&str, usize) -> Option<String>,
 );
 
-/// The longest disk name that fits 128 times (twice `--qga.max-disks`, what is decoded) in the
-/// line: each decoded entry as large as the line allows.
+/// Entries at the bounds of what the decode keeps, new every scrape: 64-byte disk names (the
+/// longest valid one) and, in `guest-get-disks`, a serial and a bus type of 128 bytes (the
+/// longest kept: a longer one refuses the entry); the line filled with more of them (those past
+/// 128, twice `--qga.max-disks`, only counted).
 fn long_entries(cmd: &str, round: usize) -> Option<String> {
-    let pad = "x".repeat(3_900);
+    let name = |i: usize| {
+        let n = format!("r{round}d{i}");
+        format!("{n}{}", "x".repeat(64usize.saturating_sub(n.len())))
+    };
+    let field = "s".repeat(128);
     match cmd {
         "guest-get-diskstats" => Some(
-            peer::capped_list(|i| format!("{{\"name\":\"r{round}d{i}{pad}\",\"stats\":{{}}}}")).0,
+            peer::capped_list(|i| format!("{{\"name\":\"{}\",\"stats\":{{}}}}", name(i))).0,
         ),
         "guest-get-disks" => Some(
             peer::capped_list(|i| {
-                format!("{{\"name\":\"/dev/r{round}d{i}{pad}\",\"alias\":\"{pad}\",\"dependencies\":[\"{pad}\"]}}")
+                format!(
+                    "{{\"name\":\"/dev/{}\",\"partition\":false,\"address\":{{\"pci-controller\":\
+                     {{\"domain\":0,\"bus\":0,\"slot\":{},\"function\":0}},\"bus-type\":\"{field}\",\
+                     \"serial\":\"{field}\"}}}}",
+                    name(i),
+                    i % 32
+                )
             })
             .0,
         ),
@@ -92,7 +104,7 @@ const HOSTILE: &[Hostile] = &[
     ),
     (
         "long-entries",
-        "128+ entries of ~4 KB strings, new every scrape (what the bounded decode keeps)",
+        "128+ entries at the kept bounds (64-byte names, 128-byte serial and bus type), new every scrape",
         long_entries,
     ),
 ];

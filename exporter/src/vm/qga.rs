@@ -59,9 +59,10 @@ pub(crate) fn line_budget() -> LineBudget {
 }
 
 /// The longest string kept from a guest disk entry (a name, a device path, a serial, a bus
-/// type). An entry with a longer one is refused at decode and counted in
-/// `kvmio_guest_disks_dropped`: no real disk has such a field, and it could not be a label.
-pub const MAX_GUEST_FIELD_BYTES: usize = 256;
+/// type): the longest guest label value. An entry with a longer one is refused at decode and
+/// counted in `kvmio_guest_disks_dropped`: no real disk has such a field (disk names are at most
+/// 64 bytes, QEMU's disk serials at most 36, bus types a word).
+pub const MAX_GUEST_FIELD_BYTES: usize = crate::metrics::MAX_GUEST_LABEL_VALUE_BYTES;
 
 /// A string field of a guest disk entry, kept only up to [`MAX_GUEST_FIELD_BYTES`].
 #[derive(Debug, Default)]
@@ -305,12 +306,14 @@ pub async fn query(
             .as_ref()
             .is_some_and(|(at, known, _, _)| *known == names && at.elapsed() < DISKS_TTL);
         if !fresh {
-            let (disks, disks_skipped) =
+            let (mut disks, disks_skipped) =
                 match bounded_list(agent, "guest-get-disks", max, WireDisk::accept).await {
                     Ok(d) => d,
                     Err(e) if e.is_command() => (Vec::new(), 0),
                     Err(e) => return Err(e),
                 };
+            // Only disks `select` can use are kept for the next scrapes (it skips the others).
+            disks.retain(|d| valid_disk_name(guest_disk_name(&d.name)));
             *cached_disks = Some((Instant::now(), names, disks, disks_skipped));
         }
         // The disks past the bound are counted at every scrape the answer is used, like the
