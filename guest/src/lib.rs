@@ -7,6 +7,9 @@
 //!
 //! The crash tester's record format ([`record`]) and writer parameters ([`writer`]) live here
 //! too, so that the guest writer and the host verifier share one definition.
+//!
+//! [`bench`] is the `bench` command (kvmio-claims' workloads) as both sides spell it; its flag
+//! reader and device flags also parse the `write` command's.
 
 pub mod bench;
 pub mod fsworkload;

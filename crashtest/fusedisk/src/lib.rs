@@ -24,6 +24,10 @@
 //! The mount needs root (or `CAP_SYS_ADMIN`) and `/dev/fuse`: fuser mounts with mount(2)
 //! itself, without libfuse or fusermount. A mount left by a killed run shows in
 //! [`stale_mounts`]; [`VolatileMount::mount`] refuses a mount point that is already mounted.
+//!
+//! Modules: `fs` (the FUSE operations; a file operation reaches its file through one step that
+//! parks its reply once the power is cut), `stale` (the mount table, read by kvmio-mountinfo);
+//! this file holds the mount and the power-cut sequence.
 
 mod fs;
 mod stale;

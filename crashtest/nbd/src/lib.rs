@@ -41,6 +41,10 @@
 //! handle.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Modules: `proto` (the wire constants), `conn` (one connection: handshake, then requests in
+//! order, the two writes through one step), [`disk`] (the volatile layer, also each file of
+//! kvmio-fusedisk); this file holds the server, its options, statistics and power failures.
 
 mod conn;
 pub mod disk;

@@ -10,6 +10,10 @@
 //! checks every dashboard against the dashboard-linter conventions (datasource variable, units,
 //! `$__rate_interval`, `job`/`instance` selectors, stable uids); `tests/prometheus.rs` runs every
 //! panel query against a real Prometheus.
+//!
+//! Shape: one function a dashboard ([`storage_layers`], [`crash_consistency`]); panels from a
+//! few builders (`timeseries`, `stat`, `table`, `layers_panel` for one figure at every layer)
+//! placed on Grafana's grid by `Board`; the PromQL selectors and rates as constants and `Layer`.
 
 use std::path::{Path, PathBuf};
 
