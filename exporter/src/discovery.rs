@@ -124,20 +124,19 @@ mod tests {
     use crate::config::Target as ConfiguredTarget;
     use std::os::unix::net::UnixListener;
 
-    fn sock(dir: &Path, name: &str) -> (PathBuf, UnixListener) {
-        let p = dir.join(name);
-        let l = UnixListener::bind(&p).unwrap();
-        (p, l)
+    /// Listening sockets `dir/NAME` for each name, open while the result lives.
+    fn sockets(dir: &Path, names: &[&str]) -> Vec<UnixListener> {
+        names
+            .iter()
+            .map(|n| UnixListener::bind(dir.join(n)).unwrap())
+            .collect()
     }
 
     #[test]
     fn pairs_by_stem_and_finds_lone_agents() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let _a = sock(d, "vm1.qmp");
-        let _b = sock(d, "vm1.qga");
-        let _c = sock(d, "vm2.qmp");
-        let _e = sock(d, "vm3.qga");
+        let _listening = sockets(d, &["vm1.qmp", "vm1.qga", "vm2.qmp", "vm3.qga"]);
         std::fs::write(d.join("stale.qmp"), b"").unwrap();
         let config = Config {
             qmp_socket_globs: vec![format!("{}/*.qmp", d.display())],
@@ -158,8 +157,7 @@ mod tests {
     fn sibling_agent_without_qga_glob_and_configured_targets() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let _a = sock(d, "100.qmp");
-        let _b = sock(d, "100.qga");
+        let _listening = sockets(d, &["100.qmp", "100.qga"]);
         let config = Config {
             qmp_socket_globs: vec![format!("{}/*.qmp", d.display())],
             targets: vec![ConfiguredTarget {

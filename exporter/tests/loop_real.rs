@@ -20,7 +20,7 @@ use common::procs;
 use kvmio_exporter::host::blockdev::{resolve_image, ImageDevice};
 use kvmio_test_support::metrics::{parse, scrape};
 use kvmio_test_support::qemu::qemu_none_with;
-use kvmio_test_support::require;
+use kvmio_test_support::{require, run};
 
 /// A loop device bound to a file; detached when dropped.
 struct LoopDevice(PathBuf);
@@ -28,18 +28,13 @@ struct LoopDevice(PathBuf);
 impl LoopDevice {
     fn attach(file: &Path) -> Self {
         let losetup = require("losetup", "mount");
-        let out = Command::new(losetup)
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .expect("run losetup");
+        let (status, out, err) = run(Command::new(losetup).args(["--find", "--show"]).arg(file));
         assert!(
-            out.status.success(),
-            "losetup --find --show {} (needs root and /dev/loop*): {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "losetup --find --show {} (needs root and /dev/loop*): {err}",
+            file.display()
         );
-        LoopDevice(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+        LoopDevice(PathBuf::from(out.trim()))
     }
 
     fn name(&self) -> String {
@@ -55,12 +50,10 @@ impl Drop for LoopDevice {
 
 /// The whole disk under `path`'s filesystem, by `findmnt` and sysfs (not kvmio's code).
 fn disk_under(path: &Path) -> String {
-    let out = Command::new("findmnt")
+    let (_, out, _) = run(Command::new("findmnt")
         .args(["-n", "-o", "MAJ:MIN", "-T"])
-        .arg(path)
-        .output()
-        .expect("findmnt");
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        .arg(path));
+    let dev = out.trim().to_owned();
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{dev}"))
         .unwrap_or_else(|e| panic!("{} is on {dev:?}, not a block device: {e}", path.display()));
     let sys = if sys.join("partition").exists() {

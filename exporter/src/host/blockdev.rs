@@ -545,21 +545,32 @@ mod tests {
         t
     }
 
+    /// Resolves `major:minor` in `sysfs` and checks its filesystem, host and physical devices;
+    /// returns it for more checks.
+    #[track_caller]
+    fn check(
+        sysfs: &Path,
+        dev: (u32, u32),
+        fs: &str,
+        host: &str,
+        physical: &[&str],
+    ) -> BackingDevice {
+        let b = resolve_dev(sysfs, dev.0, dev.1).unwrap();
+        let at = format!("{}:{}", dev.0, dev.1);
+        assert_eq!(
+            (b.fs_device.as_str(), b.host_device.as_str()),
+            (fs, host),
+            "{at}"
+        );
+        assert_eq!(b.physical_devices, physical, "{at}");
+        b
+    }
+
     #[test]
     fn plain_disk_and_partition() {
         let t = stacked_sysfs();
-        let b = resolve_dev(t.path(), 254, 0).unwrap();
-        assert_eq!(
-            (b.fs_device.as_str(), b.host_device.as_str()),
-            ("vda", "vda")
-        );
-        assert_eq!(b.physical_devices, vec!["vda"]);
-        let b = resolve_dev(t.path(), 254, 17).unwrap();
-        assert_eq!(
-            (b.fs_device.as_str(), b.host_device.as_str()),
-            ("vdb1", "vdb")
-        );
-        assert_eq!(b.physical_devices, vec!["vdb"]);
+        check(t.path(), (254, 0), "vda", "vda", &["vda"]);
+        let b = check(t.path(), (254, 17), "vdb1", "vdb", &["vdb"]);
         assert_eq!(
             b.all_devices().into_iter().collect::<Vec<_>>(),
             vec!["vdb", "vdb1"]
@@ -569,24 +580,12 @@ mod tests {
     #[test]
     fn device_mapper_and_md_stacks() {
         let t = stacked_sysfs();
-        let b = resolve_dev(t.path(), 253, 0).unwrap();
-        assert_eq!(
-            (b.fs_device.as_str(), b.host_device.as_str()),
-            ("dm-0", "dm-0")
-        );
-        assert_eq!(b.physical_devices, vec!["vda", "vdb"]);
+        check(t.path(), (253, 0), "dm-0", "dm-0", &["vda", "vdb"]);
         assert_eq!(dm_name(t.path(), "dm-0").as_deref(), Some("vg0-images"));
         // Partition of an md array: host device is the array, physical the mirrors.
-        let b = resolve_dev(t.path(), 259, 5).unwrap();
-        assert_eq!(
-            (b.fs_device.as_str(), b.host_device.as_str()),
-            ("md0p1", "md0")
-        );
-        assert_eq!(b.physical_devices, vec!["vdc", "vdd"]);
+        check(t.path(), (259, 5), "md0p1", "md0", &["vdc", "vdd"]);
         // dm-crypt over that partition: three levels down.
-        let b = resolve_dev(t.path(), 253, 1).unwrap();
-        assert_eq!(b.host_device, "dm-1");
-        assert_eq!(b.physical_devices, vec!["vdc", "vdd"]);
+        let b = check(t.path(), (253, 1), "dm-1", "dm-1", &["vdc", "vdd"]);
         assert_eq!(
             b.all_devices().into_iter().collect::<Vec<_>>(),
             vec!["dm-1", "vdc", "vdd"]
