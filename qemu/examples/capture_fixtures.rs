@@ -200,10 +200,7 @@ async fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     std::fs::create_dir_all(&out).unwrap();
-    let Some([qemu, qemu_img, qemu_ga]) = binaries(["qemu-system-x86_64", "qemu-img", "qemu-ga"])
-    else {
-        std::process::exit(1);
-    };
+    let [qemu, qemu_img, qemu_ga] = binaries(["qemu-system-x86_64", "qemu-img", "qemu-ga"]);
     qmp_fixtures(&out, &qemu, &qemu_img).await;
     qga_fixtures(&out, &qemu_ga).await;
 }

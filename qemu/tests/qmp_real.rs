@@ -21,9 +21,7 @@ async fn query_block_cache_flags_name_each_cache_mode() {
         .iter()
         .map(|(id, m)| (id.as_str(), m.as_str()))
         .collect();
-    let Some(mut vm) = start_qemu_none(&drives, &[], limits()).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&drives, &[], limits()).await;
     let qmp = &mut vm.qmp;
 
     let blocks = qmp.query_block().await.unwrap();
@@ -42,9 +40,7 @@ async fn query_block_cache_flags_name_each_cache_mode() {
 
 #[tokio::test]
 async fn blockstats_have_the_protocol_parent_and_track_writes() {
-    let Some(mut vm) = start_qemu_none(&[("d0", "writeback")], &[], limits()).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&[("d0", "writeback")], &[], limits()).await;
     let qmp = &mut vm.qmp;
 
     // HMP's qemu-io writes through the block layer without a guest. (QEMU prints its output on
@@ -95,9 +91,7 @@ async fn blockstats_have_the_protocol_parent_and_track_writes() {
 #[tokio::test]
 async fn latency_histograms_are_set_and_cleared_on_a_guest_device() {
     // Latency histograms are set by guest device: this needs a machine with a device.
-    let Some(mut vm) = start_qemu_q35("writeback").await else {
-        return;
-    };
+    let mut vm = start_qemu_q35("writeback").await;
     let qmp = &mut vm.qmp;
 
     // The id is the device that holds the backend: for virtio-blk-pci that is not `vd0` but
@@ -135,9 +129,7 @@ async fn latency_histograms_are_set_and_cleared_on_a_guest_device() {
 
 #[tokio::test]
 async fn version_name_status_and_command_errors() {
-    let Some(mut vm) = start_qemu_none(&[], &["-name", "kvmio-test"], limits()).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&[], &["-name", "kvmio-test"], limits()).await;
     let qmp = &mut vm.qmp;
 
     let version = qmp.query_version().await.unwrap();
@@ -166,9 +158,7 @@ async fn version_name_status_and_command_errors() {
 
 #[tokio::test]
 async fn events_between_command_and_reply_are_queued() {
-    let Some(mut vm) = start_qemu_none(&[], &[], limits()).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&[], &[], limits()).await;
     let qmp = &mut vm.qmp;
 
     qmp.stop().await.unwrap();
@@ -189,9 +179,7 @@ async fn events_between_command_and_reply_are_queued() {
 async fn a_stopped_qemu_times_out_and_the_late_reply_is_skipped() {
     let call_timeout = Duration::from_millis(500);
     let limits = Limits::default().with_call_timeout(call_timeout);
-    let Some(mut vm) = start_qemu_none(&[], &[], limits).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&[], &[], limits).await;
     let (qmp, child) = (&mut vm.qmp, &vm.child);
     qmp.query_status().await.unwrap();
 
@@ -205,9 +193,7 @@ async fn a_stopped_qemu_times_out_and_the_late_reply_is_skipped() {
 
 #[tokio::test]
 async fn handshake_on_a_socket_that_qemu_connects_to() {
-    let Some([qemu]) = binaries(["qemu-system-x86_64"]) else {
-        return;
-    };
+    let [qemu] = binaries(["qemu-system-x86_64"]);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("mon.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -236,9 +222,7 @@ async fn handshake_on_a_socket_that_qemu_connects_to() {
 
 #[tokio::test]
 async fn query_pci_maps_a_virtio_blk_device_to_its_qdev_id() {
-    let Some(mut vm) = start_qemu_q35("none").await else {
-        return;
-    };
+    let mut vm = start_qemu_q35("none").await;
     let qmp = &mut vm.qmp;
 
     let pci = qmp.query_pci().await.unwrap();
@@ -259,9 +243,7 @@ async fn query_pci_maps_a_virtio_blk_device_to_its_qdev_id() {
 
 #[tokio::test]
 async fn quit_ends_qemu() {
-    let Some(mut vm) = start_qemu_none(&[], &[], limits()).await else {
-        return;
-    };
+    let mut vm = start_qemu_none(&[], &[], limits()).await;
     let qmp = &mut vm.qmp;
     qmp.quit().await.unwrap();
     let status = vm

@@ -1,44 +1,37 @@
-//! What the integration tests share: finding the QEMU binaries, starting real QEMU and qemu-ga
-//! processes that are always killed and reaped, and scratch images.
+//! What the integration tests share: the QEMU binaries (a missing one fails the test), real QEMU
+//! and qemu-ga processes that are always killed and reaped (`kvmio-test-support`'s processes,
+//! with their stderr kept for messages), QMP and agent connections, and scratch images.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmio_qemu::{Error, GuestAgent, Limits, Qmp};
+use kvmio_test_support::{run, spawn_tied, ChildProcess};
 
 /// Generous for a loaded 2-core CI machine; QEMU's monitor is usually up in ~50 ms.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The full path of `bin`, looking in PATH and in the sbin directories (qemu-ga lives there).
-pub fn which(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
+/// The paths of `bins`, failing the test (never skipping it) with the Debian package to install
+/// when one is missing.
+pub fn binaries<const N: usize>(bins: [&str; N]) -> [PathBuf; N] {
+    bins.map(|bin| {
+        let package = match bin {
+            "qemu-img" => "qemu-utils",
+            "qemu-ga" => "qemu-guest-agent",
+            _ => "qemu-system-x86",
+        };
+        kvmio_test_support::require(bin, package)
+    })
 }
 
-/// The paths of `bins`, or `None` after printing why the test is skipped.
-pub fn binaries<const N: usize>(bins: [&str; N]) -> Option<[PathBuf; N]> {
-    let found = bins.map(which);
-    for (bin, path) in bins.iter().zip(&found) {
-        if path.is_none() {
-            eprintln!(
-                "skipped: {bin} is not installed (Debian: qemu-system-x86, qemu-utils, qemu-guest-agent)"
-            );
-            return None;
-        }
-    }
-    Some(found.map(Option::unwrap))
-}
-
-/// A child process that is killed and reaped when dropped, also when a test panics.
+/// A child process of the test, killed and reaped when dropped, also when a test panics, and
+/// tied to the test's thread (`kvmio_test_support::spawn_tied`); its stderr goes to a file.
 #[derive(Debug)]
 pub struct ChildGuard {
-    pub child: Child,
+    pub process: ChildProcess,
     pub name: String,
     pub stderr_path: PathBuf,
 }
@@ -61,22 +54,21 @@ impl ChildGuard {
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
-        let child = command
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .stderr(stderr);
+        let name = program.display().to_string();
         ChildGuard {
-            child,
-            name: program.display().to_string(),
+            process: spawn_tied(&mut command, &name),
+            name,
             stderr_path,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// What the process wrote to stderr so far, for assertion messages.
@@ -96,40 +88,18 @@ impl ChildGuard {
 
     /// Waits up to `timeout` for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        // SIGKILL also ends a SIGSTOPped process; wait() reaps it so no zombie is left.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.wait_timeout(timeout)
     }
 }
 
 /// Creates a qcow2 image of `size` (e.g. `64M`).
 pub fn qemu_img_create(qemu_img: &Path, path: &Path, size: &str) {
-    let out = Command::new(qemu_img)
+    let mut cmd = Command::new(qemu_img);
+    let (status, _, stderr) = run(cmd
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)
-        .arg(size)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(size));
+    assert!(status.success(), "qemu-img create failed: {stderr}");
 }
 
 /// The limits most tests use: defaults, with a 10 s call timeout.
@@ -154,7 +124,7 @@ where
         match connect().await {
             Ok(client) => return client,
             Err(Error::Connect { .. }) if Instant::now() < deadline => {
-                if let Some(status) = peer.child.try_wait().unwrap() {
+                if let Some(status) = peer.process.exited() {
                     panic!("{who} exited ({status}): {}", peer.stderr());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -190,35 +160,32 @@ pub struct QemuUnderTest {
     pub dir: tempfile::TempDir,
 }
 
-/// Starts a QEMU with `spawn(qemu, qemu_img, dir)` in a new directory and connects with `limits`;
-/// `None` (after saying why) if QEMU is not installed.
+/// Starts a QEMU with `spawn(qemu, qemu_img, dir)` in a new directory and connects with `limits`.
 async fn start_qemu(
     limits: Limits,
     spawn: impl FnOnce(&Path, &Path, &Path) -> (ChildGuard, PathBuf),
-) -> Option<QemuUnderTest> {
-    let [qemu, qemu_img] = binaries(["qemu-system-x86_64", "qemu-img"])?;
+) -> QemuUnderTest {
+    let [qemu, qemu_img] = binaries(["qemu-system-x86_64", "qemu-img"]);
     let dir = tempfile::tempdir().unwrap();
     let (mut child, sock) = spawn(&qemu, &qemu_img, dir.path());
     let qmp = connect_qmp(&sock, limits, &mut child).await;
-    Some(QemuUnderTest { qmp, child, dir })
+    QemuUnderTest { qmp, child, dir }
 }
 
-/// [`spawn_qemu_none`] with `drives` and `extra`, connected with `limits`; `None` if QEMU is
-/// not installed.
+/// [`spawn_qemu_none`] with `drives` and `extra`, connected with `limits`.
 pub async fn start_qemu_none(
     drives: &[(&str, &str)],
     extra: &[&str],
     limits: Limits,
-) -> Option<QemuUnderTest> {
+) -> QemuUnderTest {
     start_qemu(limits, |qemu, qemu_img, dir| {
         spawn_qemu_none(qemu, qemu_img, dir, drives, extra)
     })
     .await
 }
 
-/// [`spawn_qemu_q35`] with cache mode `cache`, connected with [`limits`]; `None` if QEMU is not
-/// installed.
-pub async fn start_qemu_q35(cache: &str) -> Option<QemuUnderTest> {
+/// [`spawn_qemu_q35`] with cache mode `cache`, connected with [`limits`].
+pub async fn start_qemu_q35(cache: &str) -> QemuUnderTest {
     start_qemu(limits(), |qemu, qemu_img, dir| {
         spawn_qemu_q35(qemu, qemu_img, dir, cache)
     })
@@ -235,19 +202,18 @@ pub struct AgentUnderTest {
     pub dir: tempfile::TempDir,
 }
 
-/// [`spawn_qemu_ga`] with `extra` options in a new directory, connected with `limits`; `None`
-/// (after saying why) if qemu-ga is not installed.
-pub async fn start_agent(extra: &[&str], limits: Limits) -> Option<AgentUnderTest> {
-    let [qemu_ga] = binaries(["qemu-ga"])?;
+/// [`spawn_qemu_ga`] with `extra` options in a new directory, connected with `limits`.
+pub async fn start_agent(extra: &[&str], limits: Limits) -> AgentUnderTest {
+    let [qemu_ga] = binaries(["qemu-ga"]);
     let dir = tempfile::tempdir().unwrap();
     let (mut child, sock) = spawn_qemu_ga(&qemu_ga, dir.path(), extra);
     let ga = connect_agent(&sock, limits, &mut child).await;
-    Some(AgentUnderTest {
+    AgentUnderTest {
         ga,
         child,
         sock,
         dir,
-    })
+    }
 }
 
 /// Stops `peer` (SIGSTOP) while `call` runs and resumes it: the call must fail with
