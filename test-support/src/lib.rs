@@ -1,12 +1,14 @@
-//! What kvmio's tests and benches share (a dev-dependency of `kvmio-exporter`, a dependency of the
+//! What kvmio's tests and benches share: the one place that launches QEMU, qemu-ga and the
+//! exporter for them (a dev-dependency of `kvmio-qemu` and `kvmio-exporter`, a dependency of the
 //! end-to-end crate `kvmio-e2e`):
 //!
 //! - [`process`]: [`ChildProcess`], killed and reaped on drop (also when an assertion panics),
 //!   optionally tied to the test with `PR_SET_PDEATHSIG`; [`wait_for`]; [`vm_slot`], the lock
 //!   that lets one VM-booting test or bench run at a time; [`workspace_bin`], [`which`],
 //!   [`require`];
-//! - [`qemu`]: `qemu-system-x86_64 -M none` (a real monitor and block layer, no guest) and the
-//!   host's own `qemu-ga` on Unix sockets;
+//! - [`qemu`]: `qemu-system-x86_64 -M none` (a real monitor and block layer, no guest), a paused
+//!   q35, the host's own `qemu-ga` on Unix sockets, and the command line of the VM the QEMU
+//!   fixtures are captured from;
 //! - [`exporter`]: the `kvmio-exporter` binary on a free loopback port;
 //! - [`dir`]: scratch directories under the target dir ([`target_tempdir!`]) and
 //!   [`subdirs`];
