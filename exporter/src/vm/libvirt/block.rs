@@ -37,24 +37,44 @@ pub struct ChainImage {
     pub physical: Option<u64>,
 }
 
+/// One operation's entries in libvirt's block statistics (`rd.*`, `wr.*`, `fl.*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpStats {
+    /// `reqs`: requests completed.
+    pub reqs: Option<u64>,
+    /// `bytes` (libvirt has none for flushes).
+    pub bytes: Option<u64>,
+    /// `times`: their total time, in ns.
+    pub times_ns: Option<u64>,
+}
+
+impl OpStats {
+    /// `PREFIX.reqs`, `PREFIX.bytes`, `PREFIX.times` through `get`.
+    fn read(prefix: &str, get: impl Fn(&str) -> Option<u64>) -> OpStats {
+        OpStats {
+            reqs: get(&format!("{prefix}.reqs")),
+            bytes: get(&format!("{prefix}.bytes")),
+            times_ns: get(&format!("{prefix}.times")),
+        }
+    }
+}
+
 /// One disk's entries in libvirt's block statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskStats {
-    pub rd_reqs: Option<u64>,
-    pub rd_bytes: Option<u64>,
-    pub rd_times_ns: Option<u64>,
-    pub wr_reqs: Option<u64>,
-    pub wr_bytes: Option<u64>,
-    pub wr_times_ns: Option<u64>,
-    pub fl_reqs: Option<u64>,
-    pub fl_times_ns: Option<u64>,
+    /// Reads, writes and flushes.
+    pub rd: OpStats,
+    pub wr: OpStats,
+    pub fl: OpStats,
     /// The top image first, then its backing images.
     pub chain: Vec<ChainImage>,
 }
 
 impl DiskStats {
     fn has_io(&self) -> bool {
-        self.rd_reqs.is_some() || self.wr_reqs.is_some() || self.fl_reqs.is_some()
+        [self.rd, self.wr, self.fl]
+            .iter()
+            .any(|op| op.reqs.is_some())
     }
 }
 
@@ -87,14 +107,9 @@ pub fn disk_stats(params: &Params) -> BTreeMap<String, DiskStats> {
             continue;
         }
         if disk.chain.is_empty() {
-            disk.rd_reqs = u("rd.reqs");
-            disk.rd_bytes = u("rd.bytes");
-            disk.rd_times_ns = u("rd.times");
-            disk.wr_reqs = u("wr.reqs");
-            disk.wr_bytes = u("wr.bytes");
-            disk.wr_times_ns = u("wr.times");
-            disk.fl_reqs = u("fl.reqs");
-            disk.fl_times_ns = u("fl.times");
+            disk.rd = OpStats::read("rd", u);
+            disk.wr = OpStats::read("wr", u);
+            disk.fl = OpStats::read("fl", u);
         }
         disk.chain.push(ChainImage {
             path: fields
@@ -284,14 +299,14 @@ pub fn snapshot(xml: &DomainXml, stats: &BTreeMap<String, DiskStats>) -> QmpSnap
             snap.blockstats.push(BlockStats {
                 device: Some(label.to_owned()),
                 stats: BlockDeviceStats {
-                    rd_operations: i(s.rd_reqs),
-                    rd_bytes: i(s.rd_bytes),
-                    rd_total_time_ns: i(s.rd_times_ns),
-                    wr_operations: i(s.wr_reqs),
-                    wr_bytes: i(s.wr_bytes),
-                    wr_total_time_ns: i(s.wr_times_ns),
-                    flush_operations: i(s.fl_reqs),
-                    flush_total_time_ns: i(s.fl_times_ns),
+                    rd_operations: i(s.rd.reqs),
+                    rd_bytes: i(s.rd.bytes),
+                    rd_total_time_ns: i(s.rd.times_ns),
+                    wr_operations: i(s.wr.reqs),
+                    wr_bytes: i(s.wr.bytes),
+                    wr_total_time_ns: i(s.wr.times_ns),
+                    flush_operations: i(s.fl.reqs),
+                    flush_total_time_ns: i(s.fl.times_ns),
                     ..BlockDeviceStats::default()
                 },
                 ..BlockStats::default()
@@ -452,10 +467,10 @@ mod tests {
         let s = disk_stats(&p);
         assert_eq!(s.len(), 2);
         let vda = &s["vda"];
-        assert_eq!(vda.wr_reqs, Some(7));
+        assert_eq!(vda.wr.reqs, Some(7));
         assert_eq!(vda.chain.len(), 2);
         assert_eq!(vda.chain[1].path, "/img/base.qcow2");
-        assert_eq!(s["vdb"].rd_reqs, Some(3));
+        assert_eq!(s["vdb"].rd.reqs, Some(3));
     }
 
     #[test]
@@ -477,7 +492,10 @@ mod tests {
         stats.insert(
             "vda".to_owned(),
             DiskStats {
-                wr_reqs: Some(5),
+                wr: OpStats {
+                    reqs: Some(5),
+                    ..OpStats::default()
+                },
                 chain: vec![ChainImage {
                     path: "/img/top.qcow2".into(),
                     capacity: Some(100),

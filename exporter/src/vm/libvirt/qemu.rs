@@ -70,7 +70,7 @@ impl Libvirt {
         // libvirt answers with the state alone when QEMU's monitor was busy (NOWAIT) or did
         // not answer: a domain with disks but no statistics for any of them is not up.
         let with_source = disks.iter().filter(|d| !d.source.is_empty()).count();
-        if with_source > 0 && per_disk.values().all(|d| d.rd_reqs.is_none()) {
+        if with_source > 0 && per_disk.values().all(|d| d.rd.reqs.is_none()) {
             return Err(
                 "libvirt returned no block statistics (QEMU's monitor is busy or not answering)"
                     .to_owned(),
