@@ -15,32 +15,17 @@
 //! every path (and nothing mentioning the run dir is left running).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmio_e2e::metrics::{
     family, find, host_device_of, http_get, parse, start_exporter, value, Series,
 };
-use kvmio_e2e::{
-    guest_image, processes_mentioning, vm_slot, wait_for, workspace_bin, ChildProcess, TWO_LAB_VMS,
-};
+use kvmio_e2e::{guest_image, processes_mentioning, start_lab, vm_slot};
+use kvmio_exporter::host::diskstats::DISK_METRICS;
 use kvmio_qemu::{AgentCommands, GuestAgent, Limits};
 
-const SUFFIXES: &[&str] = &[
-    "reads_completed_total",
-    "reads_merged_total",
-    "read_bytes_total",
-    "read_time_seconds_total",
-    "writes_completed_total",
-    "writes_merged_total",
-    "written_bytes_total",
-    "write_time_seconds_total",
-    "discards_completed_total",
-    "discarded_bytes_total",
-    "discard_time_seconds_total",
-    "flush_requests_total",
-    "flush_requests_time_seconds_total",
-];
+/// The in-flight statistics: the guest's and the host's diskstats have them, QEMU's block layer
+/// does not.
 const IN_FLIGHT_SUFFIXES: &[&str] = &[
     "io_now",
     "io_time_seconds_total",
@@ -88,27 +73,7 @@ async fn exporter_against_lab_vms() {
         .tempdir()
         .unwrap();
     let run_dir = dir.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    let lab_log = dir.path().join("lab.log");
-    let mut lab_cmd = Command::new(workspace_bin("kvmio-crashtest"));
-    lab_cmd
-        .arg("lab")
-        .args(TWO_LAB_VMS)
-        .args(["--disk-size", "64", "--run-dir"])
-        .arg(&run_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&lab_log).unwrap());
-    let mut lab = ChildProcess::spawn(&mut lab_cmd);
-    let manifest: serde_json::Value = wait_for("lab.json", Duration::from_secs(300), || {
-        if let Some(status) = lab.exited() {
-            panic!(
-                "lab exited early: {status}: {}",
-                std::fs::read_to_string(&lab_log).unwrap_or_default()
-            );
-        }
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("lab.json")).ok()?).ok()
-    });
+    let (mut lab, manifest) = start_lab(&run_dir, 64, &dir.path().join("lab.log"));
     let image_of = |vm: usize, disk: usize| -> PathBuf {
         PathBuf::from(
             manifest["vms"][vm]["disks"][disk]["image"]
@@ -154,12 +119,13 @@ async fn exporter_against_lab_vms() {
 
     // Every family of the issue, with its labels.
     let m = &before;
-    for s in SUFFIXES.iter().chain(IN_FLIGHT_SUFFIXES) {
+    // The diskstats statistics the exporter defines (their names are pinned by the golden files).
+    for s in DISK_METRICS.iter().map(|d| d.suffix) {
         family(m, &format!("kvmio_guest_disk_{s}"), &["vm", "disk"]);
         family(m, &format!("kvmio_host_disk_{s}"), &["device"]);
-    }
-    for s in SUFFIXES {
-        family(m, &format!("kvmio_qemu_block_{s}"), &["vm", "device"]);
+        if !IN_FLIGHT_SUFFIXES.contains(&s) {
+            family(m, &format!("kvmio_qemu_block_{s}"), &["vm", "device"]);
+        }
     }
     for f in ["failed_operations_total", "invalid_operations_total"] {
         family(m, &format!("kvmio_qemu_block_{f}"), &["vm", "device", "op"]);
@@ -327,33 +293,14 @@ async fn exporter_against_lab_vms() {
     }
 
     // 500 O_DIRECT 4 KiB writes in lab-1's guest, on vdb.
-    let guest_w = |m: &[Series]| {
-        value(
-            m,
-            "kvmio_guest_disk_writes_completed_total",
-            &[("vm", "lab-1"), ("disk", "vdb")],
-        )
-    };
-    let qemu_w = |m: &[Series]| {
-        value(
-            m,
-            "kvmio_qemu_block_writes_completed_total",
-            &[("vm", "lab-1"), ("device", "drive-virtio-disk1")],
-        )
-    };
-    let qemu_bytes = |m: &[Series]| {
-        value(
-            m,
-            "kvmio_qemu_block_written_bytes_total",
-            &[("vm", "lab-1"), ("device", "drive-virtio-disk1")],
-        )
-    };
-    let hist_count = |m: &[Series]| {
-        value(
-            m,
-            "kvmio_qemu_block_write_latency_seconds_count",
-            &[("vm", "lab-1"), ("device", "drive-virtio-disk1")],
-        )
+    // How much each counter rose between two scrapes.
+    let rose = |before: &[Series], after: &[Series], name: &str| {
+        let labels = if name.starts_with("kvmio_guest_") {
+            [("vm", "lab-1"), ("disk", "vdb")]
+        } else {
+            [("vm", "lab-1"), ("device", "drive-virtio-disk1")]
+        };
+        value(after, name, &labels) - value(before, name, &labels)
     };
     let out = guest_write(&run_dir.join("lab-1.qga"), 500).await;
     assert!(
@@ -361,10 +308,8 @@ async fn exporter_against_lab_vms() {
         "kvmio-guest write reported: {out}"
     );
     let after = scrape(addr.clone()).await;
-    let (dg, dq) = (
-        guest_w(&after) - guest_w(&before),
-        qemu_w(&after) - qemu_w(&before),
-    );
+    let dg = rose(&before, &after, "kvmio_guest_disk_writes_completed_total");
+    let dq = rose(&before, &after, "kvmio_qemu_block_writes_completed_total");
     eprintln!("writes during the test: guest +{dg}, QEMU +{dq}");
     assert!(dg >= 500.0, "guest write counter rose by {dg}");
     assert!(dq >= 500.0, "QEMU write counter rose by {dq}");
@@ -373,8 +318,14 @@ async fn exporter_against_lab_vms() {
         (dg - dq).abs() <= 0.1 * dg + 20.0,
         "guest +{dg} vs QEMU +{dq}"
     );
-    assert!(qemu_bytes(&after) - qemu_bytes(&before) >= 500.0 * 4096.0);
-    assert!(hist_count(&after) - hist_count(&before) >= 500.0);
+    assert!(rose(&before, &after, "kvmio_qemu_block_written_bytes_total") >= 500.0 * 4096.0);
+    assert!(
+        rose(
+            &before,
+            &after,
+            "kvmio_qemu_block_write_latency_seconds_count"
+        ) >= 500.0
+    );
     exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
 
     // --qmp.persistent: the same VMs through pooled connections, scraped twice.

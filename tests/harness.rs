@@ -10,6 +10,10 @@
 //!
 //! What the exporter's tests and benches need too (processes, the VM slot, the exporter launcher,
 //! `/metrics` parsed) lives in `kvmio-test-support` and is re-exported here.
+//!
+//! Here: the README's lab ([`start_lab`]) and guest image, package checks, and one module per
+//! daemon a test runs: [`libvirtd`] (a private libvirtd and its domains), [`prom`] (a real
+//! Prometheus and its API), [`metrics`] (the exporter binary), [`browser`] (screenshots).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,6 +26,7 @@ use kvmio_crashtest::paths;
 pub mod browser;
 pub mod libvirtd;
 pub mod metrics;
+pub mod prom;
 
 pub use kvmio_test_support::{
     free_port, run, try_http_get, vm_slot, wait_for, which, workspace_bin, ChildProcess, VmSlot,
@@ -34,20 +39,56 @@ pub const TWO_LAB_VMS: [&str; 6] = ["--accel", "tcg", "--vms", "2", "--cache", "
 /// Generous: a TCG boot takes seconds alone, but CI machines are shared.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Fails with instructions when the lab's packages are not installed.
-pub fn require_lab_packages() {
-    for (bin, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("qemu-ga", "qemu-guest-agent"),
-        ("busybox", "busybox-static"),
-        ("cpio", "cpio"),
-    ] {
+/// Fails (never skips) when a `(binary, Debian package)` of `needed` is missing, saying what to
+/// do then (`then`).
+pub fn require_packages(needed: &[(&str, &str)], then: &str) {
+    for (bin, pkg) in needed {
         assert!(
             which(bin).is_some(),
-            "{bin} is not installed (Debian package {pkg}): run `deploy/setup.sh` first"
+            "{bin} is not installed (Debian package {pkg}): {then}"
         );
     }
+}
+
+/// Fails with instructions when the lab's packages are not installed.
+pub fn require_lab_packages() {
+    require_packages(
+        &[
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-img", "qemu-utils"),
+            ("qemu-ga", "qemu-guest-agent"),
+            ("busybox", "busybox-static"),
+            ("cpio", "cpio"),
+        ],
+        "run `deploy/setup.sh` first",
+    );
+}
+
+/// Starts `kvmio-crashtest lab` with [`TWO_LAB_VMS`] and `disk_mib` MiB disks in `run_dir` (made
+/// if missing), its stderr in `log`; returns it and its manifest (`lab.json`) once written, and
+/// fails with the log if the lab exits first.
+pub fn start_lab(run_dir: &Path, disk_mib: u32, log: &Path) -> (ChildProcess, serde_json::Value) {
+    std::fs::create_dir_all(run_dir).expect("lab run dir");
+    let mut lab = ChildProcess::spawn(
+        std::process::Command::new(workspace_bin("kvmio-crashtest"))
+            .arg("lab")
+            .args(TWO_LAB_VMS)
+            .args(["--disk-size", &disk_mib.to_string(), "--run-dir"])
+            .arg(run_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("lab log")),
+    );
+    let manifest = wait_for("lab.json", Duration::from_secs(300), || {
+        if let Some(status) = lab.exited() {
+            panic!(
+                "lab exited early: {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("lab.json")).ok()?).ok()
+    });
+    (lab, manifest)
 }
 
 /// The default guest (kernel from `deploy/setup.sh`), built once per test binary.

@@ -110,6 +110,10 @@ fn run_script(script: &str, args: &[&str], log: &Path) {
     );
 }
 
+/// The host's Prometheus configuration: it scrapes the host's node_exporter.
+const NODE_SCRAPE_CONFIG: &str =
+    "scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:9100']\n";
+
 #[test]
 fn setup_checks_and_demo_leave_the_hosts_prometheus_and_node_exporter_running() {
     let _slot = vm_slot();
@@ -118,11 +122,7 @@ fn setup_checks_and_demo_leave_the_hosts_prometheus_and_node_exporter_running() 
     let node_exporter = require("prometheus-node-exporter", "prometheus-node-exporter");
     let dir = tempfile::tempdir().unwrap();
     let prom_config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &prom_config,
-        "scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:9100']\n",
-    )
-    .unwrap();
+    std::fs::write(&prom_config, NODE_SCRAPE_CONFIG).unwrap();
 
     let mut services = vec![
         HostService::start(

@@ -25,7 +25,15 @@ use kvmio_e2e::libvirtd::{DomainSpec, Libvirtd};
 use kvmio_e2e::metrics::{
     find, host_device_of, http_get, parse, start_exporter, start_exporter_as, value, Series,
 };
-use kvmio_e2e::{processes_mentioning, vm_slot, READY_TIMEOUT};
+use kvmio_e2e::{vm_slot, READY_TIMEOUT};
+
+/// A test's own directory (exporter logs, sockets).
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("kvmio-e2e-libvirt")
+        .tempdir()
+        .unwrap()
+}
 
 fn scrape(addr: &str) -> Vec<Series> {
     parse(&http_get(addr))
@@ -85,10 +93,7 @@ fn exporter_reads_every_layer_through_libvirt() {
     let a = lv.define_and_start(&DomainSpec::lab("lv-a"));
     a.wait_ready(READY_TIMEOUT);
     capture(&lv, "lv-a");
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
+    let work = work_dir();
     let (mut exporter, addr) = start_exporter(
         &[format!("--libvirt.uri={}", lv.uri())],
         &work.path().join("exporter.log"),
@@ -344,10 +349,7 @@ fn exporter_reads_every_layer_through_libvirt() {
     }
     exporter.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
 
-    let dir = lv.dir().to_string_lossy().into_owned();
-    drop(lv);
-    let left = processes_mentioning(&dir);
-    assert!(left.is_empty(), "left running: {left:?}");
+    lv.stop_leaving_nothing();
 }
 
 /// One domain whose QEMU is stopped (SIGSTOP) is `up 0` on its own while the others stay
@@ -359,10 +361,7 @@ fn a_hung_domain_is_down_alone_and_no_vm_is_exported_twice() {
     let lv = Libvirtd::start();
     let p1 = lv.define_and_start(&DomainSpec::paused("lv-p1"));
     let p2 = lv.define_and_start(&DomainSpec::paused("lv-p2"));
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
+    let work = work_dir();
     let (mut exporter, addr) = start_exporter(
         &[
             format!("--libvirt.uri={}", lv.uri()),
@@ -440,10 +439,7 @@ fn a_hung_domain_is_down_alone_and_no_vm_is_exported_twice() {
         log.contains("exported once, from libvirt"),
         "the duplicate was not reported:\n{log}"
     );
-    let dir = lv.dir().to_string_lossy().into_owned();
-    drop(lv);
-    let left = processes_mentioning(&dir);
-    assert!(left.is_empty(), "left running: {left:?}");
+    lv.stop_leaving_nothing();
 }
 
 /// As an unprivileged user (the packaged unit's situation without the libvirt group or extra
@@ -455,10 +451,7 @@ fn unprivileged_exporter_falls_back_to_read_only_and_says_what_it_costs() {
     let _slot = vm_slot();
     let lv = Libvirtd::start();
     let p = lv.define_and_start(&DomainSpec::paused("lv-ro"));
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
+    let work = work_dir();
     let log_path = work.path().join("exporter.log");
     let (mut exporter, addr) = start_exporter_as(
         Some(("nobody", "nogroup")),
@@ -548,10 +541,7 @@ fn dumpxml_captured(lv: &Libvirtd, args: &[&str], file: &str) -> String {
 /// device rows from the XML) and with `--libvirt.qmp-passthrough` (from QEMU's QOM tree).
 fn xml_and_both_scrapes(lv: &Libvirtd, dom: &str, file: &str) -> (String, [Vec<Series>; 2]) {
     let xml = dumpxml_captured(lv, &["dumpxml", dom], file);
-    let work = tempfile::Builder::new()
-        .prefix("kvmio-e2e-libvirt")
-        .tempdir()
-        .unwrap();
+    let work = work_dir();
     let scrapes = [None, Some("--libvirt.qmp-passthrough")].map(|extra| {
         let mut args = vec![format!("--libvirt.uri={}", lv.uri())];
         args.extend(extra.map(str::to_owned));

@@ -117,19 +117,17 @@ const QEMU_USER: &str = "libvirt-qemu";
 /// Fails (never skips) with the install command when libvirt, QEMU or `unshare` are missing,
 /// or when not running as root.
 pub fn require_libvirt() {
-    for (bin, pkg) in [
-        ("libvirtd", "libvirt-daemon-system"),
-        ("virtlogd", "libvirt-daemon-system"),
-        ("virsh", "libvirt-clients"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("unshare", "util-linux"),
-    ] {
-        assert!(
-            which(bin).is_some(),
-            "{bin} is not installed (Debian package {pkg}): run `{INSTALL}`"
-        );
-    }
+    crate::require_packages(
+        &[
+            ("libvirtd", "libvirt-daemon-system"),
+            ("virtlogd", "libvirt-daemon-system"),
+            ("virsh", "libvirt-clients"),
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-img", "qemu-utils"),
+            ("unshare", "util-linux"),
+        ],
+        &format!("run `{INSTALL}`"),
+    );
     let qemu_driver = |lib: &Path| {
         lib.join("libvirt/connection-driver/libvirt_driver_qemu.so")
             .exists()
@@ -192,7 +190,7 @@ impl Libvirtd {
         let virtlogd_sock = me.dir.join("run/libvirt/virtlogd-sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !virtlogd_sock.exists() {
-            me.assert_alive_virtlogd();
+            me.assert_alive("virtlogd");
             assert!(
                 Instant::now() < deadline,
                 "virtlogd did not create {}:\n{}",
@@ -224,6 +222,15 @@ impl Libvirtd {
     /// The harness directory (`DIR` in the module documentation).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Stops everything, as dropping it does, and fails if any process that mentions its
+    /// directory is left running.
+    pub fn stop_leaving_nothing(self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        drop(self);
+        let left = processes_mentioning(&dir);
+        assert!(left.is_empty(), "left running: {left:?}");
     }
 
     /// The read-write socket, `DIR/run/libvirt/libvirt-sock` (root only).
@@ -330,17 +337,8 @@ impl Libvirtd {
     pub fn wait_until_answering(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.libvirtd.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.libvirtd = None;
-                    panic!(
-                        "libvirtd exited during start-up ({status}):\n{}",
-                        self.log_tail("libvirtd.stderr", 30)
-                    );
-                }
-            } else {
-                panic!("libvirtd is not running");
-            }
+            assert!(self.libvirtd.is_some(), "libvirtd is not running");
+            self.assert_alive("libvirtd");
             if self.socket().exists() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let mut cmd = virsh_command(&self.uri(), false, ["list", "--all", "--name"]);
@@ -482,12 +480,7 @@ impl Libvirtd {
             disks.push(DomainDisk {
                 target,
                 path,
-                format: d.format,
-                cache: d.cache,
-                io: d.io.clone(),
-                bus: d.bus.clone(),
-                iothread: d.iothread,
-                controller: d.controller,
+                spec: d.clone(),
             });
         }
         let boot = spec.role.as_ref().map(|_| self.boot_files());
@@ -580,15 +573,18 @@ impl Libvirtd {
             .unwrap_or_else(|e| panic!("spawn {daemon} in a private namespace: {e}"))
     }
 
-    fn assert_alive_virtlogd(&mut self) {
-        if let Some(child) = self.virtlogd.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.virtlogd = None;
-                panic!(
-                    "virtlogd exited during start-up ({status}):\n{}",
-                    self.log_tail("virtlogd.stderr", 30)
-                );
-            }
+    /// Fails with the tail of its log if `daemon` (`libvirtd` or `virtlogd`) has exited.
+    fn assert_alive(&mut self, daemon: &str) {
+        let child = match daemon {
+            "libvirtd" => &mut self.libvirtd,
+            _ => &mut self.virtlogd,
+        };
+        if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
+            *child = None;
+            panic!(
+                "{daemon} exited during start-up ({status}):\n{}",
+                self.log_tail(&format!("{daemon}.stderr"), 30)
+            );
         }
     }
 
@@ -774,19 +770,14 @@ impl DomainSpec {
     /// disks (16 MiB): QEMU opens the images and serves block stats but never burns CPU.
     pub fn paused(name: &str) -> DomainSpec {
         DomainSpec {
-            name: name.to_string(),
             role: None,
-            kernel_params: Vec::new(),
             memory_mib: 32,
-            vcpus: 1,
             disks: vec![
                 DiskSpec::new(ImageFormat::Qcow2, CacheMode::None).size_mib(16),
                 DiskSpec::new(ImageFormat::Raw, CacheMode::Writeback).size_mib(16),
             ],
             start_paused: true,
-            guest_agent: true,
-            iothreads: 0,
-            extra_devices: Vec::new(),
+            ..DomainSpec::lab(name)
         }
     }
 
@@ -827,12 +818,8 @@ pub struct DomainDisk {
     /// `vda`, `vdb`, ...
     pub target: String,
     pub path: PathBuf,
-    pub format: ImageFormat,
-    pub cache: CacheMode,
-    pub io: Option<String>,
-    pub bus: String,
-    pub iothread: Option<u32>,
-    pub controller: Option<u32>,
+    /// What it was made from.
+    pub spec: DiskSpec,
 }
 
 /// A defined (and usually started) domain. Dropping it does nothing: [`Libvirtd`]'s Drop
@@ -1192,7 +1179,15 @@ fn domain_xml(
     x.push_str("  <on_crash>destroy</on_crash>\n");
     x.push_str("  <devices>\n");
     x.push_str(&format!("    <emulator>{}</emulator>\n", e(&emulator)));
-    for (i, d) in disks.iter().enumerate() {
+    for (
+        i,
+        DomainDisk {
+            target,
+            path,
+            spec: d,
+        },
+    ) in disks.iter().enumerate()
+    {
         let io =
             d.io.as_ref()
                 .map(|io| format!(" io='{}'", xml_escape(io)))
@@ -1211,8 +1206,8 @@ fn domain_xml(
             "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}' cache='{}'{io}{iothread}/>\n      <source file='{}'/>\n      <target dev='{}' bus='{}'/>\n      <serial>kvmio-disk{i}</serial>\n{address}    </disk>\n",
             d.format,
             d.cache,
-            e(&d.path),
-            d.target,
+            e(path),
+            target,
             xml_escape(&d.bus)
         ));
     }
@@ -1264,11 +1259,8 @@ mod tests {
     fn conf_override_comments_lists() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("qemu.conf");
-        std::fs::write(
-            &p,
-            "a = 1\ncgroup_controllers = [ \"cpu\",\n  \"memory\" ]\nb = 2\n",
-        )
-        .unwrap();
+        let conf = "a = 1\ncgroup_controllers = [ \"cpu\",\n  \"memory\" ]\nb = 2\n";
+        std::fs::write(&p, conf).unwrap();
         override_conf(&p, &[("cgroup_controllers", "[ ]")]);
         let text = std::fs::read_to_string(&p).unwrap();
         let live: Vec<&str> = text

@@ -15,16 +15,17 @@
 //!   `KvmioBlockIOErrors`, and for nothing else.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmio_crashtest::vm::ImageFormat;
 use kvmio_e2e::libvirtd::{DiskSpec, DomainSpec, Libvirtd};
+use kvmio_e2e::metrics::start_exporter;
+use kvmio_e2e::prom::Prometheus;
 use kvmio_e2e::{
-    guest_image, processes_mentioning, vm_slot, wait_for, which, workspace_bin, ChildProcess,
+    guest_image, processes_mentioning, start_lab, try_http_get, vm_slot, wait_for, which,
+    workspace_bin, ChildProcess,
 };
 use kvmio_qemu::CacheMode;
 use nix::sys::signal::Signal;
@@ -38,96 +39,6 @@ const RATE_INTERVAL: &str = "16s";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// A minimal HTTP/1.0 GET on loopback: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Prometheus' HTTP API.
-#[derive(Debug)]
-struct Prom {
-    port: u16,
-}
-
-impl Prom {
-    fn api(&self, path: &str) -> Value {
-        let (status, body) =
-            http_get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("GET {path}: status {status}, not JSON ({e}): {body}"));
-        assert_eq!(v["status"], "success", "GET {path}: {body}");
-        v["data"].clone()
-    }
-
-    /// An instant query's result vector.
-    fn query(&self, expr: &str) -> Vec<Value> {
-        let data = self.api(&format!("/api/v1/query?query={}", urlencode(expr)));
-        assert_eq!(data["resultType"], "vector", "{expr}");
-        data["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-/// The lab's stderr, kept beside the run dir.
-fn start_lab(run_dir: &Path, log: &Path) -> (ChildProcess, Value) {
-    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
-    cmd.args([
-        "lab",
-        "--vms",
-        "2",
-        "--cache",
-        "none,unsafe",
-        "--accel",
-        "tcg",
-    ])
-    .args(["--disk-size", "32", "--run-dir"])
-    .arg(run_dir)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(log).expect("lab log"));
-    let mut lab = ChildProcess::spawn(&mut cmd);
-    let manifest = wait_for("lab.json", Duration::from_secs(240), || {
-        if let Some(status) = lab.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("lab exited early: {status}: {text}");
-        }
-        let text = std::fs::read_to_string(run_dir.join("lab.json")).ok()?;
-        serde_json::from_str::<Value>(&text).ok()
-    });
-    (lab, manifest)
 }
 
 /// The crash-test results the exporter re-serves: a real `kvmio-crashtest run`, as small as a
@@ -168,7 +79,7 @@ fn crashtest_results(out: &Path) {
 
 /// Prometheus' configuration: the repository's scrape snippet with this test's target and
 /// intervals, and the repository's rule files.
-fn prometheus_config(exporter_port: u16) -> String {
+fn prometheus_config(exporter_addr: &str) -> String {
     let snippet =
         std::fs::read_to_string(repo().join("deploy/prometheus/kvmio-scrape.yml")).unwrap();
     let mut job = snippet.clone();
@@ -183,7 +94,7 @@ fn prometheus_config(exporter_port: u16) -> String {
         ),
         (
             "        - hypervisor-1.example.org:10990\n        - hypervisor-2.example.org:10990\n",
-            format!("        - 127.0.0.1:{exporter_port}\n"),
+            format!("        - {exporter_addr}\n"),
         ),
     ] {
         assert!(
@@ -320,11 +231,6 @@ fn show(result: &[Value]) -> String {
 
 #[test]
 fn prometheus_runs_every_rule_and_panel_against_real_vms() {
-    let prometheus = which("prometheus").unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    assert!(
-        prometheus.is_file(),
-        "prometheus is not installed (Debian package prometheus): run deploy/setup.sh first"
-    );
     let _slot = vm_slot();
     guest_image(); // build outside the clocks below
     let dir = tempfile::tempdir().unwrap();
@@ -332,7 +238,7 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     let results = dir.path().join("crashtest");
 
     crashtest_results(&results);
-    let (mut lab, manifest) = start_lab(&run_dir, &dir.path().join("lab.stderr.log"));
+    let (mut lab, manifest) = start_lab(&run_dir, 32, &dir.path().join("lab.stderr.log"));
     assert_eq!(manifest["vms"][0]["cache"], "none");
     assert_eq!(manifest["vms"][1]["cache"], "unsafe");
 
@@ -346,48 +252,26 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     let ioerr_dir = dir.path().join("ioerr");
     let mut ioerr = stopped_on_io_error(&ioerr_dir);
 
-    let exporter_port = free_port();
-    let mut exporter = ChildProcess::spawn(
-        Command::new(workspace_bin("kvmio-exporter"))
-            .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
-            .arg(format!("--qmp.socket-glob={}/*.qmp", run_dir.display()))
-            .arg(format!("--qmp.socket-glob={}/*.qmp", ioerr_dir.display()))
-            .arg(format!("--libvirt.uri={}", libvirtd.uri()))
-            .arg(format!("--crashtest.results-dir={}", results.display()))
-            .arg("--qmp.latency-buckets=0.0001,0.001,0.01,0.1,1")
-            .arg("--scrape.timeout=800ms")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("exporter.log")).unwrap()),
+    let (mut exporter, exporter_addr) = start_exporter(
+        &[
+            format!("--qmp.socket-glob={}/*.qmp", run_dir.display()),
+            format!("--qmp.socket-glob={}/*.qmp", ioerr_dir.display()),
+            format!("--libvirt.uri={}", libvirtd.uri()),
+            format!("--crashtest.results-dir={}", results.display()),
+            "--qmp.latency-buckets=0.0001,0.001,0.01,0.1,1".to_owned(),
+            "--scrape.timeout=800ms".to_owned(),
+        ],
+        &dir.path().join("exporter.log"),
     );
     wait_for("the exporter's /metrics", Duration::from_secs(30), || {
-        http_get(exporter_port, "/metrics")
+        try_http_get(&exporter_addr, "/metrics", Duration::from_secs(30))
             .ok()
             .filter(|(s, b)| *s == 200 && b.contains("kvmio_qemu_block_info"))
     });
 
-    let prom_port = free_port();
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, prometheus_config(exporter_port)).unwrap();
-    let mut prom_proc = ChildProcess::spawn(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap()),
-    );
-    let prom = Prom { port: prom_port };
-    wait_for("Prometheus ready", Duration::from_secs(60), || {
-        http_get(prom_port, "/-/ready")
-            .ok()
-            .filter(|(s, _)| *s == 200)
-    });
+    std::fs::write(&config, prometheus_config(&exporter_addr)).unwrap();
+    let mut prom = Prometheus::start(&config, dir.path());
     wait_for("kvmio target up", Duration::from_secs(60), || {
         let r = prom.query(r#"up{job="kvmio"} == 1"#);
         (!r.is_empty()).then_some(())
@@ -425,7 +309,7 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
         .iter()
         .map(|r| (format!("recording rule {r}"), r.clone()))
         .collect();
-    let instance = format!("127.0.0.1:{exporter_port}");
+    let instance = exporter_addr.clone();
     for (vm, device) in [
         (".+", ".+"),
         ("lab-1", "drive-virtio-disk1"),
@@ -558,14 +442,13 @@ fn prometheus_runs_every_rule_and_panel_against_real_vms() {
     println!("pending: {pending:?}");
 
     // Stop everything this test started; nothing may be left running.
-    prom_proc.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
+    prom.process
+        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     exporter.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     ioerr.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     let status = lab.signal_and_wait(Signal::SIGINT, Duration::from_secs(60));
     assert!(status.success(), "lab stops cleanly on Ctrl-C: {status}");
-    let libvirt_dir = libvirtd.dir().to_string_lossy().into_owned();
-    drop(libvirtd);
-    assert!(processes_mentioning(&libvirt_dir).is_empty());
+    libvirtd.stop_leaving_nothing();
     let left = processes_mentioning(&dir.path().to_string_lossy());
     assert!(left.is_empty(), "left running: {left:?}");
 }

@@ -9,32 +9,20 @@
 //! certificate is up, without one it is refused in the handshake.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use kvmio_e2e::{free_port, try_http_get, wait_for, workspace_bin, ChildProcess};
+use kvmio_e2e::prom::Prometheus;
+use kvmio_e2e::{wait_for, workspace_bin};
+use kvmio_test_support::launch_exporter;
 use kvmio_test_support::qemu::qemu_none;
-use kvmio_test_support::tls::{bcrypt_hash, parse, plain_get_raw, Answer, TestPki};
-use kvmio_test_support::{launch_exporter, require};
-use serde_json::Value;
+use kvmio_test_support::tls::{bcrypt_hash, TestPki};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// Prometheus' HTTP API: the `data` of a successful answer.
-fn api(port: u16, path: &str) -> Value {
-    let addr = format!("127.0.0.1:{port}");
-    let Answer { status, body, .. } = plain_get_raw(&addr, path, None, Duration::from_secs(30))
-        .and_then(|raw| parse(&raw))
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let v: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET {path}: status {status}, not JSON ({e}): {body}"));
-    assert_eq!(v["status"], "success", "GET {path}: {body}");
-    v["data"].clone()
-}
-
-/// The scrape state of every target, by job: (health, lastError).
-fn targets(port: u16) -> Vec<(String, String, String)> {
-    api(port, "/api/v1/targets?state=active")["activeTargets"]
+/// The scrape state of every target: (job, health, lastError).
+fn targets(prom: &Prometheus) -> Vec<(String, String, String)> {
+    prom.api("/api/v1/targets?state=active")["activeTargets"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -47,20 +35,6 @@ fn targets(port: u16) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-fn query(port: u16, expr: &str) -> Vec<Value> {
-    let encoded: String = expr
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    api(port, &format!("/api/v1/query?query={encoded}"))["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn web_config(pki: &TestPki, client_auth: bool) -> String {
@@ -89,7 +63,6 @@ fn job(name: &str, scheme: &str, target: &str, tls: &str, auth: &str) -> String 
 
 #[test]
 fn prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates() {
-    let prometheus = require("prometheus", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let (_qemu, _qmp) = qemu_none(dir.path(), "vm1", 1);
@@ -156,33 +129,11 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates() {
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, &config).unwrap();
 
-    let port = free_port();
-    let _prom = ChildProcess::spawn(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap()),
-    );
-    wait_for("Prometheus ready", Duration::from_secs(60), || {
-        try_http_get(
-            &format!("127.0.0.1:{port}"),
-            "/-/ready",
-            Duration::from_secs(5),
-        )
-        .ok()
-        .filter(|(s, _)| *s == 200)
-    });
+    let prom = Prometheus::start(&config_path, dir.path());
 
     // Every target scraped at least once (lastError filled in or health known).
     let states = wait_for("every target scraped", Duration::from_secs(90), || {
-        let t = targets(port);
+        let t = targets(&prom);
         (t.len() == 6 && t.iter().all(|(_, health, _)| health != "unknown")).then_some(t)
     });
     let state = |job: &str| {
@@ -210,19 +161,18 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates() {
     // In Prometheus: up == 1 through TLS and auth, and kvmio's series of the VM, for both.
     for job in ["tls_auth", "client_cert"] {
         let up = wait_for("up == 1", Duration::from_secs(30), || {
-            let r = query(port, &format!("up{{job=\"{job}\"}} == 1"));
+            let r = prom.query(&format!("up{{job=\"{job}\"}} == 1"));
             (!r.is_empty()).then_some(r)
         });
         assert_eq!(up.len(), 1, "{job}");
         let qmp = wait_for("kvmio series", Duration::from_secs(30), || {
-            let r = query(port, &format!("kvmio_qmp_up{{job=\"{job}\",vm=\"vm1\"}}"));
+            let r = prom.query(&format!("kvmio_qmp_up{{job=\"{job}\",vm=\"vm1\"}}"));
             (!r.is_empty()).then_some(r)
         });
         assert_eq!(qmp[0]["value"][1], "1", "{job}: {qmp:?}");
-        let blocks = query(
-            port,
-            &format!("kvmio_qemu_block_info{{job=\"{job}\",vm=\"vm1\"}}"),
-        );
+        let blocks = prom.query(&format!(
+            "kvmio_qemu_block_info{{job=\"{job}\",vm=\"vm1\"}}"
+        ));
         assert!(!blocks.is_empty(), "{job}: no kvmio_qemu_block_info");
     }
     // The refused jobs left no kvmio series behind.
@@ -232,7 +182,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates() {
         "plain_http",
         "no_client_cert",
     ] {
-        let r = query(port, &format!("{{job=\"{job}\",__name__=~\"kvmio_.*\"}}"));
+        let r = prom.query(&format!("{{job=\"{job}\",__name__=~\"kvmio_.*\"}}"));
         assert!(r.is_empty(), "{job}: {r:?}");
     }
 }

@@ -11,13 +11,13 @@
 //!
 //! The lab, the exporter and the tmux server are stopped on every path (drop guards).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kvmio_e2e::browser::{publish, screenshot};
 use kvmio_e2e::metrics::start_exporter;
-use kvmio_e2e::{guest_image, run, vm_slot, wait_for, workspace_bin, ChildProcess, TWO_LAB_VMS};
+use kvmio_e2e::{guest_image, run, start_lab, vm_slot, wait_for, workspace_bin};
 use kvmio_test_support::require;
 
 /// A tmux server of the test's own (own socket), killed on drop.
@@ -158,31 +158,6 @@ fn all_layers_busy(screen: &str) -> bool {
     })
 }
 
-fn start_lab(dir: &Path) -> ChildProcess {
-    let run_dir = dir.join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    let log = dir.join("lab.log");
-    let mut cmd = Command::new(workspace_bin("kvmio-crashtest"));
-    cmd.arg("lab")
-        .args(TWO_LAB_VMS)
-        .args(["--disk-size", "32", "--run-dir"])
-        .arg(&run_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut lab = ChildProcess::spawn(&mut cmd);
-    wait_for("lab.json", Duration::from_secs(300), || {
-        if let Some(status) = lab.exited() {
-            panic!(
-                "lab exited early: {status}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        run_dir.join("lab.json").is_file().then_some(())
-    });
-    lab
-}
-
 #[test]
 fn top_shows_every_lab_disk_and_sorts_and_filters_by_key() {
     let _slot = vm_slot();
@@ -191,7 +166,8 @@ fn top_shows_every_lab_disk_and_sorts_and_filters_by_key() {
         .prefix("kvmio-e2e-top")
         .tempdir()
         .unwrap();
-    let _lab = start_lab(dir.path());
+    let run_dir = dir.path().join("run");
+    let _lab = start_lab(&run_dir, 32, &dir.path().join("lab.log"));
     let (_exporter, addr) = start_exporter(
         &[format!(
             "--qmp.socket-glob={}/run/*.qmp",
