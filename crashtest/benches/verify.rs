@@ -104,7 +104,7 @@ fn write_image(
         file.write_all(&buf)?;
         log.append(&GuestMessage::Ack {
             seq,
-            slot: spec.slot_of(seq),
+            slot: seq,
             digest,
         })?;
     }

@@ -61,8 +61,12 @@ impl AckLogHeader {
         }
     }
 
+    /// The records of the run, with its raw workload's slot plan.
     pub fn spec(&self) -> Result<RecordSpec, String> {
-        RecordSpec::new(self.run_id, self.payload_seed, self.record_size)
+        Ok(
+            RecordSpec::new(self.run_id, self.payload_seed, self.record_size)?
+                .with_plan(self.cell.workload.slot_plan().unwrap_or_default()),
+        )
     }
 
     pub fn slots(&self) -> u64 {

@@ -89,7 +89,9 @@ pub struct RunArgs {
         default_value = "fdatasync,dsync,none"
     )]
     pub sync: Vec<SyncPolicy>,
-    /// Workloads: raw-append (checksummed records appended to the raw disk, each slot once);
+    /// Workloads: raw-append (checksummed records appended to the raw disk, each slot once),
+    /// raw-overwrite (versioned records rewriting seeded slots in place), raw-discard (the same
+    /// with discards and write-zeroes of ranges between them; the disk gets discard=unmap);
     /// files on a guest filesystem: ext4-append, ext4-replace, ext4-overwrite (fsync after
     /// each append / write-temp + fsync + rename + fsync(dir) / in-place write), the same on
     /// ext4 mounted barrier=0 (ext4-nobarrier-*), and xfs-* (xfs needs --disk-size 300).

@@ -398,6 +398,27 @@ mod tests {
         ));
     }
 
+    /// The rewriting raw workloads promise what raw-append promises, cell by cell: the same
+    /// writes and flushes reach the same layers (a discard or write-zeroes is one more request
+    /// on the same path, and the writer flushes after it under both flushing policies). What a
+    /// promise covers is wider: an acked version must not be rolled back to an older one, and
+    /// an acked write-zeroes must read as zeros (see docs/crash-consistency.md).
+    #[test]
+    fn rewriting_workloads_promise_what_raw_append_promises() {
+        for cache in CacheMode::ALL {
+            for fault in Fault::ALL {
+                for sync in SyncPolicy::ALL {
+                    for format in [ImageFormat::Raw, ImageFormat::Qcow2] {
+                        let append = Cell::new(cache, fault, sync, format);
+                        for w in [Workload::RawOverwrite, Workload::RawDiscard] {
+                            assert_eq!(append.with_workload(w).promise(), append.promise());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unconfirmed_cache_flags_make_an_iteration_invalid() {
         let cell = Cell::new(
@@ -439,6 +460,10 @@ mod tests {
             ImageFormat::Qcow2,
         );
         assert_eq!(cell.id(), "writeback-power-torn-dsync-qcow2");
+        assert_eq!(
+            cell.with_workload(Workload::RawOverwrite).id(),
+            "writeback-power-torn-dsync-qcow2-raw-overwrite"
+        );
         // Cells of reports and ack logs written before workloads existed are raw-append.
         let mut old = serde_json::to_value(cell).unwrap();
         old.as_object_mut().unwrap().remove("workload");

@@ -127,6 +127,8 @@ pub struct CellReport {
     pub lost: u64,
     /// Damaged acked records, data nobody wrote, acks that match no written record.
     pub corrupted: u64,
+    /// Acked versions whose slot holds an older version (raw-overwrite, raw-discard).
+    pub rolled_back: u64,
     /// Acked records that did not survive intact (`acked - survived`).
     pub lost_acked: u64,
     pub iterations_with_loss: u32,
@@ -157,6 +159,7 @@ pub struct IterationSummary {
     pub survived: u64,
     pub lost: u64,
     pub corrupted: u64,
+    pub rolled_back: u64,
     pub unacked_present: u64,
     pub unacked_torn: u64,
     pub writer_done: bool,
@@ -528,6 +531,7 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
         survived: sum(|r| r.verification.survived),
         lost: sum(|r| r.verification.lost),
         corrupted: sum(|r| r.verification.corrupted()),
+        rolled_back: sum(|r| r.verification.rolled_back),
         lost_acked: sum(|r| r.verification.lost_acked()),
         iterations_with_loss: rs
             .iter()
@@ -557,6 +561,7 @@ fn cell_report(run_seed: u64, cell: Cell, rs: &[&IterationResult]) -> CellReport
                 survived: r.verification.survived,
                 lost: r.verification.lost,
                 corrupted: r.verification.corrupted(),
+                rolled_back: r.verification.rolled_back,
                 unacked_present: r.verification.unacked_present,
                 unacked_torn: r.verification.unacked_torn,
                 writer_done: r.verification.writer_done,
@@ -624,6 +629,8 @@ mod tests {
                 cached_kib: 0,
                 clock_lag_ms: 0.5,
                 uptime_ms: 4000,
+                discard_max_bytes: 0,
+                write_zeroes_max_bytes: 0,
             },
             fault_delay_ms: 100,
             power_fail: None,

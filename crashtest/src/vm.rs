@@ -135,6 +135,9 @@ pub struct VmConfig {
     /// Start paused, waiting for a saved VM state (`-incoming defer`; then `migrate-incoming`,
     /// see the crash tester's `run::snapshot`) instead of booting.
     pub incoming: bool,
+    /// Pass the guest's discards (and write-zeroes' unmapping) down to every disk's image
+    /// (`-drive discard=unmap`; QEMU's default, `ignore`, drops them).
+    pub discard_unmap: bool,
 }
 
 impl VmConfig {
@@ -152,6 +155,7 @@ impl VmConfig {
             run_dir: run_dir.to_path_buf(),
             public_sockets: true,
             incoming: false,
+            discard_unmap: false,
         }
     }
 
@@ -714,8 +718,13 @@ fn qemu_args(config: &VmConfig, monitor: &Path, control: &Path) -> Result<Vec<St
         push(&[
             "-drive",
             &format!(
-                "if=none,id=drive-virtio-disk{i},file={file},format={format},cache={}",
-                disk.cache
+                "if=none,id=drive-virtio-disk{i},file={file},format={format},cache={}{}",
+                disk.cache,
+                if config.discard_unmap {
+                    ",discard=unmap"
+                } else {
+                    ""
+                }
             ),
             "-device",
             &format!(

@@ -16,6 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use kvmio_guest::bench::{bad, DeviceFlags, Flags};
 use kvmio_guest::fsworkload::{self, FsWorkload};
 use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
+use kvmio_guest::record::Op;
 use kvmio_guest::workload::Workload;
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
@@ -211,9 +213,19 @@ fn apply_start(port: &mut File) -> io::Result<WriterParams> {
         cached_kib: cached_disk_kib()?,
         clock_ns,
         uptime_ms: (uptime_s * 1000.0) as u64,
+        discard_max_bytes: queue_limit(&sys, "discard_max_bytes"),
+        write_zeroes_max_bytes: queue_limit(&sys, "write_zeroes_max_bytes"),
     };
     send(port, &GuestMessage::State(state))?;
     Ok(writer)
+}
+
+/// A number in `/sys/block/DEV/queue/NAME` (0 if absent or unreadable).
+fn queue_limit(sys: &Path, name: &str) -> u64 {
+    fs::read_to_string(sys.join("queue").join(name))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// clock_settime(CLOCK_REALTIME): a restored guest's clock is the snapshot's until set.
@@ -238,7 +250,9 @@ fn set_wall_clock(now_ns: u64) -> io::Result<()> {
 fn crash_writer(port: &mut File) -> io::Result<()> {
     let params = apply_start(port)?;
     match params.workload {
-        Workload::RawAppend => raw_writer(port, &params)?,
+        Workload::RawAppend | Workload::RawOverwrite | Workload::RawDiscard => {
+            raw_writer(port, &params)?
+        }
         w => match w.fs() {
             Some(fs) => fs_writer(port, &params, &fs)?,
             None => unreachable!("{w} is a raw workload"),
@@ -258,8 +272,9 @@ fn fs_writer(port: &mut File, params: &WriterParams, fs: &FsWorkload) -> io::Res
     send(port, &GuestMessage::Done { records: ops })
 }
 
-/// The raw workloads: records slot after slot, an `ACK` after each record's durability point,
-/// `DONE` when the disk is full.
+/// The raw workloads: the plan's operations in order (records written to their slots, ranges
+/// discarded or zeroed), an `ACK` after each one's durability point, `DONE` at the end of the
+/// plan (append: when the disk is full).
 fn raw_writer(port: &mut File, params: &WriterParams) -> io::Result<()> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let spec = params.spec().map_err(invalid)?;
@@ -276,26 +291,70 @@ fn raw_writer(port: &mut File, params: &WriterParams) -> io::Result<()> {
         .open(&params.dev)
         .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", params.dev)))?;
     let size = dev.seek(SeekFrom::End(0))?;
-    let mut slots = spec.slots(size);
+    let slots = spec.slots(size);
+    let mut ops = spec.ops(slots);
     if let Some(n) = params.records {
-        slots = slots.min(n);
+        ops = ops.min(n);
     }
     let mut buf = AlignedBuf::new(spec.size);
-    for seq in 0..slots {
-        let digest = spec.fill(seq, buf.as_mut());
-        let slot = spec.slot_of(seq);
-        dev.write_all_at(buf.as_ref(), spec.offset(slot))
-            .map_err(|e| io::Error::new(e.kind(), format!("write slot {slot}: {e}")))?;
-        if params.sync == SyncPolicy::Fdatasync && sync_each {
+    for seq in 0..ops {
+        let op = spec.op(seq, slots);
+        let digest = match op {
+            Op::Write { slot } => {
+                let digest = spec.fill_at(seq, slot, buf.as_mut());
+                dev.write_all_at(buf.as_ref(), spec.offset(slot))
+                    .map_err(|e| io::Error::new(e.kind(), format!("write slot {slot}: {e}")))?;
+                digest
+            }
+            Op::Discard { .. } | Op::Zero { .. } => {
+                let range = op.slots();
+                let bytes = [
+                    spec.offset(range.start),
+                    spec.offset(range.end - range.start),
+                ];
+                block_range_ioctl(&dev, op, bytes)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{op:?}: {e}")))?;
+                spec.op_digest(seq, op)
+            }
+        };
+        // O_DSYNC makes a write durable; a discard or write-zeroes ioctl it does not cover.
+        let flush = match params.sync {
+            SyncPolicy::Fdatasync => true,
+            SyncPolicy::Dsync => !matches!(op, Op::Write { .. }),
+            SyncPolicy::None => false,
+        };
+        if flush && sync_each {
             dev.sync_data()
                 .map_err(|e| io::Error::new(e.kind(), format!("fdatasync: {e}")))?;
         }
+        let slot = op.first_slot();
         send(port, &GuestMessage::Ack { seq, slot, digest })?;
     }
     if !sync_each && params.sync != SyncPolicy::None {
         dev.sync_data()?;
     }
-    send(port, &GuestMessage::Done { records: slots })
+    send(port, &GuestMessage::Done { records: ops })
+}
+
+/// `BLKDISCARD` or `BLKZEROOUT` (linux/fs.h: `_IO(0x12, 119)`, `_IO(0x12, 127)`) of
+/// `[offset, length]` bytes of the block device `dev`.
+fn block_range_ioctl(dev: &File, op: Op, range: [u64; 2]) -> io::Result<()> {
+    const BLKDISCARD: libc::c_ulong = 0x1277;
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let request = match op {
+        Op::Discard { .. } => BLKDISCARD,
+        Op::Zero { .. } => BLKZEROOUT,
+        Op::Write { .. } => return Err(io::Error::other("a write is not a range operation")),
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: both ioctls read two u64 (start, length) from the pointer, which points at
+    // `range` on this stack frame for the duration of the call.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), request as _, range.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The virtio disks of this guest (`vda`, `vdb`, ...), with their size in bytes.

@@ -132,6 +132,10 @@ pub struct GuestState {
     pub clock_ns: u64,
     /// The guest's uptime (monotonic clock), milliseconds.
     pub uptime_ms: u64,
+    /// `/sys/block/DEV/queue/discard_max_bytes`: the largest discard the disk takes (0: none).
+    pub discard_max_bytes: u64,
+    /// `/sys/block/DEV/queue/write_zeroes_max_bytes` (0: write-zeroes are written as zeros).
+    pub write_zeroes_max_bytes: u64,
 }
 
 /// One line from the guest program.
@@ -168,13 +172,15 @@ impl fmt::Display for GuestMessage {
             GuestMessage::FileAck(ack) => write!(f, "{ack}"),
             GuestMessage::State(s) => write!(
                 f,
-                "STATE write_cache={} disk_bytes={} partitions={} cached_kib={} clock_ns={} uptime_ms={}",
+                "STATE write_cache={} disk_bytes={} partitions={} cached_kib={} clock_ns={} uptime_ms={} discard_max_bytes={} write_zeroes_max_bytes={}",
                 if s.write_cache { "back" } else { "through" },
                 s.disk_bytes,
                 s.partitions,
                 s.cached_kib,
                 s.clock_ns,
-                s.uptime_ms
+                s.uptime_ms,
+                s.discard_max_bytes,
+                s.write_zeroes_max_bytes
             ),
         }
     }
@@ -220,6 +226,8 @@ impl GuestMessage {
                     cached_kib: num("cached_kib")?,
                     clock_ns: num("clock_ns")?,
                     uptime_ms: num("uptime_ms")?,
+                    discard_max_bytes: num("discard_max_bytes").unwrap_or(0),
+                    write_zeroes_max_bytes: num("write_zeroes_max_bytes").unwrap_or(0),
                 }))
             }
             _ => None,
@@ -260,6 +268,8 @@ mod tests {
                 cached_kib: 0,
                 clock_ns: 1_764_000_000_123_456_789,
                 uptime_ms: 4321,
+                discard_max_bytes: 1 << 30,
+                write_zeroes_max_bytes: 0,
             }),
         ] {
             assert_eq!(GuestMessage::parse(&m.to_string()), Some(m));

@@ -2,8 +2,19 @@
 //! One definition for both sides.
 //!
 //! A record fills one *slot* of `size` bytes (a multiple of 512) at byte offset `slot * size` of
-//! the disk under test. Slots are written append-only: the record with sequence number `n`
-//! goes to slot `n` and no slot is written twice in a run. Layout (little endian):
+//! the disk under test. What the writer does at each sequence number is its [`SlotPlan`]'s
+//! [`Op`], a pure function of the seed and the sequence number:
+//!
+//! * [`SlotPlan::Append`] (`raw-append`): the record with sequence number `n` goes to slot `n`,
+//!   and no slot is written twice in a run;
+//! * [`SlotPlan::Overwrite`] (`raw-overwrite`): each record goes to a seeded slot among the
+//!   first [`REGION_SLOTS`], so slots are rewritten again and again;
+//! * [`SlotPlan::Discard`] (`raw-discard`): the same, with one operation in [`DISCARD_ONE_IN`] a
+//!   discard and one a write-zeroes of a seeded range of 1 to [`MAX_RANGE_SLOTS`] region slots.
+//!
+//! The sequence number is the record's **version**: every write has a new one, and of two
+//! records of one slot the one with the higher sequence number is the newer. Layout (little
+//! endian):
 //!
 //! | bytes            | field                                                |
 //! |------------------|------------------------------------------------------|
@@ -47,6 +58,58 @@ pub struct RecordSpec {
     pub run_id: u64,
     pub seed: u64,
     pub size: usize,
+    pub plan: SlotPlan,
+}
+
+/// Which slot each sequence number writes (or which range it discards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SlotPlan {
+    /// Sequence `n` writes slot `n`.
+    #[default]
+    Append,
+    /// Sequence `n` writes a seeded slot of the region.
+    Overwrite,
+    /// Like [`SlotPlan::Overwrite`], with discards and write-zeroes of region ranges.
+    Discard,
+}
+
+/// Slots the rewriting plans use (fewer on a smaller disk): small, so that the few hundred
+/// records a crash window holds rewrite each slot many times.
+pub const REGION_SLOTS: u64 = 16;
+/// Operations of a rewriting plan, whatever the disk's size.
+pub const MAX_REWRITE_OPS: u64 = 1 << 16;
+/// One operation in this many is a discard, and one a write-zeroes ([`SlotPlan::Discard`]).
+pub const DISCARD_ONE_IN: u64 = 8;
+/// The longest discarded or zeroed range, in slots.
+pub const MAX_RANGE_SLOTS: u64 = 4;
+
+/// What the writer does at one sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Write the record of this sequence number to `slot`.
+    Write { slot: u64 },
+    /// `BLKDISCARD` slots `first..first + count`.
+    Discard { first: u64, count: u64 },
+    /// `BLKZEROOUT` slots `first..first + count`.
+    Zero { first: u64, count: u64 },
+}
+
+impl Op {
+    /// The first slot the operation touches (the slot its `ACK` names).
+    pub fn first_slot(self) -> u64 {
+        match self {
+            Op::Write { slot } => slot,
+            Op::Discard { first, .. } | Op::Zero { first, .. } => first,
+        }
+    }
+
+    /// The slots the operation touches.
+    pub fn slots(self) -> std::ops::Range<u64> {
+        match self {
+            Op::Write { slot } => slot..slot + 1,
+            Op::Discard { first, count } | Op::Zero { first, count } => first..first + count,
+        }
+    }
 }
 
 /// The fields of a self-consistent record (magic and sha256 check out).
@@ -61,18 +124,79 @@ pub struct Header {
 
 impl RecordSpec {
     /// Checks the record size: a multiple of 512 between 512 and [`MAX_RECORD_SIZE`].
+    /// An append-only spec ([`SlotPlan::Append`]; see [`RecordSpec::with_plan`]).
     pub fn new(run_id: u64, seed: u64, size: usize) -> Result<RecordSpec, String> {
         if size < SECTOR || size % SECTOR != 0 || size > MAX_RECORD_SIZE {
             return Err(format!(
                 "record size {size} must be a multiple of {SECTOR} between {SECTOR} and {MAX_RECORD_SIZE}"
             ));
         }
-        Ok(RecordSpec { run_id, seed, size })
+        Ok(RecordSpec {
+            run_id,
+            seed,
+            size,
+            plan: SlotPlan::Append,
+        })
     }
 
-    /// The slot the record with sequence number `seq` goes to (append-only: the same number).
-    pub fn slot_of(&self, seq: u64) -> u64 {
-        seq
+    pub fn with_plan(self, plan: SlotPlan) -> RecordSpec {
+        RecordSpec { plan, ..self }
+    }
+
+    /// How many operations the writer runs on a disk of `slots` slots.
+    pub fn ops(&self, slots: u64) -> u64 {
+        match self.plan {
+            SlotPlan::Append => slots,
+            SlotPlan::Overwrite | SlotPlan::Discard => MAX_REWRITE_OPS,
+        }
+    }
+
+    /// The region the rewriting plans use on a disk of `slots` slots.
+    pub fn region(&self, slots: u64) -> u64 {
+        match self.plan {
+            SlotPlan::Append => slots,
+            SlotPlan::Overwrite | SlotPlan::Discard => slots.min(REGION_SLOTS),
+        }
+    }
+
+    /// What sequence number `seq` does on a disk of `slots` slots (`seq < self.ops(slots)`).
+    pub fn op(&self, seq: u64, slots: u64) -> Op {
+        if self.plan == SlotPlan::Append {
+            return Op::Write { slot: seq };
+        }
+        let region = self.region(slots).max(1);
+        let h =
+            SplitMix64::new(self.seed ^ seq.wrapping_add(1).wrapping_mul(0x9FB2_1C65_1E98_DF25))
+                .next();
+        let slot = h % region;
+        if self.plan == SlotPlan::Discard {
+            let first = (h >> 20) % region;
+            let count = (1 + (h >> 40) % MAX_RANGE_SLOTS).min(region - first);
+            match (h >> 8) % DISCARD_ONE_IN {
+                0 => return Op::Discard { first, count },
+                1 => return Op::Zero { first, count },
+                _ => {}
+            }
+        }
+        Op::Write { slot }
+    }
+
+    /// The digest a discard or write-zeroes operation is acknowledged with: sha256 over what it
+    /// did (run, sequence, kind, range), so that an ack names exactly one operation.
+    pub fn op_digest(&self, seq: u64, op: Op) -> Digest {
+        let (kind, range) = match op {
+            Op::Write { slot } => (b'W', slot..slot + 1),
+            Op::Discard { first, count } => (b'D', first..first + count),
+            Op::Zero { first, count } => (b'Z', first..first + count),
+        };
+        let mut h = Sha256::new();
+        h.update(MAGIC);
+        h.update(self.run_id.to_le_bytes());
+        h.update(seq.to_le_bytes());
+        h.update([kind]);
+        h.update(range.start.to_le_bytes());
+        h.update(range.end.to_le_bytes());
+        h.finalize().into()
     }
 
     /// Byte offset of `slot` on the disk.
@@ -85,11 +209,16 @@ impl RecordSpec {
         disk_bytes / self.size as u64
     }
 
-    /// Writes the complete record with sequence number `seq` into `buf` (exactly `size`
-    /// bytes) and returns its digest.
+    /// Writes the complete append-only record with sequence number `seq` (in slot `seq`) into
+    /// `buf` (exactly `size` bytes) and returns its digest.
     pub fn fill(&self, seq: u64, buf: &mut [u8]) -> Digest {
+        self.fill_at(seq, seq, buf)
+    }
+
+    /// Writes the complete record with sequence number `seq` for `slot` into `buf` and returns
+    /// its digest.
+    pub fn fill_at(&self, seq: u64, slot: u64, buf: &mut [u8]) -> Digest {
         assert_eq!(buf.len(), self.size, "record buffer size");
-        let slot = self.slot_of(seq);
         buf[0..8].copy_from_slice(&MAGIC);
         buf[8..12].copy_from_slice(&VERSION.to_le_bytes());
         buf[12..16].copy_from_slice(&(self.size as u32).to_le_bytes());
@@ -259,6 +388,60 @@ mod tests {
             assert!(RecordSpec::new(0, 0, bad).is_err(), "{bad}");
         }
         assert!(RecordSpec::new(0, 0, 512).is_ok());
+    }
+
+    /// The rewriting plans: every operation inside the region, every region slot rewritten,
+    /// discards and write-zeroes about one in eight each, the same plan on both sides.
+    #[test]
+    fn rewriting_plans_stay_in_their_region_and_rewrite_it() {
+        let spec = RecordSpec::new(1, 77, 4096).unwrap();
+        assert_eq!(spec.op(5, 100), Op::Write { slot: 5 });
+        assert_eq!(spec.ops(100), 100);
+        for plan in [SlotPlan::Overwrite, SlotPlan::Discard] {
+            let s = spec.with_plan(plan);
+            assert_eq!(s.ops(1 << 30), MAX_REWRITE_OPS);
+            assert_eq!(s.ops(16), MAX_REWRITE_OPS);
+            let n = 4000;
+            let mut writes = vec![0u64; REGION_SLOTS as usize];
+            let (mut discards, mut zeros) = (0, 0);
+            for seq in 0..n {
+                let op = s.op(seq, 16384);
+                assert_eq!(op, s.op(seq, 16384), "deterministic");
+                assert!(
+                    op.slots().end <= REGION_SLOTS && !op.slots().is_empty(),
+                    "{op:?}"
+                );
+                assert!(op.slots().count() as u64 <= MAX_RANGE_SLOTS);
+                match op {
+                    Op::Write { slot } => writes[slot as usize] += 1,
+                    Op::Discard { .. } => discards += 1,
+                    Op::Zero { .. } => zeros += 1,
+                }
+            }
+            assert!(writes.iter().all(|&w| w > 100), "{writes:?}");
+            if plan == SlotPlan::Overwrite {
+                assert_eq!((discards, zeros), (0, 0));
+            } else {
+                for k in [discards, zeros] {
+                    assert!((n / 16..n / 5).contains(&k), "{discards} {zeros}");
+                }
+            }
+            // A tiny disk: the region shrinks with it.
+            assert!(s.op(3, 2).slots().end <= 2);
+        }
+        let a = spec.op_digest(3, Op::Zero { first: 1, count: 2 });
+        assert_ne!(a, spec.op_digest(3, Op::Discard { first: 1, count: 2 }));
+        assert_ne!(a, spec.op_digest(4, Op::Zero { first: 1, count: 2 }));
+    }
+
+    #[test]
+    fn records_name_their_slot() {
+        let spec = RecordSpec::new(1, 2, 512).unwrap();
+        let mut buf = vec![0u8; 512];
+        spec.fill_at(9, 3, &mut buf);
+        let h = parse(&buf).unwrap();
+        assert_eq!((h.seq, h.slot), (9, 3));
+        assert!(spec.payload_matches(9, &buf));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::fsworkload::{FsKind, FsOp, FsWorkload};
+use crate::record::SlotPlan;
 
 /// A crash-test workload. To add one: a variant here with its name in [`Workload::as_str`] and
 /// [`Workload::ALL`], its [`Workload::kind`] (a new kind of workload gets its arm in each
@@ -25,6 +26,15 @@ pub enum Workload {
     #[default]
     #[serde(rename = "raw-append")]
     RawAppend,
+    /// Versioned records rewriting a seeded choice of slots in place
+    /// ([`crate::record::SlotPlan::Overwrite`]).
+    #[serde(rename = "raw-overwrite")]
+    RawOverwrite,
+    /// Rewritten records with discards (`BLKDISCARD`) and write-zeroes (`BLKZEROOUT`) of
+    /// ranges between them ([`crate::record::SlotPlan::Discard`]); the disk has
+    /// `discard=unmap`.
+    #[serde(rename = "raw-discard")]
+    RawDiscard,
     /// Files on ext4 (default mount: data=ordered, barriers), appended, each append + fsync.
     #[serde(rename = "ext4-append")]
     Ext4Append,
@@ -65,8 +75,10 @@ pub enum WorkloadKind {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::RawAppend,
+        Workload::RawOverwrite,
+        Workload::RawDiscard,
         Workload::Ext4Append,
         Workload::Ext4Replace,
         Workload::Ext4Overwrite,
@@ -81,6 +93,8 @@ impl Workload {
     pub fn as_str(self) -> &'static str {
         match self {
             Workload::RawAppend => "raw-append",
+            Workload::RawOverwrite => "raw-overwrite",
+            Workload::RawDiscard => "raw-discard",
             Workload::Ext4Append => "ext4-append",
             Workload::Ext4Replace => "ext4-replace",
             Workload::Ext4Overwrite => "ext4-overwrite",
@@ -100,13 +114,28 @@ impl Workload {
         }
     }
 
+    /// The slot plan of a [`WorkloadKind::Raw`] workload; `None` for the file workloads.
+    pub fn slot_plan(self) -> Option<SlotPlan> {
+        match self {
+            Workload::RawAppend => Some(SlotPlan::Append),
+            Workload::RawOverwrite => Some(SlotPlan::Overwrite),
+            Workload::RawDiscard => Some(SlotPlan::Discard),
+            _ => None,
+        }
+    }
+
+    /// Whether the disk must pass the guest's discards down (`-drive discard=unmap`).
+    pub fn discards(self) -> bool {
+        self == Workload::RawDiscard
+    }
+
     /// The file workload (filesystem, pattern, barriers) of a [`WorkloadKind::Filesystem`]
     /// workload; `None` for the raw ones.
     pub fn fs(self) -> Option<FsWorkload> {
         use FsKind::*;
         use FsOp::*;
         let (fs, op, barriers) = match self {
-            Workload::RawAppend => return None,
+            Workload::RawAppend | Workload::RawOverwrite | Workload::RawDiscard => return None,
             Workload::Ext4Append => (Ext4, Append, true),
             Workload::Ext4Replace => (Ext4, Replace, true),
             Workload::Ext4Overwrite => (Ext4, Overwrite, true),
@@ -168,7 +197,10 @@ mod tests {
                     assert_eq!(f.name(), w.as_str());
                     assert_eq!(w.kind(), WorkloadKind::Filesystem);
                 }
-                None => assert_eq!(w.kind(), WorkloadKind::Raw),
+                None => {
+                    assert_eq!(w.kind(), WorkloadKind::Raw);
+                    assert!(w.slot_plan().is_some(), "{w}");
+                }
             }
         }
     }

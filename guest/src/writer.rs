@@ -88,8 +88,10 @@ pub struct WriterParams {
 }
 
 impl WriterParams {
+    /// The records of a raw workload, with the workload's slot plan.
     pub fn spec(&self) -> Result<RecordSpec, String> {
-        RecordSpec::new(self.run_id, self.seed, self.record_size)
+        Ok(RecordSpec::new(self.run_id, self.seed, self.record_size)?
+            .with_plan(self.workload.slot_plan().unwrap_or_default()))
     }
 
     /// `key=value` words for the control line (see [`crate::protocol::HostMessage`]).

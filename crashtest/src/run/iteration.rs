@@ -137,7 +137,7 @@ async fn steps(
 
     // Restore or boot, start, acks, fault; then the power failure, and the NBD server gone on
     // every path.
-    let config = boot::config(
+    let mut config = boot::config(
         opts,
         &ctx.guest,
         &format!("ct{index}"),
@@ -145,6 +145,8 @@ async fn steps(
         host.disk_source(),
         cell.cache_mode,
     );
+    // Host-side only: a saved guest restores under either setting.
+    config.discard_unmap = cell.workload.discards();
     let console_log = config.console_log();
     let delay = seeds.delay_in(opts.window);
     let writer = WriterParams {

@@ -425,6 +425,10 @@ pub struct GuestCheck {
     /// The guest's uptime: a restored guest's continues from the moment it was saved (QEMU
     /// migrates the virtual clock), so it is short and about the same in every iteration.
     pub uptime_ms: u64,
+    /// The guest's `discard_max_bytes` and `write_zeroes_max_bytes` of the disk (what its
+    /// virtio-blk driver negotiated: 0 is none).
+    pub discard_max_bytes: u64,
+    pub write_zeroes_max_bytes: u64,
 }
 
 /// Unix time in nanoseconds.
@@ -465,6 +469,9 @@ pub(super) fn check_state(
             state.partitions
         ));
     }
+    if cell.workload.discards() && state.discard_max_bytes == 0 {
+        return Err("the guest's disk takes no discards (discard_max_bytes is 0)".into());
+    }
     if state.cached_kib != 0 {
         return Err(format!(
             "the guest holds {} KiB of disk data in its page cache",
@@ -485,6 +492,8 @@ pub(super) fn check_state(
         cached_kib: state.cached_kib,
         clock_lag_ms: (received_ns as f64 - state.clock_ns as f64) / 1e6,
         uptime_ms: state.uptime_ms,
+        discard_max_bytes: state.discard_max_bytes,
+        write_zeroes_max_bytes: state.write_zeroes_max_bytes,
     })
 }
 
@@ -510,6 +519,8 @@ mod tests {
             cached_kib: 0,
             clock_ns: 1_000,
             uptime_ms: 3000,
+            discard_max_bytes: 1 << 30,
+            write_zeroes_max_bytes: 1 << 30,
         }
     }
 
