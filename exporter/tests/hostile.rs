@@ -31,8 +31,9 @@ use common::peer::{self, capped_line, capped_list, fixture_return, Peer};
 use common::procs::{self, sample, Proc};
 use kvmio_test_support::metrics::{parse, Series};
 
-/// What one hostile VM may add to the exporter's peak RSS, in MiB: its reply line (512 KiB),
-/// the reader's buffer and the raw `return` copy, the bounded decode, with allocator slack.
+/// What one hostile VM may add to the exporter's peak RSS, in MiB: its reply line (512 KiB, in
+/// a buffer of the agents' shared line budget, decoded in place), the bounded decode and the
+/// cached `guest-get-disks` fields, with allocator slack.
 /// README.md states the per-VM bound this checks.
 const HOSTILE_VM_BUDGET_MIB: f64 = 8.0;
 

@@ -221,9 +221,38 @@ pub struct QgaState {
     pid: Option<u32>,
     queue: HashMap<String, (Instant, Option<QueueInfo>)>,
     files_forbidden_until: Option<Instant>,
-    /// The last `guest-get-disks` answer (at most twice `--qga.max-disks` entries, and how many
-    /// more the agent listed), when it was asked, and the disk names the stats had.
-    disks: Option<(Instant, BTreeSet<String>, Vec<GuestDiskInfo>, usize)>,
+    /// The last `guest-get-disks` answer as [`select`] uses it, and how many entries past the
+    /// bound or refused it had; when it was asked, and the disk names the stats had.
+    disks: Option<(Instant, BTreeSet<String>, GuestDisks, usize)>,
+}
+
+/// What a `guest-get-disks` answer is kept as: the partitions' names and the whole disks that
+/// [`select`] exports (valid, distinct names, at most `--qga.max-disks`), only their fields the
+/// join uses.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GuestDisks {
+    partitions: BTreeSet<String>,
+    whole: Vec<GuestDiskInfo>,
+}
+
+impl GuestDisks {
+    /// The disks of an answer that [`select`] can use.
+    pub(crate) fn of(disks: Vec<GuestDiskInfo>, max_disks: usize) -> Self {
+        let mut out = GuestDisks::default();
+        let mut seen = BTreeSet::new();
+        for d in disks {
+            let name = guest_disk_name(&d.name);
+            if !valid_disk_name(name) {
+                continue;
+            }
+            if d.partition {
+                out.partitions.insert(name.to_owned());
+            } else if out.whole.len() < max_disks && seen.insert(name.to_owned()) {
+                out.whole.push(d);
+            }
+        }
+        out
+    }
 }
 
 impl QgaState {
@@ -306,32 +335,32 @@ pub async fn query(
             .as_ref()
             .is_some_and(|(at, known, _, _)| *known == names && at.elapsed() < DISKS_TTL);
         if !fresh {
-            let (mut disks, disks_skipped) =
+            let (disks, disks_skipped) =
                 match bounded_list(agent, "guest-get-disks", max, WireDisk::accept).await {
                     Ok(d) => d,
                     Err(e) if e.is_command() => (Vec::new(), 0),
                     Err(e) => return Err(e),
                 };
-            // Only disks `select` can use are kept for the next scrapes (it skips the others).
-            disks.retain(|d| valid_disk_name(guest_disk_name(&d.name)));
-            *cached_disks = Some((Instant::now(), names, disks, disks_skipped));
+            let kept = GuestDisks::of(disks, config.qga_max_disks);
+            *cached_disks = Some((Instant::now(), names, kept, disks_skipped));
         }
-        // The disks past the bound are counted at every scrape the answer is used, like the
-        // diskstats past it.
-        let (disks, disks_skipped) = cached_disks
-            .as_ref()
-            .map(|(_, _, d, n)| (d.clone(), *n))
-            .unwrap_or_default();
-        Ok((diskstats, disks, skipped.saturating_add(disks_skipped)))
+        Ok((diskstats, skipped))
     })
     .await;
-    let (diskstats, disks, skipped) = match stats {
+    let (diskstats, skipped) = match stats {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(Some(e)),
         Err(_) => return Err(None),
     };
+    let none = GuestDisks::default();
+    // The disks past the bound are counted at every scrape the answer is used, like the
+    // diskstats past it.
+    let (disks, disks_skipped) = match &st.disks {
+        Some((_, _, d, n)) => (d, *n),
+        None => (&none, 0),
+    };
     let mut snapshot = select(diskstats, disks, config.qga_max_disks);
-    snapshot.dropped += skipped;
+    snapshot.dropped += skipped.saturating_add(disks_skipped);
 
     // Queue settings: best effort; a failure here drops the connection, not the stats.
     let refreshed = timeout_at(deadline, refresh_queue(agent, st, &snapshot)).await;
@@ -357,15 +386,11 @@ pub async fn query(
 /// Validates, deduplicates and bounds what the guest reported.
 pub(crate) fn select(
     diskstats: Vec<GuestDiskStatsInfo>,
-    disks: Vec<GuestDiskInfo>,
+    disks: &GuestDisks,
     max_disks: usize,
 ) -> QgaSnapshot {
     let mut dropped = 0usize;
-    let partitions: BTreeSet<String> = disks
-        .iter()
-        .filter(|d| d.partition)
-        .map(|d| guest_disk_name(&d.name).to_owned())
-        .collect();
+    let partitions = &disks.partitions;
     let mut by_name: BTreeMap<(bool, String), GuestDiskStatsInfo> = BTreeMap::new();
     for d in diskstats {
         if !valid_disk_name(&d.name) {
@@ -381,22 +406,9 @@ pub(crate) fn select(
     }
     dropped += by_name.len().saturating_sub(max_disks);
     let diskstats: Vec<GuestDiskStatsInfo> = by_name.into_values().take(max_disks).collect();
-
-    let mut seen = BTreeSet::new();
-    let mut whole = Vec::new();
-    for d in disks {
-        if d.partition {
-            continue;
-        }
-        let name = guest_disk_name(&d.name);
-        if !valid_disk_name(name) || !seen.insert(name.to_owned()) || whole.len() >= max_disks {
-            continue;
-        }
-        whole.push(d);
-    }
     QgaSnapshot {
         diskstats,
-        disks: whole,
+        disks: disks.whole.iter().take(max_disks).cloned().collect(),
         queue: BTreeMap::new(),
         dropped,
     }
@@ -583,7 +595,7 @@ mod tests {
             {"name": "/dev/../x", "partition": false}
         ]))
         .unwrap();
-        let s = select(stats, disks, 3);
+        let s = select(stats, &GuestDisks::of(disks, 3), 3);
         let names: Vec<&str> = s.diskstats.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, vec!["vda", "vdb", "vdc"]);
         assert_eq!(s.dropped, 3, "invalid, duplicate, over the limit");
