@@ -30,6 +30,7 @@ use kvmio_exporter::config::{Config, HostDevices};
 use kvmio_qemu::types::{BlockDeviceInfo, BlockInfo, BlockStats};
 use kvmio_qemu::{Limits, Qmp, QmpCommands};
 use kvmio_test_support::metrics::{find, parse, Series};
+use kvmio_test_support::qemu::qemu_command;
 use kvmio_test_support::{require, spawn_tied, wait_path, ChildProcess};
 use serde_json::{json, Value};
 
@@ -51,27 +52,15 @@ fn raw(dir: &Path, name: &str) -> String {
 /// Starts a QEMU with `args` and two QMP monitors, `NAME.qmp` (the exporter's) and
 /// `NAME.check` (the test's).
 fn qemu(dir: &Path, name: &str, args: &[String]) -> ChildProcess {
-    let bin = require("qemu-system-x86_64", "qemu-system-x86");
     let sock = dir.join(format!("{name}.qmp"));
     let check = dir.join(format!("{name}.check"));
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-M",
-        "q35",
-        "-accel",
-        "tcg",
-        "-display",
-        "none",
-        "-nodefaults",
-    ])
-    .args(["-name", name, "-m", "128"])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", sock.display()))
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", check.display()))
-    .args(args)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    let mut cmd = qemu_command(&["-M", "q35", "-accel", "tcg"], &sock);
+    cmd.args(["-name", name, "-m", "128"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", check.display()))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
     let mut p = spawn_tied(&mut cmd, name);
     wait_path(&check, Duration::from_secs(60), &mut p, name);
     p

@@ -8,23 +8,22 @@ use std::time::Duration;
 
 use crate::{require, spawn_tied, wait_path, ChildProcess};
 
+/// `qemu-system-x86_64 MACHINE -nodefaults -display none` with its QMP monitor at `socket`:
+/// what every QEMU the tests start begins with (add devices, drives, `-name`).
+pub fn qemu_command(machine: &[&str], socket: &Path) -> Command {
+    let mut cmd = Command::new(require("qemu-system-x86_64", "qemu-system-x86"));
+    cmd.args(machine)
+        .args(["-nodefaults", "-display", "none", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", socket.display()));
+    cmd
+}
+
 /// A `qemu-system-x86_64 -M none` with `drives` raw drives (`d0`..), its QMP monitor at
 /// `DIR/NAME.qmp`.
 pub fn qemu_none(dir: &Path, name: &str, drives: usize) -> (ChildProcess, PathBuf) {
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
     let sock = dir.join(format!("{name}.qmp"));
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "none",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-name",
-        name,
-    ])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    let mut cmd = qemu_command(&["-M", "none"], &sock);
+    cmd.args(["-name", name]);
     for i in 0..drives {
         let img = dir.join(format!("{name}-d{i}.raw"));
         std::fs::File::create(&img)
@@ -43,24 +42,15 @@ pub fn qemu_none(dir: &Path, name: &str, drives: usize) -> (ChildProcess, PathBu
 /// `socket` and `extra` arguments (devices, drives, `-name`): a real device tree and block layer
 /// without a guest, cheap enough to run many. Waits (60 s at most) for the monitor socket.
 pub fn qemu_q35(socket: &Path, extra: &[String]) -> ChildProcess {
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "q35", "-accel", "tcg", "-S", "-m", "64"])
-        .args(["-nodefaults", "-display", "none"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .args(extra);
+    let mut cmd = qemu_command(&["-M", "q35", "-accel", "tcg", "-S", "-m", "64"], socket);
+    cmd.args(extra);
     start_within(cmd, "qemu q35", socket, Duration::from_secs(60))
 }
 
 /// `qemu-system-x86_64 -M none` with its monitor at `socket` and `extra` arguments.
 pub fn qemu_none_with(socket: &Path, extra: &[String]) -> ChildProcess {
-    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "none", "-nodefaults", "-display", "none"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .args(extra);
+    let mut cmd = qemu_command(&["-M", "none"], socket);
+    cmd.args(extra);
     start(cmd, "qemu -M none", socket)
 }
 
