@@ -65,6 +65,24 @@ pub struct VmOutcome {
     pub pid: Option<u32>,
 }
 
+impl VmOutcome {
+    /// An outcome before labelling, with no answers yet: `vm` holds the VM's own name until
+    /// [`Fleet`] gives it its label and moves the name to [`Self::name`].
+    fn unlabelled(target: VmTarget, own_name: String, source: &'static str, uuid: String) -> Self {
+        VmOutcome {
+            target,
+            vm: own_name,
+            name: String::new(),
+            source,
+            uuid,
+            qmp: None,
+            qga: None,
+            disks: BTreeMap::new(),
+            pid: None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct VmState {
     qmp: monitor::QmpState,
@@ -318,15 +336,9 @@ async fn scrape_vm(
             ),
         };
         return VmOutcome {
-            target,
-            vm,
-            name: String::new(),
-            source,
-            uuid,
             qmp,
             qga,
-            disks: BTreeMap::new(),
-            pid: None,
+            ..VmOutcome::unlabelled(target, vm, source, uuid)
         };
     };
     let st = &mut *guard;
@@ -360,15 +372,11 @@ async fn scrape_vm(
                 &mut st.qga_up,
             );
             VmOutcome {
-                target,
-                vm: d.name.clone(),
-                name: String::new(),
-                source,
-                uuid: d.uuid.clone(),
                 qmp,
                 qga: s.qga,
                 disks: s.disks,
                 pid: s.pid,
+                ..VmOutcome::unlabelled(target, d.name.clone(), source, d.uuid.clone())
             }
         }
     }

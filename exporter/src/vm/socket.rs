@@ -76,15 +76,11 @@ pub(super) async fn scrape_socket_vm(
         _ => (st.qmp.peer_pid(), String::new()),
     };
     VmOutcome {
-        target: vm_target,
-        vm,
-        name: String::new(),
-        source,
-        uuid,
         qmp,
         qga,
         disks,
         pid,
+        ..VmOutcome::unlabelled(vm_target, vm, source, uuid)
     }
 }
 
