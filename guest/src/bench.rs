@@ -209,6 +209,7 @@ impl BenchSpec {
     /// Parses what [`BenchSpec::to_args`] gives, checking the bounds the run relies on.
     pub fn from_args(args: &[String]) -> io::Result<BenchSpec> {
         let mut device = DeviceFlags::default();
+        // `dev`, `block_size`, `offset` and `direct` are `device`'s, filled in once parsed.
         let mut s = BenchSpec {
             dev: PathBuf::new(),
             op: Op::Read,
