@@ -380,13 +380,11 @@ mod tests {
 
     #[test]
     fn config_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::testing::file_tree(&[(
+            "kvmio.toml",
+            b"qmp_socket_globs = [\"/run/x/*.qmp\"]\n[[target]]\nqmp = \"/run/vm1.qmp\"\nname = \"vm1\"\n",
+        )]);
         let p = dir.path().join("kvmio.toml");
-        std::fs::write(
-            &p,
-            "qmp_socket_globs = [\"/run/x/*.qmp\"]\n[[target]]\nqmp = \"/run/vm1.qmp\"\nname = \"vm1\"\n",
-        )
-        .unwrap();
         let f = ConfigFile::load(&p).unwrap();
         assert_eq!(f.qmp_socket_globs, vec!["/run/x/*.qmp"]);
         assert_eq!(

@@ -48,6 +48,9 @@ pub mod textformat;
 pub mod vm;
 pub mod web;
 
+#[cfg(test)]
+mod testing;
+
 pub use collector::{Collector, CollectorError, Exporter, ImageRef, ScrapeContext};
 pub use config::Config;
 pub use metrics::Metrics;

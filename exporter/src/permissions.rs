@@ -78,14 +78,11 @@ mod tests {
 
     #[test]
     fn caps_and_what_they_cost() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("self")).unwrap();
         // Lines as in proc(5); a root shell's CapEff.
-        std::fs::write(
-            dir.path().join("self/status"),
-            "Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n",
-        )
-        .unwrap();
+        let dir = crate::testing::file_tree(&[(
+            "self/status",
+            b"Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n",
+        )]);
         let caps = effective_caps(dir.path()).unwrap();
         assert!(missing(caps).is_empty());
         assert_eq!(missing(0).len(), 2);

@@ -586,13 +586,10 @@ mod tests {
 
     #[test]
     fn only_qemu_processes_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("42");
-        std::fs::create_dir(&p).unwrap();
-        std::fs::write(p.join("cmdline"), b"/usr/sbin/libvirtd\0--daemon\0").unwrap();
+        let dir = crate::testing::file_tree(&[("42/cmdline", b"/usr/sbin/libvirtd\0--daemon\0")]);
         assert!(read_proc(dir.path(), 42).is_none());
         std::fs::write(
-            p.join("cmdline"),
+            dir.path().join("42/cmdline"),
             b"/usr/bin/qemu-system-x86_64\0-drive\0id=d,file=/a,cache=directsync\0",
         )
         .unwrap();

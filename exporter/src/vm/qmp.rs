@@ -373,14 +373,11 @@ mod tests {
 
     #[test]
     fn process_io() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("7")).unwrap();
         // The layout of /proc/PID/io (proc(5)).
-        std::fs::write(
-            dir.path().join("7/io"),
-            "rchar: 21918501\nwchar: 44176672\nsyscr: 11197\nsyscw: 14542\nread_bytes: 15322112\nwrite_bytes: 44126720\ncancelled_write_bytes: 0\n",
-        )
-        .unwrap();
+        let dir = crate::testing::file_tree(&[(
+            "7/io",
+            b"rchar: 21918501\nwchar: 44176672\nsyscr: 11197\nsyscw: 14542\nread_bytes: 15322112\nwrite_bytes: 44126720\ncancelled_write_bytes: 0\n",
+        )]);
         assert_eq!(
             read_process_io(dir.path(), 7),
             Some(ProcessIo {
