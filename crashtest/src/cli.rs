@@ -376,3 +376,46 @@ fn cells(args: &RunArgs) -> Result<Vec<Cell>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["kvmio-crashtest", "run", "--out", "/nonexistent-out"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!("a run command"),
+        }
+    }
+
+    /// A file workload's durability point is its fsync: `--sync` does not multiply its cells,
+    /// and a disk too small for its filesystem is refused before anything starts.
+    #[test]
+    fn file_workloads_take_one_sync_and_a_disk_their_filesystem_fits_on() {
+        let out = Path::new("/nonexistent-out");
+        let a = run_args(&[
+            "--workload=raw-append,ext4-append",
+            "--cache=none",
+            "--sync=fdatasync,none",
+            "--fault=power",
+            "--format=raw",
+            "--disk-size=32",
+        ]);
+        let cells = run_options(&a, out).unwrap().cells;
+        let fs: Vec<&Cell> = cells.iter().filter(|c| c.workload.fs().is_some()).collect();
+        assert_eq!(cells.len(), 3, "{cells:?}");
+        assert_eq!(fs.len(), 1);
+        assert_eq!(fs[0].sync_policy(), SyncPolicy::Fdatasync);
+        let e =
+            run_options(&run_args(&["--workload=xfs-append", "--disk-size=64"]), out).unwrap_err();
+        assert!(e.contains("needs at least 300 MiB"), "{e}");
+        assert!(run_options(
+            &run_args(&["--workload=ext4-replace", "--disk-size=16"]),
+            out
+        )
+        .is_ok());
+    }
+}

@@ -322,10 +322,18 @@ impl LoopMount {
                 dir: dir.to_path_buf(),
                 source,
             })?;
-        let mut cmd = Command::new("mount");
-        cmd.args(["-t", fs.as_str(), "-o", "rw", &self.dev])
-            .arg(point.path());
-        let (code, last) = run_tool(cmd)?;
+        let out = Command::new("mount")
+            .args(["-t", fs.as_str(), "-o", "rw", &self.dev])
+            .arg(point.path())
+            .output()
+            .map_err(|source| FsCheckError::Spawn {
+                program: "mount".into(),
+                source,
+            })?;
+        let code = out.status.code().unwrap_or(-1);
+        // mount's first line says what failed ("wrong fs type, bad option, bad superblock...").
+        let first = String::from_utf8_lossy(&out.stderr);
+        let last = bounded(first.lines().next().unwrap_or_default().as_bytes());
         self.dir = Some(point);
         if code == 0 {
             self.mounted = true;
