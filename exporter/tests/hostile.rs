@@ -380,6 +380,57 @@ async fn crashtest_results(d: &Path, baseline: &Run, honest_glob: &str) {
     }
 }
 
+/// An agent that stops in the middle of a long reply line holds room in the agents' shared line
+/// budget until its call times out; another VM's agent sending long lines (174,741 empty
+/// objects, both lists) at the same time still answers every scrape, and the scrape ends within
+/// its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stalled_in_a_long_line_does_not_block_the_others() {
+    let dir = kvmio_test_support::target_tempdir!("kvmio-hostile");
+    let d = dir.path();
+    let [vms] = kvmio_test_support::subdirs(d, ["vms"]);
+    let children: Vec<Proc> = ["stalled", "long"]
+        .iter()
+        .map(|vm| procs::qemu_none(&vms, vm, 2).0)
+        .collect();
+    let (lines, _) = capped_list(|_| "{}".to_owned());
+    // 200 KiB of a reply, no end of line: past the budget's 64 KiB threshold.
+    let half = lines[..200 * 1024].to_owned();
+    let stalled = peer::agent_with(&vms.join("stalled.qga"), move |cmd| {
+        (cmd == "guest-get-diskstats").then(|| half.clone())
+    });
+    let long = peer::agent_with(&vms.join("long.qga"), move |cmd| {
+        matches!(cmd, "guest-get-diskstats" | "guest-get-disks").then(|| lines.clone())
+    });
+    let out = run(
+        d,
+        "stalled-line",
+        &[format!("--qmp.socket-glob={}/*.qmp", vms.display())],
+    )
+    .await;
+    for (i, body) in out.bodies.iter().enumerate() {
+        assert_eq!(
+            sample(body, "kvmio_qga_up{vm=\"long\"}"),
+            Some(1.0),
+            "scrape {i}"
+        );
+        assert_eq!(
+            sample(body, "kvmio_qga_up{vm=\"stalled\"}"),
+            Some(0.0),
+            "scrape {i}"
+        );
+        assert!(
+            out.elapsed[i].as_secs_f64() < TIMEOUT_SECS + 1.0,
+            "scrape {i} took {:?}",
+            out.elapsed[i]
+        );
+    }
+    for mut c in children {
+        c.stop();
+    }
+    drop((stalled, long));
+}
+
 /// QEMU's latency histograms at the ends of their types (issue 11, item 5): the accounted time
 /// `*_total_time_ns` at `i64::MIN` when kvmio sets the histograms (the `_sum` base) and at
 /// `i64::MAX` after, every bin at `u64::MAX`. A fake monitor (the captured QEMU 7.2 replies,
