@@ -13,7 +13,12 @@
 //! - a new set of ~16,000 valid disk names at every scrape;
 //! - a 1 MiB `crashtest.prom` of ~116,000 families, and one whose sample has 100,000 labels
 //!   (`--crashtest.results-dir`): the scrape answers within its timeout, nothing past the
-//!   parser's bounds is served, and the log says what was refused.
+//!   parser's bounds is served, the log says what was refused, and the collector's success
+//!   is 0.
+//!
+//! Two more tests: an agent stalled in the middle of a long line beside another sending 512 KiB
+//! lines (the shared line budget does not block the second), and a fake monitor whose latency
+//! histograms sit at the ends of their types (the scrape stays valid, the honest VMs intact).
 //!
 //! Each hostile exporter's peak RSS must stay within [`HOSTILE_VM_BUDGET_MIB`] of the baseline's
 //! (README: the memory bound per VM). Every QEMU, agent and exporter is killed and reaped on
