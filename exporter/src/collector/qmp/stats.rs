@@ -5,7 +5,7 @@
 //! has only requests, bytes and times: the rest is left out, never exported as zero.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
 use kvmio_qemu::types::{BlockDeviceStats, BlockLatencyHistogramInfo, BlockStats};
 
@@ -125,7 +125,7 @@ fn emit_block_stats(
 ) {
     let labels = [("vm", vm), ("device", device)];
     let libvirt = origin == QemuOrigin::LibvirtStats;
-    for m in block_metrics() {
+    for m in BLOCK_METRICS.iter() {
         if libvirt && !in_libvirt_stats(m.metric.field) {
             continue;
         }
@@ -271,7 +271,7 @@ fn emit_nodes<'s>(
         );
         if let Some(ds) = s.driver_specific.as_ref() {
             let get = |k: &str| ds.get(k).and_then(serde_json::Value::as_i64);
-            for m in node_metrics() {
+            for m in NODE_METRICS.iter() {
                 let v = match m.metric.field {
                     Field::DiscardsCompleted => get("discard-nb-ok"),
                     Field::SectorsDiscarded => get("discard-bytes-ok"),
@@ -301,25 +301,21 @@ fn emit_nodes<'s>(
     }
 }
 
-fn block_metrics() -> &'static [LayerMetric] {
-    static M: OnceLock<Vec<LayerMetric>> = OnceLock::new();
-    M.get_or_init(|| {
-        layer_metrics(
-            BLOCK_PREFIX,
-            "QEMU device (the guest's virtual disk, as QEMU's block backend accounts it)",
-        )
-    })
-}
+/// The device layer's families, built once.
+static BLOCK_METRICS: LazyLock<Vec<LayerMetric>> = LazyLock::new(|| {
+    layer_metrics(
+        BLOCK_PREFIX,
+        "QEMU device (the guest's virtual disk, as QEMU's block backend accounts it)",
+    )
+});
 
-fn node_metrics() -> &'static [LayerMetric] {
-    static M: OnceLock<Vec<LayerMetric>> = OnceLock::new();
-    M.get_or_init(|| {
-        layer_metrics(
-            NODE_PREFIX,
-            "QEMU block node (file/host_device driver statistics)",
-        )
-    })
-}
+/// The block node layer's families, built once.
+static NODE_METRICS: LazyLock<Vec<LayerMetric>> = LazyLock::new(|| {
+    layer_metrics(
+        NODE_PREFIX,
+        "QEMU block node (file/host_device driver statistics)",
+    )
+});
 
 fn ns(v: i64) -> f64 {
     v.max(0) as f64 / 1e9

@@ -12,7 +12,7 @@
 //! (`--libvirt.qmp-passthrough`); the snapshot says so with [`QemuOrigin::LibvirtStats`] and the
 //! collector leaves those families out rather than exporting zeros.
 //!
-//! Why over 500 lines: about 350 are code, the rest tests over libvirt's captured statistics
+//! Why over 500 lines: about 370 are code, the rest tests over libvirt's captured statistics
 //! and domain XML (every bus and storage mode), beside the mapping they check.
 
 use std::collections::{BTreeMap, HashMap};
