@@ -224,8 +224,38 @@ pub(crate) fn release<C: SocketClient, T>(
     }
 }
 
-/// The answer when even the retry asked for a retry (cannot happen: a new connection is not
-/// retried), kept as a plain error rather than a panic.
-pub(crate) fn failed_twice<C: SocketClient, T>() -> Result<T, String> {
+/// A scrape's calls on one VM socket, for [`with_connection`].
+pub(crate) trait Calls<C> {
+    /// What the calls learn.
+    type Out;
+
+    /// Runs the calls on `client` (whose peer is `pid`): their answer and whether the
+    /// connection may be kept, or `Err(Some(e))` (a failed call) / `Err(None)` (the deadline).
+    fn run(
+        &mut self,
+        client: &mut C,
+        pid: Option<u32>,
+    ) -> impl Future<Output = Result<(Self::Out, bool), Option<QemuError>>> + Send;
+}
+
+/// Runs `calls` on the VM's connection ([`acquire`], then [`release`]): once, and once more on
+/// a new connection when the pooled one turned out broken.
+pub(crate) async fn with_connection<C: SocketClient, K: Calls<C>>(
+    path: &Path,
+    pooled: &mut Pooled<C>,
+    config: &Config,
+    deadline: Instant,
+    mut calls: K,
+) -> Result<K::Out, String> {
+    for _ in 0..2 {
+        let mut c = acquire(path, pooled, config, deadline).await?;
+        let result = calls.run(&mut c.client, c.pid).await;
+        match release(path, pooled, config, c, result) {
+            Step::Done(r) => return r,
+            Step::Retry => continue,
+        }
+    }
+    // Even the retry asked for a retry (cannot happen: a new connection is not retried): a
+    // plain error rather than a panic.
     Err(format!("{} connection failed twice", C::NAME))
 }

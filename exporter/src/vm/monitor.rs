@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{self, QemuCmdline};
-use super::connection::{acquire, failed_twice, release, Pooled, Step};
+use super::connection::{with_connection, Calls, Pooled};
 use super::qmp::{
     device_label, read_process_io, DeviceFacts, HistogramBase, NodeFacts, OtherDevice, QemuOrigin,
     QmpSnapshot, RunState, ThrottleLimits,
@@ -432,31 +432,45 @@ pub(crate) async fn scrape(
     config: &Config,
     deadline: Instant,
 ) -> Result<QmpSnapshot, String> {
-    for _ in 0..2 {
-        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
-        adopt(&mut st.cache, c.pid);
-        let stale = std::mem::take(&mut st.pci_stale);
-        let calls = queries(
-            &mut c.client,
-            c.pid,
-            has_agent,
-            stale,
-            &mut st.cache,
-            config,
-        );
-        let result = match timeout_at(deadline, calls).await {
+    let calls = MonitorCalls {
+        cache: &mut st.cache,
+        pci_stale: &mut st.pci_stale,
+        has_agent,
+        config,
+        deadline,
+    };
+    with_connection(path, &mut st.conn, config, deadline, calls).await
+}
+
+/// A scrape's monitor calls ([`queries`], bounded by the deadline) for [`with_connection`].
+struct MonitorCalls<'a> {
+    cache: &'a mut Cache,
+    pci_stale: &'a mut bool,
+    has_agent: bool,
+    config: &'a Config,
+    deadline: Instant,
+}
+
+impl Calls<Qmp> for MonitorCalls<'_> {
+    type Out = QmpSnapshot;
+
+    async fn run(
+        &mut self,
+        qmp: &mut Qmp,
+        pid: Option<u32>,
+    ) -> Result<(QmpSnapshot, bool), Option<QemuError>> {
+        adopt(self.cache, pid);
+        let stale = std::mem::take(self.pci_stale);
+        let calls = queries(qmp, pid, self.has_agent, stale, self.cache, self.config);
+        let result = match timeout_at(self.deadline, calls).await {
             Ok(Ok(snapshot)) => Ok((snapshot, true)),
             Ok(Err(e)) => Err(Some(e)),
             Err(_) => Err(None),
         };
         if result.is_err() {
             // Not refreshed: ask again next time.
-            st.pci_stale |= stale;
+            *self.pci_stale |= stale;
         }
-        match release(path, &mut st.conn, config, c, result) {
-            Step::Done(r) => return r,
-            Step::Retry => continue,
-        }
+        result
     }
-    failed_twice::<Qmp, _>()
 }

@@ -25,7 +25,7 @@ use kvmio_qemu::{AgentCommands, Error as QemuError, GuestAgent};
 use serde::Deserialize;
 use tokio::time::{timeout_at, Instant};
 
-use super::connection::{acquire, failed_twice, release, Pooled, Step};
+use super::connection::{with_connection, Calls, Pooled};
 use super::join::guest_disk_name;
 use crate::config::Config;
 use crate::errors::chain;
@@ -297,16 +297,37 @@ pub(crate) async fn scrape(
     config: &Config,
     deadline: Instant,
 ) -> Result<QgaSnapshot, String> {
-    for _ in 0..2 {
-        let mut c = acquire(path, &mut st.conn, config, deadline).await?;
-        st.adopt(c.pid);
-        let result = query(&mut c.client, st, config, deadline).await;
-        match release(path, &mut st.conn, config, c, result) {
-            Step::Done(r) => return r,
-            Step::Retry => continue,
-        }
+    // Out of `st` while the calls use the rest of it (nothing reads it meanwhile).
+    let mut conn = std::mem::take(&mut st.conn);
+    let calls = AgentCalls {
+        st: &mut *st,
+        config,
+        deadline,
+    };
+    let result = with_connection(path, &mut conn, config, deadline, calls).await;
+    st.conn = conn;
+    result
+}
+
+/// A scrape's agent calls ([`query`]) for [`with_connection`].
+struct AgentCalls<'a> {
+    st: &'a mut QgaState,
+    config: &'a Config,
+    deadline: Instant,
+}
+
+impl Calls<GuestAgent> for AgentCalls<'_> {
+    type Out = QgaSnapshot;
+
+    fn run(
+        &mut self,
+        agent: &mut GuestAgent,
+        pid: Option<u32>,
+    ) -> impl std::future::Future<Output = Result<(QgaSnapshot, bool), Option<QemuError>>> + Send
+    {
+        self.st.adopt(pid);
+        query(agent, self.st, self.config, self.deadline)
     }
-    failed_twice::<GuestAgent, _>()
 }
 
 /// The agent's part of a scrape over any [`AgentCommands`] (a socket or libvirt's passthrough):
