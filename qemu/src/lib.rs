@@ -6,8 +6,11 @@
 //!   greeting and the guest controls what comes back, so every reply is treated as untrusted.
 //! * [`types`]: typed replies, tolerant of fields other QEMU versions add or drop.
 //! * [`cache`]: QEMU's `cache=` modes and the flags that `query-block` reports for them.
-//! * [`line`](mod@line), [`limits`], [`error`](mod@error): what bounds both clients: lines of bounded length, calls
-//!   of bounded duration, and one error type.
+//! * [`reply`]: a reply's `return` kept as raw text and decoded from it straight into the types
+//!   (no `serde_json::Value` tree of a guest's answer), lists bounded while they decode.
+//! * [`line`](mod@line), [`limits`], [`error`](mod@error): what bounds both clients: lines of
+//!   bounded length, calls of bounded duration, and one error type; `channel` is the JSON-lines
+//!   connection both clients hold (stream, line reader, limits), written once.
 
 mod base64;
 pub mod cache;
