@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use kvmio_qemu::{Error as QemuError, GuestAgent, Limits, Qmp};
+use kvmio_qemu::{Error as QemuError, Limits};
 use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
@@ -33,34 +33,6 @@ pub(crate) trait SocketClient: Sized + Send {
         stream: UnixStream,
         limits: Limits,
     ) -> impl Future<Output = kvmio_qemu::Result<Self>> + Send;
-}
-
-impl SocketClient for Qmp {
-    const NAME: &'static str = "QMP";
-    const HANDSHAKE: &'static str = "QMP handshake";
-    const CALLS_TIMED_OUT: &'static str = "QMP queries timed out";
-    const MAX_LINE_BYTES: usize = super::qmp::QMP_MAX_LINE_BYTES;
-
-    fn handshake(
-        stream: UnixStream,
-        limits: Limits,
-    ) -> impl Future<Output = kvmio_qemu::Result<Self>> + Send {
-        Qmp::handshake(stream, limits)
-    }
-}
-
-impl SocketClient for GuestAgent {
-    const NAME: &'static str = "guest agent";
-    const HANDSHAKE: &'static str = "guest-sync-delimited";
-    const CALLS_TIMED_OUT: &'static str = "guest agent calls timed out";
-    const MAX_LINE_BYTES: usize = super::qga::QGA_MAX_LINE_BYTES;
-
-    fn handshake(
-        stream: UnixStream,
-        limits: Limits,
-    ) -> impl Future<Output = kvmio_qemu::Result<Self>> + Send {
-        GuestAgent::with_stream_and_budget(stream, limits, Some(super::qga::line_budget()))
-    }
 }
 
 /// A socket's connection between scrapes (`--qmp.persistent`) and the PID of the last peer.

@@ -36,13 +36,28 @@ use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
 use super::cmdline::{self, QemuCmdline};
-use super::connection::{with_connection, Calls, Pooled};
+use super::connection::{with_connection, Calls, Pooled, SocketClient};
 use super::qmp::{
     device_label, read_process_io, DeviceFacts, HistogramBase, NodeFacts, OtherDevice, QemuOrigin,
     QmpSnapshot, RunState, ThrottleLimits,
 };
 use super::qom::{facts_of, other_devices, qom_path};
 use crate::config::Config;
+
+/// The QMP side of the connection pool ([`super::connection`]): its names and limits.
+impl SocketClient for Qmp {
+    const NAME: &'static str = "QMP";
+    const HANDSHAKE: &'static str = "QMP handshake";
+    const CALLS_TIMED_OUT: &'static str = "QMP queries timed out";
+    const MAX_LINE_BYTES: usize = super::qmp::QMP_MAX_LINE_BYTES;
+
+    fn handshake(
+        stream: tokio::net::UnixStream,
+        limits: kvmio_qemu::Limits,
+    ) -> impl std::future::Future<Output = kvmio_qemu::Result<Self>> + Send {
+        Qmp::handshake(stream, limits)
+    }
+}
 
 /// `query-pci` is asked again at most this often when a guest disk has no PCI match.
 const PCI_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
