@@ -523,8 +523,10 @@ mod tests {
             slow(),
             panics(),
         ];
-        let m = scrape(Duration::from_millis(300), collectors).await;
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        // A deadline the instant collectors meet even on a loaded 2-core CI machine (300 ms
+        // once did not); only `slow` outlives it.
+        let m = scrape(Duration::from_secs(2), collectors).await;
+        assert!(t0.elapsed() < Duration::from_secs(20));
         let ok = |c| m.value("kvmio_collector_success", &[("collector", c)]);
         assert_eq!(ok("ok"), Some(1.0));
         assert_eq!(ok("bad"), Some(0.0));
@@ -536,7 +538,7 @@ mod tests {
         let slow = m
             .value("kvmio_collector_duration_seconds", &[("collector", "slow")])
             .unwrap();
-        assert!((0.25..5.0).contains(&slow), "{slow}");
+        assert!((1.9..20.0).contains(&slow), "{slow}");
         assert!(m.contains("kvmio_exporter_build_info"));
         assert!(m.rejected().is_empty(), "{:?}", m.rejected());
     }
