@@ -12,6 +12,10 @@
 //! * Verdict colours are the dashboard's ([`kvmio_dashboards::VERDICT_COLOURS`]).
 //! * Readable on a phone (the matrix scrolls sideways, the rest reflows) and printable (print CSS
 //!   keeps the colours and avoids breaking a cell's section across pages).
+//!
+//! Why one file of about 740 lines of code (and its tests): it is one page, its markup, its CSS
+//! and the reproduce commands it prints read each other's class names and dimension order; split
+//! apart, a renamed class or a reordered column would break silently between files.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

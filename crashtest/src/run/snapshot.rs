@@ -23,6 +23,10 @@
 //! every iteration instead, and the report says why. The saved states live in a directory of
 //! their own inside the run's image directory, counted in its space plan (`plan.rs`), and are
 //! removed when the run ends, on every path (also with `--keep-images`).
+//!
+//! Why one file of about 500 lines of code (and its tests): the key of a saved state, its saving
+//! and its restoring, and [`check_state`] are one promise (a restored guest is the one a fresh
+//! boot would give); each half is only right together with the others.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
