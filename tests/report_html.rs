@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use kvmio_crashtest::report::html::DIMENSIONS;
 use kvmio_dashboards::VERDICT_COLOURS;
 use kvmio_e2e::browser::{dump_dom, print_pdf, publish, screenshot};
 use kvmio_e2e::metrics::start_exporter;
@@ -86,9 +87,13 @@ fn chromium_shows_each_cells_verdict_in_the_dashboard_colours() {
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2, "{report}");
     for cell in cells {
-        let key = ["cache_mode", "fault", "sync", "format"]
-            .map(|k| cell[k].as_str().unwrap().to_owned())
+        // The page keys a cell by every dimension it has (the workload among them).
+        let key = DIMENSIONS
+            .iter()
+            .filter_map(|k| cell[*k].as_str())
+            .collect::<Vec<_>>()
             .join("/");
+        assert!(key.ends_with("/raw-append"), "{key}");
         let verdict = cell["verdict"].as_str().unwrap();
         let colour = VERDICT_COLOURS
             .iter()
