@@ -26,7 +26,6 @@ use kvmio_guest::bench::{bad, DeviceFlags, Flags};
 use kvmio_guest::fsworkload::{self, FsWorkload};
 use kvmio_guest::protocol::{read_host_line, GuestMessage, GuestState, HostMessage};
 use kvmio_guest::record::Op;
-use kvmio_guest::workload::Workload;
 use kvmio_guest::writer::{SyncPolicy, WriterParams};
 use kvmio_guest::{AGENT_PARAM, AGENT_PORT, CONTROL_PORT, ROLE_PARAM};
 use rand::{Rng, SeedableRng};
@@ -249,14 +248,11 @@ fn set_wall_clock(now_ns: u64) -> io::Result<()> {
 /// host injects its fault.
 fn crash_writer(port: &mut File) -> io::Result<()> {
     let params = apply_start(port)?;
-    match params.workload {
-        Workload::RawAppend | Workload::RawOverwrite | Workload::RawDiscard => {
-            raw_writer(port, &params)?
-        }
-        w => match w.fs() {
-            Some(fs) => fs_writer(port, &params, &fs)?,
-            None => unreachable!("{w} is a raw workload"),
-        },
+    // A workload is a file workload exactly when it names a filesystem; the others write the
+    // raw disk.
+    match params.workload.fs() {
+        Some(fs) => fs_writer(port, &params, &fs)?,
+        None => raw_writer(port, &params)?,
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
